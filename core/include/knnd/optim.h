@@ -1,0 +1,70 @@
+/* optim.h — optimisers (AdamW, SGD), EMA of parameters, gradient clipping, LR schedules. */
+#ifndef KNND_OPTIM_H
+#define KNND_OPTIM_H
+
+#include "knnd/io.h"
+#include "knnd/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct knnd_optimizer knnd_optimizer;
+
+typedef struct knnd_adamw_opts {
+  double lr;           /* default 1e-3 */
+  double beta1, beta2; /* 0.9, 0.999 */
+  double eps;          /* 1e-8 */
+  double weight_decay; /* 0.01, decoupled (Loshchilov & Hutter), as torch.optim.AdamW */
+} knnd_adamw_opts;
+typedef struct knnd_sgd_opts {
+  double lr;
+  double momentum;
+  double dampening;
+  double weight_decay; /* L2 added to the gradient, as torch.optim.SGD */
+  bool nesterov;
+} knnd_sgd_opts;
+
+/* params: leaves (retained); opts NULL means defaults (any zero field of AdamW: its default) */
+knnd_status knnd_adamw_new(int n, knnd_tensor *const *params, const knnd_adamw_opts *opts, knnd_optimizer **out);
+knnd_status knnd_sgd_new(int n, knnd_tensor *const *params, const knnd_sgd_opts *opts, knnd_optimizer **out);
+void knnd_optimizer_free(knnd_optimizer *o);
+/* one update from the params' grads (a param without grad is skipped); a non-finite grad is
+ * a KNND_ERR_NAN error and nothing is changed */
+knnd_status knnd_optimizer_step(knnd_optimizer *o);
+void knnd_optimizer_zero_grad(knnd_optimizer *o);
+void knnd_optimizer_set_lr(knnd_optimizer *o, double lr);
+double knnd_optimizer_get_lr(const knnd_optimizer *o);
+int64_t knnd_optimizer_steps(const knnd_optimizer *o);
+/* moments etc. as a state dict ("0.exp_avg", "0.exp_avg_sq", "step" ...) for checkpoints */
+knnd_status knnd_optimizer_state_dict(const knnd_optimizer *o, knnd_state_dict **out);
+knnd_status knnd_optimizer_load_state_dict(knnd_optimizer *o, const knnd_state_dict *sd);
+
+/* EMA of parameters: shadow = decay·shadow + (1-decay)·param */
+typedef struct knnd_ema knnd_ema;
+knnd_status knnd_ema_new(int n, knnd_tensor *const *params, double decay, knnd_ema **out);
+void knnd_ema_free(knnd_ema *e);
+knnd_status knnd_ema_update(knnd_ema *e);
+/* swap shadow and live values (call twice to restore), for sampling with EMA weights */
+knnd_status knnd_ema_swap(knnd_ema *e);
+knnd_status knnd_ema_state_dict(const knnd_ema *e, knnd_state_dict **out);
+knnd_status knnd_ema_load_state_dict(knnd_ema *e, const knnd_state_dict *sd);
+
+/* scale all grads so that their global L2 norm is at most max_norm; *total_norm (may be
+ * NULL) receives the norm before clipping */
+knnd_status knnd_clip_grad_norm(int n, knnd_tensor *const *params, double max_norm, double *total_norm);
+
+typedef enum knnd_lr_kind { KNND_LR_CONSTANT, KNND_LR_LINEAR_WARMUP, KNND_LR_COSINE } knnd_lr_kind;
+typedef struct knnd_lr_schedule {
+  knnd_lr_kind kind;
+  double base_lr;
+  int64_t warmup_steps; /* linear from 0 to base_lr (all kinds) */
+  int64_t total_steps;  /* cosine: decays to min_lr at total_steps */
+  double min_lr;
+} knnd_lr_schedule;
+double knnd_lr_at(const knnd_lr_schedule *s, int64_t step);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

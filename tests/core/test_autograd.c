@@ -1,0 +1,103 @@
+/* test_autograd.c — the tape: accumulation, shared inputs, views, no_grad, retain_graph. */
+#include "testutil.h"
+
+#include <math.h>
+
+static void test_accumulation_and_shared_inputs(void **state) {
+  (void)state;
+  knnd_test_seed(21);
+  knnd_tensor *x = kt_param(kt_randn(1, (int64_t)5)), *y, *z, *s;
+  /* z = x*x + x  ->  dz/dx = 2x + 1 */
+  KT_OK(knnd_mul(x, x, &y));
+  KT_OK(knnd_add(y, x, &z));
+  KT_OK(knnd_sum(z, 0, NULL, false, &s));
+  KT_OK(knnd_backward(s, NULL, false));
+  for (int i = 0; i < 5; i++)
+    assert_true(fabs(knnd_tensor_get_flat(x->grad, i) - (2 * knnd_tensor_get_flat(x, i) + 1)) < 1e-6);
+  /* the graph was freed: a second backward is a clear error */
+  KT_FAILS(knnd_backward(s, NULL, false), KNND_ERR_STATE, "retain_graph");
+  knnd_tensor_release(y), knnd_tensor_release(z), knnd_tensor_release(s);
+  /* gradients accumulate over two backward passes */
+  KT_OK(knnd_mul(x, x, &y));
+  KT_OK(knnd_sum(y, 0, NULL, false, &s));
+  KT_OK(knnd_backward(s, NULL, true));
+  KT_OK(knnd_backward(s, NULL, false));
+  for (int i = 0; i < 5; i++)
+    assert_true(fabs(knnd_tensor_get_flat(x->grad, i) - (2 * knnd_tensor_get_flat(x, i) + 1 + 4 * knnd_tensor_get_flat(x, i))) < 1e-5);
+  knnd_tensor_release(y), knnd_tensor_release(s);
+  knnd_zero_grad(x);
+  assert_null(x->grad);
+  KT_FAILS(knnd_backward(x, NULL, false), KNND_ERR_SHAPE, "one element");
+  knnd_tensor_release(x);
+}
+
+static void test_no_grad_and_non_scalar(void **state) {
+  (void)state;
+  knnd_tensor *x = kt_param(kt_randn(2, (int64_t)2, (int64_t)3)), *y;
+  bool was = knnd_set_grad_enabled(false);
+  KT_OK(knnd_exp(x, &y));
+  knnd_set_grad_enabled(was);
+  assert_false(y->requires_grad);
+  assert_null(y->grad_fn);
+  KT_FAILS(knnd_backward(y, NULL, false), KNND_ERR_STATE, "does not require grad");
+  knnd_tensor_release(y);
+  KT_OK(knnd_exp(x, &y));
+  KT_FAILS(knnd_backward(y, NULL, false), KNND_ERR_SHAPE, "pass a gradient");
+  knnd_tensor *g;
+  KT_OK(knnd_tensor_full(KNND_F32, 2, y->shape, 2.0, KNND_CPU, &g));
+  KT_OK(knnd_backward(y, g, false));
+  for (int i = 0; i < 6; i++) assert_true(fabs(knnd_tensor_get_flat(x->grad, i) - 2 * knnd_tensor_get_flat(y, i)) < 1e-5);
+  knnd_tensor_release(y), knnd_tensor_release(g), knnd_tensor_release(x);
+}
+
+/* f(x) = permute, narrow, expand, reshape, select, slice, to(f16) round trip, all chained */
+static knnd_status views_f(knnd_tensor *const *in, void *ctx, knnd_tensor **out) {
+  (void)ctx;
+  knnd_tensor *a = NULL, *b = NULL, *c = NULL, *d = NULL, *e = NULL, *f = NULL, *g = NULL, *h = NULL;
+  knnd_status st;
+  int perm[3] = {2, 0, 1};
+  int64_t es[4] = {3, 4, 2, 2}, rs[2] = {6, -1};
+  KNND_CHECK(knnd_permute(in[0], perm, &a));            /* [4,2,3] */
+  KNND_CHECK(knnd_narrow(a, 2, 1, 2, &b));              /* [4,2,2] */
+  KNND_CHECK(knnd_unsqueeze(b, 0, &c));                 /* [1,4,2,2] */
+  KNND_CHECK(knnd_expand(c, 4, es, &d));                /* [3,4,2,2] */
+  KNND_CHECK(knnd_reshape(d, 2, rs, &e));               /* [6,8] */
+  KNND_CHECK(knnd_slice(e, 1, 1, 8, 3, &f));            /* [6,3] */
+  KNND_CHECK(knnd_select(f, 0, 2, &g));                 /* [3] */
+  KNND_CHECK(knnd_to_dtype(f, KNND_F32, &h));
+  KNND_CHECK(knnd_mul(h, g, out));                      /* [6,3] * [3] */
+cleanup:
+  knnd_tensor_release(a), knnd_tensor_release(b), knnd_tensor_release(c), knnd_tensor_release(d);
+  knnd_tensor_release(e), knnd_tensor_release(f), knnd_tensor_release(g), knnd_tensor_release(h);
+  return st;
+}
+
+static void test_view_gradients(void **state) {
+  (void)state;
+  knnd_test_seed(22);
+  knnd_tensor *x = kt_param(kt_randn(3, (int64_t)2, (int64_t)3, (int64_t)4));
+  kt_gradcheck(views_f, 1, &x, NULL, 1e-2, 1e-3, 1e-2, 0);
+  knnd_tensor_release(x);
+}
+
+static void test_detach_and_clone(void **state) {
+  (void)state;
+  knnd_tensor *x = kt_param(kt_randn(1, (int64_t)4)), *d, *c;
+  KT_OK(knnd_detach(x, &d));
+  assert_false(d->requires_grad);
+  assert_ptr_equal(d->storage, x->storage);
+  KT_OK(knnd_clone(x, &c));
+  assert_true(c->requires_grad);
+  assert_ptr_not_equal(c->storage, x->storage);
+  knnd_tensor_release(d), knnd_tensor_release(c), knnd_tensor_release(x);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_accumulation_and_shared_inputs),
+      cmocka_unit_test(test_no_grad_and_non_scalar),
+      cmocka_unit_test(test_view_gradients),
+      cmocka_unit_test(test_detach_and_clone),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

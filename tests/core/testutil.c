@@ -1,0 +1,145 @@
+/* testutil.c — random tensors, closeness asserts and the finite-difference gradient check. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor/internal.h"
+
+static knnd_generator test_gen = {1234, 0};
+knnd_generator *knnd_test_gen(void) { return &test_gen; }
+void knnd_test_seed(uint64_t seed) { knnd_generator_init(&test_gen, seed); }
+
+void knnd_test_expect_error(knnd_status got, knnd_status want, const char *needle, const char *what) {
+  if (got == KNND_OK) fail_msg("%s succeeded but should have failed with %s", what, knnd_status_name(want));
+  if (got != want)
+    fail_msg("%s failed with %s (%s), expected %s", what, knnd_status_name(got), knnd_last_error(),
+             knnd_status_name(want));
+  if (needle && !strstr(knnd_last_error(), needle))
+    fail_msg("%s: message '%s' does not mention '%s'", what, knnd_last_error(), needle);
+}
+
+static knnd_tensor *rand_va(bool normal, int ndim, va_list ap) {
+  int64_t shape[KNND_MAX_DIMS];
+  for (int i = 0; i < ndim; i++) shape[i] = va_arg(ap, int64_t);
+  knnd_tensor *t = NULL;
+  if (normal) KT_OK(knnd_randn(KNND_F32, ndim, shape, &test_gen, &t));
+  else KT_OK(knnd_rand(KNND_F32, ndim, shape, &test_gen, &t));
+  return t;
+}
+knnd_tensor *kt_randn(int ndim, ...) {
+  va_list ap;
+  va_start(ap, ndim);
+  knnd_tensor *t = rand_va(true, ndim, ap);
+  va_end(ap);
+  return t;
+}
+knnd_tensor *kt_rand(int ndim, ...) {
+  va_list ap;
+  va_start(ap, ndim);
+  knnd_tensor *t = rand_va(false, ndim, ap);
+  va_end(ap);
+  return t;
+}
+knnd_tensor *kt_tensor(int ndim, const int64_t *shape, const float *values) {
+  knnd_tensor *t = NULL;
+  KT_OK(knnd_tensor_from_data(KNND_F32, ndim, shape, values, &t));
+  return t;
+}
+knnd_tensor *kt_param(knnd_tensor *t) {
+  KT_OK(knnd_set_requires_grad(t, true));
+  return t;
+}
+int64_t kt_randint(int64_t lo, int64_t hi) {
+  knnd_tensor *t = NULL;
+  int64_t one = 1;
+  KT_OK(knnd_tensor_empty(KNND_I64, 1, &one, KNND_CPU, &t));
+  KT_OK(knnd_randint_(t, lo, hi + 1, &test_gen));
+  int64_t v = *(int64_t *)knnd_tensor_data(t);
+  knnd_tensor_release(t);
+  return v;
+}
+
+void kt_assert_close(const knnd_tensor *a, const knnd_tensor *b, double atol, double rtol) {
+  if (!knnd_tensor_same_shape(a, b)) {
+    char s1[128], s2[128];
+    knnd_shape_str(a->ndim, a->shape, s1, sizeof s1);
+    knnd_shape_str(b->ndim, b->shape, s2, sizeof s2);
+    fail_msg("shapes differ: %s vs %s", s1, s2);
+  }
+  int64_t n = knnd_tensor_numel(a);
+  double *bv = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  KT_OK(knnd_tensor_to_doubles(b, bv, n));
+  kt_assert_close_doubles(a, bv, atol, rtol);
+  free(bv);
+}
+
+void kt_assert_close_doubles(const knnd_tensor *a, const double *b, double atol, double rtol) {
+  int64_t n = knnd_tensor_numel(a), worst = -1;
+  double worst_excess = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double x = knnd_tensor_get_flat(a, i), y = b[i];
+    double excess = fabs(x - y) - (atol + rtol * fabs(y));
+    if (isnan(x) != isnan(y) || excess > worst_excess) {
+      worst_excess = isnan(x) != isnan(y) ? INFINITY : excess;
+      worst = i;
+    }
+  }
+  if (worst >= 0)
+    fail_msg("element %lld: got %.8g, expected %.8g (atol %g, rtol %g)", (long long)worst,
+             knnd_tensor_get_flat(a, worst), b[worst], atol, rtol);
+}
+
+/* sum(f(x)·w) in double */
+static double objective(kt_fn f, knnd_tensor *const *inputs, void *ctx, const knnd_tensor *w) {
+  knnd_tensor *out = NULL;
+  KT_OK(f(inputs, ctx, &out));
+  int64_t n = knnd_tensor_numel(out);
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += knnd_tensor_get_flat(out, i) * knnd_tensor_get_flat(w, i);
+  knnd_tensor_release(out);
+  return s;
+}
+
+void kt_gradcheck(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double eps, double atol, double rtol,
+                  int max_elems) {
+  knnd_set_grad_enabled(true);
+  for (int i = 0; i < n; i++) knnd_zero_grad(inputs[i]);
+  knnd_tensor *out = NULL, *w = NULL;
+  KT_OK(f(inputs, ctx, &out));
+  if (!out->requires_grad) fail_msg("gradcheck: output does not require grad");
+  KT_OK(knnd_randn(out->dtype, out->ndim, out->shape, &test_gen, &w));
+  KT_OK(knnd_backward(out, w, false));
+  knnd_tensor_release(out);
+  bool was = knnd_set_grad_enabled(false);
+  for (int i = 0; i < n; i++) {
+    knnd_tensor *x = inputs[i];
+    if (!x || !x->requires_grad) continue;
+    if (!x->grad) {
+      knnd_set_grad_enabled(true);
+      fail_msg("gradcheck: input %d received no gradient", i);
+    }
+    if (!knnd_tensor_is_contiguous(x) || x->dtype != KNND_F32) fail_msg("gradcheck: input %d must be contiguous f32", i);
+    int64_t numel = knnd_tensor_numel(x);
+    int64_t count = (max_elems > 0 && numel > max_elems) ? max_elems : numel;
+    float *p = knnd_tensor_data(x);
+    for (int64_t k = 0; k < count; k++) {
+      int64_t e = count == numel ? k : kt_randint(0, numel - 1);
+      float orig = p[e];
+      p[e] = orig + (float)eps;
+      double fp = objective(f, inputs, ctx, w);
+      p[e] = orig - (float)eps;
+      double fm = objective(f, inputs, ctx, w);
+      p[e] = orig;
+      double num = (fp - fm) / (2 * eps), ana = knnd_tensor_get_flat(x->grad, e);
+      if (fabs(num - ana) > atol + rtol * fabs(num)) {
+        knnd_set_grad_enabled(true); /* fail_msg longjmps: leave grad mode as the next test expects */
+        fail_msg("gradcheck: input %d element %lld: autograd %.6g, finite differences %.6g", i, (long long)e, ana, num);
+      }
+    }
+  }
+  knnd_set_grad_enabled(was);
+  knnd_tensor_release(w);
+}

@@ -1,0 +1,51 @@
+/* testutil.h — shared helpers for the C tests: random tensors, closeness, finite-difference
+ * gradient checks. Include after <cmocka.h>'s prerequisites (this header includes them). */
+#ifndef KNND_TESTUTIL_H
+#define KNND_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "knnd/autograd.h"
+#include "knnd/ops.h"
+#include "knnd/random.h"
+#include "knnd/tensor.h"
+
+/* assert a knnd call succeeded, printing knnd_last_error() otherwise */
+#define KT_OK(expr)                                                                   \
+  do {                                                                                \
+    knnd_status kt_s_ = (expr);                                                       \
+    if (kt_s_ != KNND_OK) fail_msg("%s failed: %s", #expr, knnd_last_error());        \
+  } while (0)
+/* assert a call failed with status `st` and its message contains `needle` */
+#define KT_FAILS(expr, st, needle) knnd_test_expect_error((expr), (st), (needle), #expr)
+void knnd_test_expect_error(knnd_status got, knnd_status want, const char *needle, const char *what);
+
+/* the test's own generator, reseeded by knnd_test_seed (each test seeds for reproducibility) */
+knnd_generator *knnd_test_gen(void);
+void knnd_test_seed(uint64_t seed);
+/* shape from varargs: kt_randn(3, 2, 3, 4) -> randn [2,3,4] f32 */
+knnd_tensor *kt_randn(int ndim, ...);
+knnd_tensor *kt_rand(int ndim, ...); /* uniform [0,1) */
+knnd_tensor *kt_tensor(int ndim, const int64_t *shape, const float *values);
+/* a leaf that requires grad */
+knnd_tensor *kt_param(knnd_tensor *t);
+/* a random integer dim in [lo, hi] */
+int64_t kt_randint(int64_t lo, int64_t hi);
+
+/* element-wise |a - b| <= atol + rtol·|b| over tensors of equal shape (any dtype, read as
+ * double); fails naming the worst element */
+void kt_assert_close(const knnd_tensor *a, const knnd_tensor *b, double atol, double rtol);
+void kt_assert_close_doubles(const knnd_tensor *a, const double *b, double atol, double rtol);
+
+/* f maps the inputs to one output tensor (any shape). gradcheck compares autograd's gradient of
+ * sum(f(x)·w) (w random, fixed) with central differences, for every input that requires grad
+ * (at most max_elems elements sampled per input; 0 means all). eps ~1e-2..1e-3 for f32. */
+typedef knnd_status (*kt_fn)(knnd_tensor *const *inputs, void *ctx, knnd_tensor **out);
+void kt_gradcheck(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double eps, double atol, double rtol,
+                  int max_elems);
+
+#endif
