@@ -1,0 +1,174 @@
+/* ema.c — exponential moving average of parameters (shadow weights for sampling), with a swap
+ * to sample from the averaged weights and a state dict for checkpoints. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "optim/optim_internal.h"
+
+struct knnd_ema {
+  int n;
+  knnd_tensor **params; /* retained */
+  /* contiguous f32 whatever the parameter's dtype: with decay 0.9999 a bf16 average could not
+   * move at all (its 8-bit mantissa cannot hold a 1e-4 step) */
+  knnd_tensor **shadow;
+  /* the live values while swapped (NULL otherwise); keeping them aside rather than exchanging
+   * buffers means a swap and its undo never round the shadow through a low-precision param */
+  knnd_tensor **live;
+  double decay;
+  int64_t steps;
+};
+
+knnd_status knnd_ema_new(int n, knnd_tensor *const *params, double decay, knnd_ema **out) {
+  static const char *op = "ema_new";
+  if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
+  *out = NULL;
+  KNND_TRY(knnd_optim_check_params(op, n, params, false));
+  if (!(decay >= 0 && decay <= 1))
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'decay' is %g (expected 0 <= decay <= 1)", op, decay);
+  knnd_ema *e = calloc(1, sizeof *e);
+  if (e) {
+    e->params = calloc((size_t)n, sizeof *e->params);
+    e->shadow = calloc((size_t)n, sizeof *e->shadow);
+    e->live = calloc((size_t)n, sizeof *e->live);
+  }
+  if (!e || !e->params || !e->shadow || !e->live) {
+    knnd_ema_free(e);
+    return knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
+  }
+  e->n = n;
+  e->decay = decay;
+  for (int i = 0; i < n; i++) {
+    e->params[i] = knnd_tensor_retain(params[i]);
+    knnd_status st = knnd_optim_f32_like(params[i], &e->shadow[i]);
+    if (!st) st = knnd_copy_(e->shadow[i], params[i]);
+    if (st) {
+      knnd_ema_free(e);
+      return st;
+    }
+  }
+  *out = e;
+  return KNND_OK;
+}
+
+void knnd_ema_free(knnd_ema *e) {
+  if (!e) return;
+  for (int i = 0; i < e->n; i++) {
+    knnd_tensor_release(e->params[i]);
+    knnd_tensor_release(e->shadow[i]);
+    knnd_tensor_release(e->live[i]);
+  }
+  free(e->params);
+  free(e->shadow);
+  free(e->live);
+  free(e);
+}
+
+static bool is_swapped(const knnd_ema *e) { return e->live[0] != NULL; }
+
+/* diffusers' EMAModel.step: s_param.sub_(one_minus_decay * (s_param - param)), i.e.
+ * shadow = decay·shadow + (1-decay)·param with one rounding less */
+static void ema_kernel(int64_t n, float *restrict shadow, const float *restrict p, float one_minus_decay) {
+#pragma omp parallel for num_threads(knnd_threads_for(n))
+  for (int64_t i = 0; i < n; i++) shadow[i] -= one_minus_decay * (shadow[i] - p[i]);
+}
+
+knnd_status knnd_ema_update(knnd_ema *e) {
+  static const char *op = "ema_update";
+  if (!e) return knnd_error(KNND_ERR_ARG, "%s: argument 'e' is NULL (expected an EMA)", op);
+  if (is_swapped(e))
+    return knnd_error(KNND_ERR_STATE, "%s: the EMA weights are swapped in (call ema_swap again before updating)", op);
+  for (int i = 0; i < e->n; i++) {
+    knnd_tensor *ts[2] = {e->params[i], e->shadow[i]};
+    KNND_TRY(knnd_check_devices(op, 2, ts));
+  }
+  float one_minus_decay = (float)(1 - e->decay);
+  for (int i = 0; i < e->n; i++) {
+    knnd_tensor *p32;
+    KNND_TRY(knnd_contig_f32(e->params[i], &p32));
+    ema_kernel(knnd_tensor_numel(p32), knnd_tensor_data(e->shadow[i]), knnd_tensor_data(p32), one_minus_decay);
+    knnd_tensor_release(p32);
+  }
+  e->steps++;
+  return KNND_OK;
+}
+
+/* params <- src[i] (rounded to the params' dtypes); parameters are leaves that require grad, so
+ * the write goes around autograd's in-place guard */
+static knnd_status load_params(knnd_ema *e, knnd_tensor **src) {
+  bool was = knnd_set_grad_enabled(false);
+  knnd_status st = KNND_OK;
+  for (int i = 0; i < e->n && !st; i++) st = knnd_copy_(e->params[i], src[i]);
+  knnd_set_grad_enabled(was);
+  return st;
+}
+
+knnd_status knnd_ema_swap(knnd_ema *e) {
+  static const char *op = "ema_swap";
+  if (!e) return knnd_error(KNND_ERR_ARG, "%s: argument 'e' is NULL (expected an EMA)", op);
+  knnd_status st;
+  if (is_swapped(e)) {
+    st = load_params(e, e->live);
+    for (int i = 0; i < e->n; i++) {
+      knnd_tensor_release(e->live[i]);
+      e->live[i] = NULL;
+    }
+    return st;
+  }
+  /* every copy is made before the first parameter is overwritten */
+  for (int i = 0; i < e->n; i++) {
+    knnd_tensor *p = e->params[i];
+    st = knnd_tensor_empty(p->dtype, p->ndim, p->shape, p->storage->device, &e->live[i]);
+    if (!st) st = knnd_copy_(e->live[i], p);
+    if (st) {
+      for (int j = 0; j <= i; j++) {
+        knnd_tensor_release(e->live[j]);
+        e->live[j] = NULL;
+      }
+      return st;
+    }
+  }
+  return load_params(e, e->shadow);
+}
+
+knnd_status knnd_ema_state_dict(const knnd_ema *e, knnd_state_dict **out) {
+  static const char *op = "ema_state_dict";
+  if (!e || !out) return knnd_error(KNND_ERR_ARG, "%s: argument '%s' is NULL", op, e ? "out" : "e");
+  knnd_state_dict *sd = knnd_state_dict_new();
+  if (!sd) return knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
+  knnd_status st = knnd_optim_sd_put_int(sd, "step", e->steps);
+  char name[64];
+  for (int i = 0; i < e->n && !st; i++) {
+    snprintf(name, sizeof name, "%d.shadow", i);
+    st = knnd_optim_sd_put_copy(sd, name, e->shadow[i]);
+  }
+  if (st) {
+    knnd_state_dict_free(sd);
+    return st;
+  }
+  *out = sd;
+  return KNND_OK;
+}
+
+knnd_status knnd_ema_load_state_dict(knnd_ema *e, const knnd_state_dict *sd) {
+  static const char *op = "ema_load_state_dict";
+  if (!e || !sd) return knnd_error(KNND_ERR_ARG, "%s: argument '%s' is NULL", op, e ? "sd" : "e");
+  int64_t steps;
+  char name[64];
+  KNND_TRY(knnd_optim_sd_get_int(sd, op, "step", &steps));
+  for (int i = 0; i < e->n; i++) { /* validate all before changing any */
+    knnd_tensor *t;
+    snprintf(name, sizeof name, "%d.shadow", i);
+    KNND_TRY(knnd_optim_sd_get_like(sd, op, name, e->params[i], &t));
+    KNND_TRY(knnd_check_devices(op, 1, &t));
+  }
+  snprintf(name, sizeof name, "%d.shadow", e->n);
+  if (knnd_state_dict_get(sd, name))
+    return knnd_error(KNND_ERR_FORMAT, "%s: argument 'sd' holds more shadow tensors than this EMA's %d", op, e->n);
+  for (int i = 0; i < e->n; i++) {
+    snprintf(name, sizeof name, "%d.shadow", i);
+    KNND_TRY(knnd_copy_(e->shadow[i], knnd_state_dict_get(sd, name)));
+  }
+  e->steps = steps;
+  return KNND_OK;
+}
