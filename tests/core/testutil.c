@@ -143,3 +143,25 @@ void kt_gradcheck(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double 
   knnd_set_grad_enabled(was);
   knnd_tensor_release(w);
 }
+
+void kt_assert_identical(const knnd_tensor *a, const knnd_tensor *b) {
+  if (a->dtype != b->dtype) fail_msg("dtype %s, expected %s", knnd_dtype_name(a->dtype), knnd_dtype_name(b->dtype));
+  if (!knnd_tensor_same_shape(a, b)) {
+    char sa[128], sb[128];
+    knnd_shape_str(a->ndim, a->shape, sa, sizeof sa);
+    knnd_shape_str(b->ndim, b->shape, sb, sizeof sb);
+    fail_msg("shape %s, expected %s", sa, sb);
+  }
+  knnd_tensor *ca = NULL, *cb = NULL;
+  KT_OK(knnd_contig((knnd_tensor *)a, &ca));
+  KT_OK(knnd_contig((knnd_tensor *)b, &cb));
+  size_t n = knnd_tensor_nbytes(ca);
+  if (n && memcmp(knnd_tensor_data(ca), knnd_tensor_data(cb), n) != 0) {
+    size_t es = knnd_dtype_size(a->dtype), i = 0;
+    while (memcmp((char *)knnd_tensor_data(ca) + i * es, (char *)knnd_tensor_data(cb) + i * es, es) == 0) i++;
+    fail_msg("element %zu differs: got %.8g, expected %.8g", i, knnd_tensor_get_flat(ca, (int64_t)i),
+             knnd_tensor_get_flat(cb, (int64_t)i));
+  }
+  knnd_tensor_release(ca);
+  knnd_tensor_release(cb);
+}

@@ -48,4 +48,7 @@ typedef knnd_status (*kt_fn)(knnd_tensor *const *inputs, void *ctx, knnd_tensor 
 void kt_gradcheck(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double eps, double atol, double rtol,
                   int max_elems);
 
+/* same dtype, shape and bytes (bit-exact: NaN payloads, infinities and -0 included) */
+void kt_assert_identical(const knnd_tensor *a, const knnd_tensor *b);
+
 #endif
