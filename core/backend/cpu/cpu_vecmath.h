@@ -1,0 +1,49 @@
+/* cpu_vecmath.h — elementary functions written so that a loop calling them vectorises (libm's
+ * expf is a call per element, which stops the vectoriser). */
+#ifndef KNND_CPU_VECMATH_H
+#define KNND_CPU_VECMATH_H
+
+#include <stdint.h>
+
+/* Compile a hot kernel three times (AVX-512, AVX2+FMA, baseline x86-64) and pick one at load
+ * time: the library is built for baseline x86-64, where every loop is 4 floats wide. Put it on
+ * a function the OpenMP loop calls (the outlined parallel body itself is not cloned). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define KNND_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KNND_CPU_CLONES
+#endif
+
+/* exp(x) for f32 within 1 ulp (Cephes expf: x = n·ln2 + r, degree-6 polynomial for e^r, 2^n
+ * built in the exponent bits as 2^(n/2)·2^(n-n/2) so results down to the denormals are right).
+ * exp(-inf) = 0, exp(+inf) = inf, NaN stays NaN. Branch-free: the clamps are integer min/max on
+ * an order-preserving remap of the float's bits, because a float comparison may trap under
+ * GCC's default -ftrapping-math and that stops if-conversion, hence vectorisation. */
+static inline float knnd_expf_vec(float x) {
+  union { float f; int32_t i; } u = {.f = x};
+  /* negative floats reversed so that integer order is float order (NaNs land outside) */
+  int32_t key = u.i ^ ((u.i >> 31) & 0x7fffffff);
+  const int32_t key_hi = 0x42b20000 /* 89.0f: exp overflows above 88.73 */,
+                key_lo = (int32_t)0xc2d00000 ^ 0x7fffffff /* -104.0f: exp underflows below -103.97 */;
+  key = key > key_hi ? key_hi : key;
+  key = key < key_lo ? key_lo : key;
+  union { int32_t i; float f; } c = {.i = key ^ ((key >> 31) & 0x7fffffff)};
+  const float xc = c.f;
+  /* round-to-nearest n by the 1.5·2^23 trick, then r = x - n·ln2 in two parts (Cody-Waite) */
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t ni = (int32_t)n, n1 = ni >> 1, n2 = ni - n1;
+  union { int32_t i; float f; } a = {.i = (n1 + 127) * (1 << 23)}, b = {.i = (n2 + 127) * (1 << 23)};
+  /* + NaN for a NaN input, + 0 otherwise */
+  union { int32_t i; float f; } q = {.i = ((0x7f800000 - (u.i & 0x7fffffff)) >> 31) & 0x7fc00000};
+  return p * a.f * b.f + q.f;
+}
+
+#endif
