@@ -101,6 +101,13 @@ static knnd_status accumulate(knnd_tensor **acc, knnd_tensor *g) {
 /* a leaf's .grad is its own tensor of the leaf's shape and dtype, contiguous */
 static knnd_status accumulate_leaf(knnd_tensor *leaf, knnd_tensor *g) {
   knnd_tensor *c;
+  if (!leaf->grad && g->dtype == leaf->dtype && knnd_tensor_is_contiguous(g) && g->storage->refcount == 1 &&
+      g->storage->deleter == NULL && g->offset == 0) {
+    /* adopt the gradient instead of copying it: no other tensor shares its storage (in-place
+     * users of .grad, such as clip_grad_norm, copy a grad whose tensor is shared) */
+    leaf->grad = knnd_tensor_retain(g);
+    return KNND_OK;
+  }
   if (!leaf->grad) {
     KNND_TRY(knnd_tensor_empty(leaf->dtype, leaf->ndim, leaf->shape, leaf->storage->device, &c));
     knnd_status st = knnd_copy_(c, g);

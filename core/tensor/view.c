@@ -30,11 +30,8 @@ static knnd_status reshape_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **
 static knnd_status permute_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi) {
   int inv[KNND_MAX_DIMS];
   for (int i = 0; i < g->ndim; i++) inv[n->ip[i]] = i;
-  knnd_tensor *p;
-  KNND_TRY(knnd_permute(g, inv, &p));
-  knnd_status st = knnd_contiguous(p, &gi[0]);
-  knnd_tensor_release(p);
-  return st;
+  /* a strided gradient is fine: consumers read strides, and a leaf copies or adopts it */
+  return knnd_permute(g, inv, &gi[0]);
 }
 
 /* narrow / slice / select: scatter the grad into zeros of the input's shape.

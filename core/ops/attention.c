@@ -1,0 +1,342 @@
+/* attention.c — scaled dot-product attention: GEMMs per (batch, head) with a masked softmax
+ * between them, and its backward from the saved probabilities. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/cpu_vec.h"
+#include "tensor/internal.h"
+
+/* One [B,H,L,X] operand as the GEMMs read it: matrix (b,h) starts at base + b·sb + h·sh and has
+ * row stride ld and unit column stride. Views such as MHA's head split ([B,L,H,X] permuted)
+ * qualify as they are, without a copy. */
+typedef struct bh_matrix {
+  float *base;
+  int64_t sb, sh, ld;
+} bh_matrix;
+
+static inline float *bh_at(const bh_matrix *m, int64_t bh, int64_t heads) {
+  return m->base + (bh / heads) * m->sb + (bh % heads) * m->sh;
+}
+
+static bh_matrix bh_of(const knnd_tensor *t) {
+  bh_matrix m = {knnd_tensor_data(t), t->stride[0], t->stride[1], t->stride[2]};
+  /* a single row or an empty one never steps by ld, but the GEMM still wants ld >= max(1, cols) */
+  if (t->shape[2] <= 1 || t->shape[3] == 0) m.ld = t->shape[3] > 1 ? t->shape[3] : 1;
+  return m;
+}
+
+/* t itself when the GEMMs can read it in place (f32, unit column stride, row stride covering a
+ * row); otherwise a contiguous f32 copy. Detached either way. */
+static knnd_status gemm_operand(knnd_tensor *t, knnd_tensor **out) {
+  bool direct = t->dtype == KNND_F32 && (t->shape[3] <= 1 || t->stride[3] == 1) &&
+                (t->shape[2] <= 1 || t->stride[2] >= t->shape[3]);
+  return direct ? knnd_alias(t, out) : knnd_contig_f32(t, out);
+}
+
+/* true when t [B,H,L,X] is the head split of a contiguous [B,L,H,X] (a permuted view), the
+ * layout multi-head attention passes in */
+static bool is_head_split(const knnd_tensor *t) {
+  return t->shape[1] > 1 && t->shape[2] > 1 && (t->shape[3] == 1 || t->stride[3] == 1) && t->stride[1] == t->shape[3] &&
+         t->stride[2] == t->shape[1] * t->shape[3] && t->stride[0] == t->shape[1] * t->shape[2] * t->shape[3];
+}
+
+/* A new f32 tensor of logical shape [B,H,L,X] in the memory layout of `like`: contiguous, or
+ * [B,L,H,X] when `like` is a head split, so that multi-head attention's head merge (permute +
+ * reshape) of the output and the backward of its head split need no copy. */
+static knnd_status empty_like_layout(const knnd_tensor *like, int64_t b, int64_t h, int64_t l, int64_t x,
+                                     knnd_tensor **out) {
+  const bool split = is_head_split(like);
+  const int64_t mem[4] = {b, split ? l : h, split ? h : l, x};
+  KNND_TRY(knnd_tensor_empty(KNND_F32, 4, mem, KNND_CPU, out));
+  if (split) {
+    knnd_tensor *t = *out;
+    t->shape[1] = h;
+    t->shape[2] = l;
+    t->stride[1] = x;
+    t->stride[2] = h * x;
+  }
+  return KNND_OK;
+}
+
+/* errors raised on worker threads: the first message is kept and re-raised on the caller's */
+typedef struct worker_error {
+  knnd_status st;
+  char msg[256];
+} worker_error;
+
+static void worker_fail(worker_error *e, knnd_status st) {
+#pragma omp critical(knnd_attention_error)
+  if (!e->st) {
+    e->st = st;
+    snprintf(e->msg, sizeof e->msg, "%s", knnd_last_error());
+  }
+}
+
+static knnd_status worker_raise(const worker_error *e, const char *op) {
+  return knnd_error(e->st, "%s: %s", op, e->msg);
+}
+
+/* Heads run one per thread when there are enough of them; otherwise heads run in turn and the
+ * GEMMs (oneDNN threads itself outside a parallel region) and the softmax rows use the threads. */
+typedef struct bh_threads {
+  int outer, inner;
+} bh_threads;
+
+static bh_threads plan_threads(int64_t bh, int64_t work) {
+  int t = knnd_threads_for(work);
+  if (t > 1 && bh >= t) return (bh_threads){t, 1};
+  return (bh_threads){1, knnd_threads_for(bh > 0 ? work / bh : 0)};
+}
+
+/* One row of scores to probabilities in place: mask (u8: 0 hides the key; f32: added, with
+ * stride ms between keys), hide keys from `visible` on (the causal mask), softmax. A row with
+ * every key hidden becomes zeros. */
+KNND_VECTOR_CLONES static void softmax_row(float *row, int64_t n, const uint8_t *mask_u8, const float *mask_f32,
+                                           int64_t ms, int64_t visible) {
+  if (mask_u8) {
+    for (int64_t j = 0; j < n; j++)
+      if (!mask_u8[j * ms]) row[j] = -INFINITY;
+  } else if (mask_f32) {
+    for (int64_t j = 0; j < n; j++) row[j] += mask_f32[j * ms];
+  }
+  for (int64_t j = visible; j < n; j++) row[j] = -INFINITY;
+  float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+  if (mx == -INFINITY) {
+    memset(row, 0, sizeof(float) * (size_t)n);
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) {
+    float d = row[j] - mx;
+    row[j] = d < KNND_VEC_EXP_MIN ? KNND_VEC_EXP_MIN : d;
+  }
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; j++) {
+    row[j] = knnd_vec_expf_inrange(row[j]);
+    sum += row[j];
+  }
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) row[j] *= inv;
+}
+
+/* the rows of one (b, h); causal as torch's is_causal: key j is visible to query i when j <= i
+ * (top-left aligned when Lq != Lk) */
+static void masked_softmax(float *s, int64_t lq, int64_t lk, const uint8_t *mask_u8, const float *mask_f32,
+                           const int64_t *ms, bool causal, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < lq; i++)
+    softmax_row(s + i * lk, lk, mask_u8 ? mask_u8 + i * ms[2] : NULL, mask_f32 ? mask_f32 + i * ms[2] : NULL, ms[3],
+                causal && i + 1 < lk ? i + 1 : lk);
+}
+
+/* softmax backward of one row in place: dP becomes dS = P ⊙ (dP - Σ P ⊙ dP) */
+KNND_VECTOR_CLONES static void softmax_backward_row(const float *p, float *d, int64_t n) {
+  float dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t j = 0; j < n; j++) dot += p[j] * d[j];
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) d[j] = p[j] * (d[j] - dot);
+}
+
+static void softmax_backward(const float *p, float *d, int64_t lq, int64_t lk, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < lq; i++) softmax_backward_row(p + i * lk, d + i * lk, lk);
+}
+
+/* ---- backward ------------------------------------------------------------------------------ */
+/* saved: 0 q, 1 k, 2 v (GEMM operands), 3 probabilities [B,H,Lq,Lk]; fp[0] scale;
+ * inputs: q, k, v, mask. With dP = dO·Vᵀ the softmax backward is dS = P ⊙ (dP - rowsum(P ⊙ dP)),
+ * then dQ = scale·dS·K, dK = scale·dSᵀ·Q, dV = Pᵀ·dO, and an additive mask receives dS. */
+static knnd_status attention_backward(knnd_node *node, knnd_tensor *grad, knnd_tensor **gi) {
+  static const char *op = "scaled_dot_product_attention backward";
+  knnd_tensor *q = node->saved[0], *k = node->saved[1], *v = node->saved[2], *p = node->saved[3];
+  if (!q) return knnd_error(KNND_ERR_STATE, "%s: saved tensors were freed", op);
+  const bool need_q = knnd_node_needs_grad(node, 0), need_k = knnd_node_needs_grad(node, 1),
+             need_v = knnd_node_needs_grad(node, 2), need_mask = knnd_node_needs_grad(node, 3);
+  const bool need_ds = need_q || need_k || need_mask;
+  const int64_t B = q->shape[0], H = q->shape[1], Lq = q->shape[2], D = q->shape[3];
+  const int64_t Lk = k->shape[2], Dv = v->shape[3], BH = B * H;
+  const float scale = (float)node->fp[0];
+  knnd_tensor *g = NULL, *d[3] = {NULL, NULL, NULL}, *ds = NULL; /* d: dq, dk, dv in f32 */
+  knnd_status st = KNND_OK;
+  KNND_CHECK(gemm_operand(grad, &g));
+  if (need_q) KNND_CHECK(empty_like_layout(node->inputs[0], B, H, Lq, D, &d[0]));
+  if (need_k) KNND_CHECK(empty_like_layout(node->inputs[1], B, H, Lk, D, &d[1]));
+  if (need_v) KNND_CHECK(empty_like_layout(node->inputs[2], B, H, Lk, Dv, &d[2]));
+  if (need_ds) KNND_CHECK(knnd_tensor_empty(KNND_F32, 4, p->shape, KNND_CPU, &ds));
+  {
+    bh_matrix mq = bh_of(q), mk = bh_of(k), mv = bh_of(v), mg = bh_of(g);
+    bh_matrix mdq = d[0] ? bh_of(d[0]) : (bh_matrix){0}, mdk = d[1] ? bh_of(d[1]) : (bh_matrix){0},
+              mdv = d[2] ? bh_of(d[2]) : (bh_matrix){0};
+    const float *pp = knnd_tensor_data(p);
+    float *dsp = ds ? knnd_tensor_data(ds) : NULL;
+    worker_error err = {0};
+    const bh_threads th = plan_threads(BH, BH * Lq * Lk * (2 * D + 2 * Dv));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(th.outer) if (th.outer > 1)
+    for (int64_t bh = 0; bh < BH; bh++) {
+      const float *pb = pp + bh * Lq * Lk, *gb = bh_at(&mg, bh, H);
+      knnd_status s = KNND_OK;
+      if (need_v) s = knnd_sgemm(true, false, Lk, Dv, Lq, 1.0f, pb, Lk, gb, mg.ld, 0.0f, bh_at(&mdv, bh, H), mdv.ld);
+      if (!s && need_ds) {
+        float *dsb = dsp + bh * Lq * Lk;
+        s = knnd_sgemm(false, true, Lq, Lk, Dv, 1.0f, gb, mg.ld, bh_at(&mv, bh, H), mv.ld, 0.0f, dsb, Lk);
+        if (!s) softmax_backward(pb, dsb, Lq, Lk, th.inner);
+        if (!s && need_q)
+          s = knnd_sgemm(false, false, Lq, D, Lk, scale, dsb, Lk, bh_at(&mk, bh, H), mk.ld, 0.0f, bh_at(&mdq, bh, H),
+                         mdq.ld);
+        if (!s && need_k)
+          s = knnd_sgemm(true, false, Lk, D, Lq, scale, dsb, Lk, bh_at(&mq, bh, H), mq.ld, 0.0f, bh_at(&mdk, bh, H),
+                         mdk.ld);
+      }
+      if (s) worker_fail(&err, s);
+    }
+    if (err.st) {
+      st = worker_raise(&err, op);
+      goto cleanup;
+    }
+  }
+  for (int i = 0; i < 3; i++) {
+    if (!d[i]) continue;
+    st = knnd_f32_to_dtype(d[i], node->inputs[i]->dtype, &gi[i]);
+    d[i] = NULL; /* taken over (or released on failure) */
+    if (st) goto cleanup;
+  }
+  if (need_mask) {
+    knnd_tensor *mask = node->inputs[3], *sum = NULL;
+    KNND_CHECK(knnd_sum_to_shape(ds, mask->ndim, mask->shape, &sum));
+    KNND_CHECK(knnd_f32_to_dtype(sum, mask->dtype, &gi[3]));
+  }
+cleanup:
+  knnd_tensor_release(g);
+  for (int i = 0; i < 3; i++) knnd_tensor_release(d[i]);
+  knnd_tensor_release(ds);
+  return st;
+}
+
+/* ---- forward ------------------------------------------------------------------------------- */
+static knnd_status shape_error(const char *arg, const knnd_tensor *t, const char *expected) {
+  char s[128];
+  knnd_shape_str(t->ndim, t->shape, s, sizeof s);
+  return knnd_error(KNND_ERR_SHAPE, "scaled_dot_product_attention: argument '%s' has shape %s (expected %s)", arg, s,
+                    expected);
+}
+
+static knnd_status check_args(knnd_tensor *q, knnd_tensor *k, knnd_tensor *v, knnd_tensor *mask) {
+  static const char *op = "scaled_dot_product_attention";
+  KNND_TRY(knnd_check_float(q, op, "q"));
+  KNND_TRY(knnd_check_float(k, op, "k"));
+  KNND_TRY(knnd_check_float(v, op, "v"));
+  knnd_tensor *all[4] = {q, k, v, mask};
+  KNND_TRY(knnd_check_devices(op, 4, all));
+  if (q->ndim != 4) return shape_error("q", q, "4 dims [B, H, Lq, D]");
+  char want[160];
+  snprintf(want, sizeof want, "[%" PRId64 ", %" PRId64 ", Lk, %" PRId64 "] to match q", q->shape[0], q->shape[1],
+           q->shape[3]);
+  if (k->ndim != 4 || k->shape[0] != q->shape[0] || k->shape[1] != q->shape[1] || k->shape[3] != q->shape[3])
+    return shape_error("k", k, want);
+  snprintf(want, sizeof want, "[%" PRId64 ", %" PRId64 ", %" PRId64 ", Dv] to match q and k", q->shape[0], q->shape[1],
+           k->shape[2]);
+  if (v->ndim != 4 || v->shape[0] != q->shape[0] || v->shape[1] != q->shape[1] || v->shape[2] != k->shape[2])
+    return shape_error("v", v, want);
+  if (!mask) return KNND_OK;
+  if (mask->dtype != KNND_U8 && !knnd_dtype_is_float(mask->dtype))
+    return knnd_error(KNND_ERR_DTYPE,
+                      "%s: argument 'mask' has dtype %s (expected u8 (1 = attend) or a float dtype (added to the "
+                      "scores))",
+                      op, knnd_dtype_name(mask->dtype));
+  const int64_t full[4] = {q->shape[0], q->shape[1], q->shape[2], k->shape[2]};
+  bool ok = mask->ndim <= 4;
+  for (int i = 0; ok && i < mask->ndim; i++) {
+    int64_t m = mask->shape[i], f = full[4 - mask->ndim + i];
+    ok = m == 1 || m == f;
+  }
+  if (!ok) {
+    snprintf(want, sizeof want, "a shape that broadcasts to [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64 "]",
+             full[0], full[1], full[2], full[3]);
+    return shape_error("mask", mask, want);
+  }
+  return KNND_OK;
+}
+
+knnd_status knnd_scaled_dot_product_attention(knnd_tensor *q, knnd_tensor *k, knnd_tensor *v, knnd_tensor *mask,
+                                              bool is_causal, double scale, knnd_tensor **out) {
+  static const char *op = "scaled_dot_product_attention";
+  KNND_TRY(check_args(q, k, v, mask));
+  if (!isfinite(scale))
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'scale' is %g (expected a finite value; <= 0 for 1/sqrt(D))", op,
+                      scale);
+  const int64_t B = q->shape[0], H = q->shape[1], Lq = q->shape[2], D = q->shape[3];
+  const int64_t Lk = k->shape[2], Dv = v->shape[3], BH = B * H;
+  if (scale <= 0) scale = D > 0 ? 1.0 / sqrt((double)D) : 1.0;
+  const float fscale = (float)scale;
+  knnd_tensor *qc = NULL, *kc = NULL, *vc = NULL, *mc = NULL, *p = NULL, *o = NULL, *res = NULL;
+  knnd_status st = KNND_OK;
+  KNND_CHECK(gemm_operand(q, &qc));
+  KNND_CHECK(gemm_operand(k, &kc));
+  KNND_CHECK(gemm_operand(v, &vc));
+  /* a u8 mask is read as is; a float one as f32 */
+  if (mask) KNND_CHECK(mask->dtype == KNND_U8 ? knnd_alias(mask, &mc) : knnd_contig_f32(mask, &mc));
+  const int64_t pshape[4] = {B, H, Lq, Lk};
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, 4, pshape, KNND_CPU, &p));
+  KNND_CHECK(empty_like_layout(q, B, H, Lq, Dv, &o));
+  {
+    int64_t ms[4] = {0, 0, 0, 0};
+    if (mc) knnd_broadcast_strides(mc, 4, pshape, ms);
+    const bool mask_u8 = mc && mc->dtype == KNND_U8;
+    const void *mbase = mc ? knnd_tensor_data(mc) : NULL;
+    bh_matrix mq = bh_of(qc), mk = bh_of(kc), mv = bh_of(vc), mo = bh_of(o);
+    float *pp = knnd_tensor_data(p);
+    worker_error err = {0};
+    const bh_threads th = plan_threads(BH, BH * Lq * Lk * (D + Dv));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(th.outer) if (th.outer > 1)
+    for (int64_t bh = 0; bh < BH; bh++) {
+      float *s = pp + bh * Lq * Lk;
+      knnd_status gs =
+          knnd_sgemm(false, true, Lq, Lk, D, fscale, bh_at(&mq, bh, H), mq.ld, bh_at(&mk, bh, H), mk.ld, 0.0f, s, Lk);
+      if (gs) {
+        worker_fail(&err, gs);
+        continue;
+      }
+      const int64_t moff = (bh / H) * ms[0] + (bh % H) * ms[1];
+      masked_softmax(s, Lq, Lk, mask_u8 ? (const uint8_t *)mbase + moff : NULL,
+                     mbase && !mask_u8 ? (const float *)mbase + moff : NULL, ms, is_causal, th.inner);
+      gs = knnd_sgemm(false, false, Lq, Dv, Lk, 1.0f, s, Lk, bh_at(&mv, bh, H), mv.ld, 0.0f, bh_at(&mo, bh, H), mo.ld);
+      if (gs) worker_fail(&err, gs);
+    }
+    if (err.st) {
+      st = worker_raise(&err, op);
+      goto cleanup;
+    }
+  }
+  st = knnd_f32_to_dtype(o, q->dtype, &res);
+  o = NULL;
+  if (st) goto cleanup;
+  knnd_tensor *inputs[4] = {q, k, v, mask};
+  knnd_node *node = NULL;
+  KNND_CHECK(knnd_autograd_record(op, res, 4, inputs, attention_backward, &node));
+  if (node) {
+    node->fp[0] = fscale;
+    KNND_CHECK(knnd_node_save(node, 0, qc));
+    KNND_CHECK(knnd_node_save(node, 1, kc));
+    KNND_CHECK(knnd_node_save(node, 2, vc));
+    KNND_CHECK(knnd_node_save(node, 3, p));
+  }
+  *out = res;
+  res = NULL;
+cleanup:
+  knnd_tensor_release(qc);
+  knnd_tensor_release(kc);
+  knnd_tensor_release(vc);
+  knnd_tensor_release(mc);
+  knnd_tensor_release(p);
+  knnd_tensor_release(o);
+  knnd_tensor_release(res);
+  return st;
+}
