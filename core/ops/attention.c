@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/cpu/cpu_vec.h"
+#include "backend/cpu/cpu_vecmath.h"
 #include "tensor/internal.h"
 
 /* One [B,H,L,X] operand as the GEMMs read it: matrix (b,h) starts at base + b·sb + h·sh and has
@@ -94,7 +94,7 @@ static bh_threads plan_threads(int64_t bh, int64_t work) {
 /* One row of scores to probabilities in place: mask (u8: 0 hides the key; f32: added, with
  * stride ms between keys), hide keys from `visible` on (the causal mask), softmax. A row with
  * every key hidden becomes zeros. */
-KNND_VECTOR_CLONES static void softmax_row(float *row, int64_t n, const uint8_t *mask_u8, const float *mask_f32,
+KNND_CPU_CLONES static void softmax_row(float *row, int64_t n, const uint8_t *mask_u8, const float *mask_f32,
                                            int64_t ms, int64_t visible) {
   if (mask_u8) {
     for (int64_t j = 0; j < n; j++)
@@ -110,15 +110,10 @@ KNND_VECTOR_CLONES static void softmax_row(float *row, int64_t n, const uint8_t 
     memset(row, 0, sizeof(float) * (size_t)n);
     return;
   }
-#pragma omp simd
-  for (int64_t j = 0; j < n; j++) {
-    float d = row[j] - mx;
-    row[j] = d < KNND_VEC_EXP_MIN ? KNND_VEC_EXP_MIN : d;
-  }
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; j++) {
-    row[j] = knnd_vec_expf_inrange(row[j]);
+    row[j] = knnd_expf_vec(row[j] - mx);
     sum += row[j];
   }
   const float inv = 1.0f / sum;
@@ -137,7 +132,7 @@ static void masked_softmax(float *s, int64_t lq, int64_t lk, const uint8_t *mask
 }
 
 /* softmax backward of one row in place: dP becomes dS = P ⊙ (dP - Σ P ⊙ dP) */
-KNND_VECTOR_CLONES static void softmax_backward_row(const float *p, float *d, int64_t n) {
+KNND_CPU_CLONES static void softmax_backward_row(const float *p, float *d, int64_t n) {
   float dot = 0;
 #pragma omp simd reduction(+ : dot)
   for (int64_t j = 0; j < n; j++) dot += p[j] * d[j];

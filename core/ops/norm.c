@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "backend/cpu/cpu_vec.h"
+#include "backend/cpu/cpu_vecmath.h"
 #include "tensor/internal.h"
 
 /* Both norms are one computation over R rows of D = cpg·inner contiguous elements: each row is
@@ -23,7 +23,7 @@ typedef struct norm_geom {
  * as (x - x[0]) - m, where the first difference is exact for x near x[0] (Sterbenz), so a
  * mean of 1000 with a spread of 0.1 loses nothing to the float spacing at 1000. */
 #define NORM_CHUNK 1024
-KNND_VECTOR_CLONES static void row_moments(const float *x, int64_t n, double eps, float *mean, float *rstd) {
+KNND_CPU_CLONES static void row_moments(const float *x, int64_t n, double eps, float *mean, float *rstd) {
   const float shift = x[0];
   double s = 0, ss = 0;
   for (int64_t i0 = 0; i0 < n; i0 += NORM_CHUNK) {
@@ -48,7 +48,7 @@ KNND_VECTOR_CLONES static void row_moments(const float *x, int64_t n, double eps
 /* y = (x - mean)·(rstd·w) + b for one row; mean = {x[0], m} (see row_moments); w, b point at
  * the row's first channel. Subtracting the mean first (rather than PyTorch's
  * x·scale + (b - mean·scale)) costs nothing and keeps precision when |mean| >> std. */
-KNND_VECTOR_CLONES static void row_forward(const float *x, float *y, const float *mean, float rstd, const float *w,
+KNND_CPU_CLONES static void row_forward(const float *x, float *y, const float *mean, float rstd, const float *w,
                                            const float *b, int64_t cpg, int64_t inner) {
   const float mean_hi = mean[0], mean_lo = mean[1];
   if (inner == 1) {
@@ -74,7 +74,7 @@ KNND_VECTOR_CLONES static void row_forward(const float *x, float *y, const float
  * does not cancel when |mean| >> std. One pass gathers the sums (float partial sums over chunks,
  * folded into doubles), a second writes dx.
  * dx may be NULL (x needs no grad); dw_acc/db_acc NULL when no affine grad is wanted. */
-KNND_VECTOR_CLONES static void row_backward(const float *x, const float *dy, float *dx, const float *mean, float rstd,
+KNND_CPU_CLONES static void row_backward(const float *x, const float *dy, float *dx, const float *mean, float rstd,
                                             const float *w, int64_t cpg, int64_t inner, double *dw_acc,
                                             double *db_acc) {
   const float mean_hi = mean[0], mean_lo = mean[1];

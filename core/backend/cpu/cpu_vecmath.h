@@ -5,11 +5,13 @@
 
 #include <stdint.h>
 
-/* Compile a hot kernel three times (AVX-512, AVX2+FMA, baseline x86-64) and pick one at load
- * time: the library is built for baseline x86-64, where every loop is 4 floats wide. Put it on
- * a function the OpenMP loop calls (the outlined parallel body itself is not cloned). */
+/* Compile a hot kernel three times (AVX-512, AVX2, baseline x86-64) and pick one at load time
+ * (an ifunc): the library is built for baseline x86-64, where every loop is 4 floats wide. Put
+ * it on a function the OpenMP loop calls (the outlined parallel body itself is not cloned).
+ * Features, not "arch=" names: GCC resolves those by CPU model, which on virtual CPUs falls
+ * back to the default clone. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define KNND_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define KNND_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define KNND_CPU_CLONES
 #endif
