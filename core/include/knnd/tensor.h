@@ -101,6 +101,8 @@ void *knnd_tensor_data(const knnd_tensor *t);
 void knnd_shape_str(int ndim, const int64_t *shape, char *buf, size_t n);
 /* Bytes of all live storages (the Lua GC uses this to collect garbage tensors in time). */
 int64_t knnd_live_bytes(void);
+/* Free the CPU allocator's cache of large blocks (kept for reuse across training steps). */
+void knnd_cpu_cache_clear(void);
 
 /* ---- views (autograd-aware: a view of a tensor that requires grad carries a grad_fn) ----- */
 /* shape may hold one -1 (inferred). Fails with a shape error when the strides cannot express

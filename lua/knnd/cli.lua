@@ -1,0 +1,79 @@
+-- cli.lua — the knnd command line: `knnd run SCRIPT.lua`, `knnd version`, `knnd --help`.
+-- Parsed with argparse (Debian's lua-argparse), not by hand.
+local argparse = require "argparse"
+local knnd = require "knnd"
+local options = require "knnd.options"
+
+local M = {}
+
+local function build_parser()
+  local p = argparse("knnd", "Retrieval-conditioned text-to-image diffusion (KNN-Diffusion), scripted in Lua.")
+    :epilog("Examples:\n  knnd run experiments/demo_classifier.lua --set steps=300 --seed 1\n  knnd version")
+  p:command_target("command")
+  p:require_command(false)
+  local run = p:command("run", "Run a Lua experiment script with the knnd module loaded.")
+  run:argument("script", "The Lua script to run.")
+  run:argument("args", "Arguments passed to the script as `arg`."):args("*")
+  run:option("--set", "Override an option the script declares (key=value, dotted keys for nesting).")
+    :count("*"):argname("<key=value>")
+  run:option("--seed", "Seed the default random generator."):convert(tonumber)
+  p:command("version", "Print the version and what this knnd was built with.")
+  return p
+end
+
+local function cmd_version()
+  io.write(("knnd %s\n"):format(knnd.version()))
+  for _, kv in ipairs(knnd.build_info()) do
+    io.write(("  %-15s %s\n"):format(kv[1] .. ":", kv[2]))
+  end
+  return 0
+end
+
+local function cmd_run(a)
+  local overrides = {}
+  for _, s in ipairs(a.set or {}) do
+    local key, value = s:match("^([%w_%.]+)=(.*)$")
+    if not key then
+      error(("--set expects key=value, got '%s'"):format(s), 0)
+    end
+    overrides[key] = value
+  end
+  options.set_overrides(overrides)
+  if a.seed then
+    if a.seed ~= math.floor(a.seed) or a.seed < 0 then
+      error(("--seed expects a non-negative integer, got %s"):format(a.seed), 0)
+    end
+    knnd.manual_seed(math.tointeger(a.seed))
+    knnd.seed = math.tointeger(a.seed)
+  end
+  local chunk, err = loadfile(a.script)
+  if not chunk then
+    error(("cannot load script: %s"):format(err), 0)
+  end
+  _G.arg = { [0] = a.script }
+  for i, v in ipairs(a.args or {}) do _G.arg[i] = v end
+  local ok, rerr = xpcall(chunk, function(e)
+    if os.getenv("KNND_TRACEBACK") then return debug.traceback(tostring(e), 2) end
+    return tostring(e)
+  end, table.unpack(_G.arg))
+  if not ok then
+    error(rerr, 0)
+  end
+  options.check_unused()
+  return 0
+end
+
+function M.main(argv)
+  local parser = build_parser()
+  local ok, a = parser:pparse(argv)
+  if not ok then
+    io.stderr:write(parser:get_usage(), "\n\nknnd: ", a, "\n")
+    return 2
+  end
+  if a.command == "run" then return cmd_run(a) end
+  if a.command == "version" then return cmd_version() end
+  io.write(parser:get_help(), "\n")
+  return 0
+end
+
+return M
