@@ -251,8 +251,10 @@ knnd_status knnd_image_grid(const knnd_tensor *images, const knnd_grid_opts *opt
   KNND_TRY(knnd_check_tensor(images, op, "images"));
   knnd_grid_opts o = opts ? *opts : (knnd_grid_opts){0, -1, 0, 0, 1, NULL, NULL};
   int nd = images->ndim;
-  int64_t n = images->shape[0], c = nd == 4 ? images->shape[1] : 1, h = images->shape[nd - 2], w = images->shape[nd - 1];
-  if ((nd != 3 && nd != 4) || (c != 1 && c != 3 && c != 4) || n < 1 || h < 1 || w < 1) {
+  bool rank_ok = nd == 3 || nd == 4; /* read no shape entry before the rank is known */
+  int64_t n = rank_ok ? images->shape[0] : 0, c = nd == 4 ? images->shape[1] : 1;
+  int64_t h = rank_ok ? images->shape[nd - 2] : 0, w = rank_ok ? images->shape[nd - 1] : 0;
+  if (!rank_ok || (c != 1 && c != 3 && c != 4) || n < 1 || h < 1 || w < 1) {
     char s[128];
     knnd_shape_str(nd, images->shape, s, sizeof s);
     return knnd_error(KNND_ERR_SHAPE, "%s: argument 'images' has shape %s (expected [N, C, H, W] with N, H, W >= 1 and "

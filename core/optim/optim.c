@@ -149,21 +149,19 @@ static knnd_status optimizer_new(optimizer_kind kind, int n, knnd_tensor *const 
 
 static bool finite_in(double x, double lo, double hi) { return isfinite(x) && x >= lo && x <= hi; }
 
+knnd_adamw_opts knnd_adamw_default_opts(void) { /* torch.optim.AdamW's */
+  return (knnd_adamw_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.01};
+}
+knnd_sgd_opts knnd_sgd_default_opts(void) { /* torch.optim.SGD's (lr is required there) */
+  return (knnd_sgd_opts){.lr = 1e-3};
+}
+
 knnd_status knnd_adamw_new(int n, knnd_tensor *const *params, const knnd_adamw_opts *opts, knnd_optimizer **out) {
   static const char *op = "adamw_new";
   if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
   *out = NULL;
   KNND_TRY(knnd_optim_check_params(op, n, params, true));
-  /* torch.optim.AdamW's defaults; a zero lr/beta/eps takes its default, weight_decay is taken
-   * as given (0 = no decay) */
-  knnd_adamw_opts o = {1e-3, 0.9, 0.999, 1e-8, 0.01};
-  if (opts) {
-    if (opts->lr != 0) o.lr = opts->lr;
-    if (opts->beta1 != 0) o.beta1 = opts->beta1;
-    if (opts->beta2 != 0) o.beta2 = opts->beta2;
-    if (opts->eps != 0) o.eps = opts->eps;
-    o.weight_decay = opts->weight_decay;
-  }
+  knnd_adamw_opts o = opts ? *opts : knnd_adamw_default_opts();
   /* the ranges torch.optim.Adam checks */
   if (!finite_in(o.lr, 0, INFINITY))
     return knnd_error(KNND_ERR_ARG, "%s: argument 'lr' is %g (expected a finite value >= 0)", op, o.lr);
@@ -189,8 +187,7 @@ knnd_status knnd_sgd_new(int n, knnd_tensor *const *params, const knnd_sgd_opts 
   if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
   *out = NULL;
   KNND_TRY(knnd_optim_check_params(op, n, params, true));
-  knnd_sgd_opts o = {1e-3, 0, 0, 0, false}; /* torch.optim.SGD's defaults */
-  if (opts) o = *opts;
+  knnd_sgd_opts o = opts ? *opts : knnd_sgd_default_opts();
   if (!finite_in(o.lr, 0, INFINITY))
     return knnd_error(KNND_ERR_ARG, "%s: argument 'lr' is %g (expected a finite value >= 0)", op, o.lr);
   if (!finite_in(o.momentum, 0, INFINITY))

@@ -86,7 +86,7 @@ static bool run_fixture_case(FILE *f) {
   knnd_tensor *params[FIX_MAX_PARAMS];
   int ndims[FIX_MAX_PARAMS];
   int64_t shapes[FIX_MAX_PARAMS][KNND_MAX_DIMS];
-  knnd_adamw_opts ao = {0};
+  knnd_adamw_opts ao = knnd_adamw_default_opts();
   knnd_sgd_opts so = {0};
   bool adamw = strcmp(kind, "adamw") == 0;
   read_word(f, kind);
@@ -162,7 +162,8 @@ static void test_adamw_large_matches_formula(void **state) {
   knnd_test_seed(11);
   knnd_tensor *p = kt_param(kt_randn(2, (int64_t)300, (int64_t)200)), *p0 = copy_of(p);
   knnd_tensor *g1 = kt_randn(2, (int64_t)300, (int64_t)200), *g2 = kt_randn(2, (int64_t)300, (int64_t)200);
-  knnd_adamw_opts o = {.lr = 0.01, .weight_decay = 0.1};
+  knnd_adamw_opts o = knnd_adamw_default_opts();
+  o.lr = 0.01, o.weight_decay = 0.1;
   knnd_optimizer *opt;
   KT_OK(knnd_adamw_new(1, &p, &o, &opt));
   set_grad(p, knnd_tensor_retain(g1));
@@ -202,7 +203,8 @@ static void check_step_like_f32(knnd_tensor *p, bool adamw) {
   KT_OK(knnd_set_requires_grad(ref32, true));
   knnd_optimizer *o1, *o2;
   knnd_sgd_opts so = {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01};
-  knnd_adamw_opts ao = {.lr = 0.05};
+  knnd_adamw_opts ao = knnd_adamw_default_opts();
+  ao.lr = 0.05;
   if (adamw) {
     KT_OK(knnd_adamw_new(1, &p, &ao, &o1));
     KT_OK(knnd_adamw_new(1, &ref32, &ao, &o2));
@@ -309,7 +311,8 @@ static void check_resume(bool adamw, bool via_checkpoint) {
   knnd_test_seed(21);
   knnd_tensor *a[2] = {kt_param(kt_randn(2, (int64_t)4, (int64_t)5)), kt_param(kt_randn(1, (int64_t)3))};
   knnd_optimizer *oa, *ob;
-  knnd_adamw_opts ao = {.lr = 0.03, .weight_decay = 0.02};
+  knnd_adamw_opts ao = knnd_adamw_default_opts();
+  ao.lr = 0.03, ao.weight_decay = 0.02;
   knnd_sgd_opts so = {.lr = 0.05, .momentum = 0.9, .dampening = 0.2, .weight_decay = 0.01};
   if (adamw) KT_OK(knnd_adamw_new(2, a, &ao, &oa));
   else KT_OK(knnd_sgd_new(2, a, &so, &oa));
@@ -426,8 +429,8 @@ static void test_arguments(void **state) {
   KT_FAILS(knnd_adamw_new(1, &y, NULL, &o), KNND_ERR_ARG, "leaf");
   knnd_tensor *dup[2] = {p, p};
   KT_FAILS(knnd_adamw_new(2, dup, NULL, &o), KNND_ERR_ARG, "params[1]");
-  KT_FAILS(knnd_adamw_new(1, &p, &(knnd_adamw_opts){.beta1 = 1.0}, &o), KNND_ERR_ARG, "beta1");
-  KT_FAILS(knnd_adamw_new(1, &p, &(knnd_adamw_opts){.lr = -1}, &o), KNND_ERR_ARG, "lr");
+  KT_FAILS(knnd_adamw_new(1, &p, &(knnd_adamw_opts){.lr = 1e-3, .beta1 = 1.0, .beta2 = 0.999, .eps = 1e-8}, &o), KNND_ERR_ARG, "beta1");
+  KT_FAILS(knnd_adamw_new(1, &p, &(knnd_adamw_opts){.lr = -1, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8}, &o), KNND_ERR_ARG, "lr");
   KT_FAILS(knnd_sgd_new(1, &p, &(knnd_sgd_opts){.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .nesterov = true}, &o),
            KNND_ERR_ARG, "nesterov");
   KT_FAILS(knnd_sgd_new(1, &p, &(knnd_sgd_opts){.lr = 0.1, .momentum = -0.5}, &o), KNND_ERR_ARG, "momentum");
@@ -674,7 +677,7 @@ static void test_adamw_fits_least_squares(void **state) {
   KT_OK(knnd_tensor_zeros(KNND_F32, 2, (int64_t[]){5, 1}, KNND_CPU, &w));
   kt_param(w);
   knnd_optimizer *opt;
-  KT_OK(knnd_adamw_new(1, &w, &(knnd_adamw_opts){.lr = 0.05, .weight_decay = 1e-6}, &opt));
+  KT_OK(knnd_adamw_new(1, &w, &(knnd_adamw_opts){.lr = 0.05, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-6}, &opt));
   double first = 0, last = 0;
   for (int s = 0; s < 300; s++) {
     knnd_tensor *pred, *loss;

@@ -15,8 +15,7 @@ typedef struct knnd_adamw_opts {
   double lr;           /* default 1e-3 */
   double beta1, beta2; /* 0.9, 0.999 */
   double eps;          /* 1e-8 */
-  double weight_decay; /* decoupled (Loshchilov & Hutter), as torch.optim.AdamW; taken as given
-                        * (0 = none) — 0.01 only when opts is NULL */
+  double weight_decay; /* 0.01, decoupled (Loshchilov & Hutter), as torch.optim.AdamW */
 } knnd_adamw_opts;
 typedef struct knnd_sgd_opts {
   double lr;
@@ -26,8 +25,11 @@ typedef struct knnd_sgd_opts {
   bool nesterov;
 } knnd_sgd_opts;
 
-/* params: leaves (retained); opts NULL means torch's defaults; a zero lr/beta/eps of AdamW
- * takes its default */
+/* torch.optim's defaults; start from these and change the fields you mean */
+knnd_adamw_opts knnd_adamw_default_opts(void);
+knnd_sgd_opts knnd_sgd_default_opts(void);
+/* params: leaves (retained); every field of opts is taken as given (0 means 0); opts NULL
+ * means the defaults above */
 knnd_status knnd_adamw_new(int n, knnd_tensor *const *params, const knnd_adamw_opts *opts, knnd_optimizer **out);
 knnd_status knnd_sgd_new(int n, knnd_tensor *const *params, const knnd_sgd_opts *opts, knnd_optimizer **out);
 void knnd_optimizer_free(knnd_optimizer *o);
