@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <omp.h>
+
+#include "backend/cpu/cpu_vecmath.h"
 #include "tensor/internal.h"
 
 /* ---- the strided loop ---------------------------------------------------------------------- */
@@ -325,12 +328,12 @@ static const char *unary_name(knnd_unary_op op) {
 #define INV_SQRT2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
-static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float sigm(float x) { return 1.0f / (1.0f + knnd_expf_vec(-x)); }
 
 /* forward: y = f(x) */
 #define UNARY_CASES(X)                                                                                        \
   X(KNND_UNARY_NEG, -x)                                                                                       \
-  X(KNND_UNARY_EXP, expf(x))                                                                                  \
+  X(KNND_UNARY_EXP, knnd_expf_vec(x))                                                                                  \
   X(KNND_UNARY_LOG, logf(x))                                                                                  \
   X(KNND_UNARY_SQRT, sqrtf(x))                                                                                \
   X(KNND_UNARY_RSQRT, 1.0f / sqrtf(x))                                                                        \
@@ -379,21 +382,28 @@ static inline float unary_grad(knnd_unary_op op, float x, float y, float g) {
   return 0;
 }
 
-static void unary_kernel(knnd_unary_op op, float *y, const float *x, int64_t n) {
+/* one thread's share of a unary op; cloned per ISA so the exp-based ones run 16 lanes wide */
+KNND_CPU_CLONES static void unary_chunk(knnd_unary_op op, float *y, const float *x, int64_t n) {
   switch (op) {
-#define X(OP, EXPR)                                                              \
-  case OP: {                                                                     \
-    _Pragma("omp parallel for simd num_threads(knnd_threads_for(n * 4))")        \
-    for (int64_t i = 0; i < n; i++) {                                            \
-      float x_ = x[i];                                                           \
-      float xv = x_;                                                             \
-      (void)xv;                                                                  \
-      y[i] = ({ float x = x_; EXPR; });                                          \
-    }                                                                            \
-    break;                                                                       \
-  }
+#define X(OP, EXPR)                                \
+  case OP:                                         \
+    for (int64_t i = 0; i < n; i++) {              \
+      float x_ = x[i];                             \
+      y[i] = ({ float x = x_; EXPR; });            \
+    }                                              \
+    break;
     UNARY_CASES(X)
 #undef X
+  }
+}
+
+static void unary_kernel(knnd_unary_op op, float *y, const float *x, int64_t n) {
+  int nt = knnd_threads_for(n * 4);
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), k = omp_get_num_threads();
+    int64_t lo = n * t / k, hi = n * (t + 1) / k;
+    unary_chunk(op, y + lo, x + lo, hi - lo);
   }
 }
 
