@@ -11,13 +11,7 @@
 #include "knnd/io.h"
 #include "knnd/plot.h"
 
-static const char *tmp_path(const char *name) {
-  static char buf[4][512];
-  static int k;
-  char *p = buf[k++ % 4];
-  snprintf(p, 512, "%s/plot_%s", KNND_TEST_TMP_DIR, name); /* distinct from other tests' files */
-  return p;
-}
+static const char *tmp_path(const char *name) { return kt_tmp_path("plot", name); }
 
 /* how many pixels of img (u8 [3,H,W]) have exactly this colour */
 static int64_t count_colour(const knnd_tensor *img, int r, int g, int b) {

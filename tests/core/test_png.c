@@ -10,13 +10,7 @@
 
 #include "knnd/io.h"
 
-static const char *tmp_path(const char *name) {
-  static char buf[4][512];
-  static int k;
-  char *p = buf[k++ % 4];
-  snprintf(p, 512, "%s/png_%s", KNND_TEST_TMP_DIR, name); /* distinct from other tests' files */
-  return p;
-}
+static const char *tmp_path(const char *name) { return kt_tmp_path("png", name); }
 
 static knnd_tensor *rand_u8(int ndim, const int64_t *shape) {
   knnd_tensor *t;

@@ -10,39 +10,9 @@
 
 #include "knnd/io.h"
 
-static const char *tmp_path(const char *name) {
-  static char buf[4][512];
-  static int k;
-  char *p = buf[k++ % 4];
-  snprintf(p, 512, "%s/safetensors_%s", KNND_TEST_TMP_DIR, name); /* distinct from other tests' files */
-  return p;
-}
-
-/* a random tensor of any dtype */
-static knnd_tensor *rand_tensor(knnd_dtype dt, int ndim, const int64_t *shape) {
-  knnd_tensor *t = NULL;
-  if (knnd_dtype_is_float(dt)) {
-    knnd_tensor *f;
-    KT_OK(knnd_randn(KNND_F32, ndim, shape, knnd_test_gen(), &f));
-    KT_OK(knnd_to_dtype(f, dt, &t));
-    knnd_tensor_release(f);
-  } else {
-    KT_OK(knnd_tensor_empty(dt, ndim, shape, KNND_CPU, &t));
-    KT_OK(knnd_randint_(t, dt == KNND_U8 ? 0 : -1000, dt == KNND_U8 ? 256 : 1000, knnd_test_gen()));
-  }
-  return t;
-}
-
-/* no temporary files (".<name>.tmp.*") left beside the target */
-static void assert_no_temp_files(const char *base) {
-  DIR *d = opendir(KNND_TEST_TMP_DIR);
-  assert_non_null(d);
-  char prefix[256];
-  snprintf(prefix, sizeof prefix, ".safetensors_%s.tmp.%ld.", base, (long)getpid()); /* this run's, not a crashed one's */
-  for (struct dirent *e; (e = readdir(d));)
-    if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) fail_msg("temporary file %s left behind", e->d_name);
-  closedir(d);
-}
+static const char *tmp_path(const char *name) { return kt_tmp_path("safetensors", name); }
+#define rand_tensor kt_rand_dtype
+static void assert_no_temp_files(const char *base) { kt_assert_no_temp_files("safetensors", base); }
 
 static void test_round_trip_all_dtypes(void **state) {
   (void)state;

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <unistd.h>
 
 #include "tensor/internal.h"
 
@@ -164,4 +166,39 @@ void kt_assert_identical(const knnd_tensor *a, const knnd_tensor *b) {
   }
   knnd_tensor_release(ca);
   knnd_tensor_release(cb);
+}
+
+const char *kt_tmp_path(const char *prefix, const char *name) {
+  static char buf[4][512];
+  static int k;
+  char *p = buf[k++ % 4];
+  snprintf(p, 512, "%s/%s_%s", KNND_TEST_TMP_DIR, prefix, name);
+  return p;
+}
+
+void kt_assert_no_temp_files(const char *prefix, const char *base) {
+  DIR *d = opendir(KNND_TEST_TMP_DIR);
+  assert_non_null(d);
+  char want[256];
+  snprintf(want, sizeof want, ".%s_%s.tmp.%ld.", prefix, base, (long)getpid()); /* this run's, not a crashed one's */
+  for (struct dirent *e; (e = readdir(d));)
+    if (strncmp(e->d_name, want, strlen(want)) == 0) {
+      closedir(d);
+      fail_msg("temporary file %s left behind", e->d_name);
+    }
+  closedir(d);
+}
+
+knnd_tensor *kt_rand_dtype(knnd_dtype dt, int ndim, const int64_t *shape) {
+  knnd_tensor *t = NULL;
+  if (knnd_dtype_is_float(dt)) {
+    knnd_tensor *f;
+    KT_OK(knnd_randn(KNND_F32, ndim, shape, &test_gen, &f));
+    KT_OK(knnd_to_dtype(f, dt, &t));
+    knnd_tensor_release(f);
+  } else {
+    KT_OK(knnd_tensor_empty(dt, ndim, shape, KNND_CPU, &t));
+    KT_OK(knnd_randint_(t, dt == KNND_U8 ? 0 : -1000, dt == KNND_U8 ? 256 : 1000, &test_gen));
+  }
+  return t;
 }

@@ -36,6 +36,15 @@ knnd_tensor *kt_param(knnd_tensor *t);
 /* a random integer dim in [lo, hi] */
 int64_t kt_randint(int64_t lo, int64_t hi);
 
+/* KNND_TEST_TMP_DIR/<prefix>_<name> (prefix: the test's area, so parallel tests never share a
+ * file); the result lives until four more calls */
+const char *kt_tmp_path(const char *prefix, const char *name);
+/* fail if a temporary file of this process (".<prefix>_<base>.tmp.<pid>.*") is left in the
+ * test folder: an atomic write must rename or remove it */
+void kt_assert_no_temp_files(const char *prefix, const char *base);
+/* random values of any dtype (floats normal, integers in a small range, u8 in 0..255) */
+knnd_tensor *kt_rand_dtype(knnd_dtype dt, int ndim, const int64_t *shape);
+
 /* element-wise |a - b| <= atol + rtol·|b| over tensors of equal shape (any dtype, read as
  * double); fails naming the worst element */
 void kt_assert_close(const knnd_tensor *a, const knnd_tensor *b, double atol, double rtol);

@@ -2,33 +2,9 @@
 -- plots: round trips, atomic commits, and the errors of every misuse.
 local knnd = require "knnd"
 
-local function flat(t)
-  local out = {}
-  local function walk(v)
-    if type(v) == "table" then for _, x in ipairs(v) do walk(x) end else out[#out + 1] = v end
-  end
-  walk(t:totable())
-  return out
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
--- a file name of this spec (specs run in parallel in one folder)
-local function tmp(name)
-  local path = "io_spec_" .. name
-  os.remove(path)
-  return path
-end
+local h = require "spec_helpers"
+local flat, exists, write_file = h.flat, h.exists, h.write_file
+local function tmp(name) return h.tmp("io_spec", name) end
 
 describe("knnd.io.h5open", function()
   it("writes and reads datasets, rows, info, listings and attributes", function()

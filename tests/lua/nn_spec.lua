@@ -5,22 +5,8 @@ local knnd = require "knnd"
 local function shape(t) return table.concat(t:size(), "x") end
 
 -- the values of a tensor as a flat Lua list
-local function flat(t)
-  local out = {}
-  local function walk(v)
-    if type(v) == "table" then for _, x in ipairs(v) do walk(x) end else out[#out + 1] = v end
-  end
-  walk(t:totable())
-  return out
-end
-
-local function assert_close(a, b, tol)
-  assert.are.equal(#a, #b)
-  for i = 1, #a do
-    assert(math.abs(a[i] - b[i]) <= (tol or 1e-5) * (1 + math.abs(b[i])),
-      ("element %d: %g vs %g"):format(i, a[i], b[i]))
-  end
-end
+local h = require "spec_helpers"
+local flat, assert_close = h.flat, h.assert_close
 
 describe("knnd.nn constructors", function()
   it("Linear has weight [out, in] and bias [out], and bias = false drops the bias", function()

@@ -2,26 +2,8 @@
 -- method forms, gradients through Lua, 1-based dims, and the errors of misuse.
 local knnd = require "knnd"
 
-local function close(a, b, tol)
-  tol = tol or 1e-5
-  if type(a) == "number" and type(b) == "number" then return math.abs(a - b) <= tol * (1 + math.abs(b)) end
-  if type(a) ~= "table" or type(b) ~= "table" or #a ~= #b then return false end
-  for i = 1, #a do
-    if not close(a[i], b[i], tol) then return false end
-  end
-  return true
-end
-
--- t (a tensor, or a number) holds `expected` (a number or nested tables) within tol
-local function assert_close(t, expected, tol)
-  local got = knnd.is_tensor(t) and t:totable() or t
-  assert(close(got, expected, tol), ("expected %s, got %s"):format(require("pl.pretty").write(expected, ""),
-    knnd.is_tensor(t) and tostring(t) or tostring(got)))
-end
-
-local function errors_with(fn, text)
-  assert.error_matches(fn, text, 1, true)
-end
+local h = require "spec_helpers"
+local close, assert_close, errors_with = h.close, h.assert_close, h.errors_with
 
 local function map(t, f)
   local r = {}

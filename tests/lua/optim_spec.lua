@@ -2,22 +2,8 @@
 -- Lua, the ways to pass parameters, state dicts, EMA, gradient clipping, LR schedules, misuse.
 local knnd = require "knnd"
 
-local function flat(t)
-  local out = {}
-  local function walk(v)
-    if type(v) == "table" then for _, x in ipairs(v) do walk(x) end else out[#out + 1] = v end
-  end
-  walk(t:totable())
-  return out
-end
-
-local function assert_close(a, b, tol)
-  assert.are.equal(#a, #b)
-  for i = 1, #a do
-    assert(math.abs(a[i] - b[i]) <= (tol or 1e-5) * (1 + math.abs(b[i])),
-      ("element %d: %.9g vs %.9g"):format(i, a[i], b[i]))
-  end
-end
+local h = require "spec_helpers"
+local flat, assert_close = h.flat, h.assert_close
 
 -- a leaf parameter with the given values, and a gradient set by hand
 local function param(values) return knnd.tensor(values, {requires_grad = true}) end

@@ -2,27 +2,8 @@
 -- dtype moves, arithmetic metamethods, autograd, generators, and the errors of misuse.
 local knnd = require "knnd"
 
--- every number of nested tables a and b within tol
-local function close(a, b, tol)
-  tol = tol or 1e-5
-  if type(a) == "number" and type(b) == "number" then return math.abs(a - b) <= tol * (1 + math.abs(b)) end
-  if type(a) ~= "table" or type(b) ~= "table" or #a ~= #b then return false end
-  for i = 1, #a do
-    if not close(a[i], b[i], tol) then return false end
-  end
-  return true
-end
-
-local function assert_close(t, expected, tol)
-  local got = knnd.is_tensor(t) and t:totable() or t
-  assert(close(got, expected, tol), ("expected %s, got %s"):format(require("pl.pretty").write(expected, ""),
-    knnd.is_tensor(t) and tostring(t) or tostring(got)))
-end
-
--- the error of fn contains `text` (plain, not a pattern)
-local function errors_with(fn, text)
-  assert.error_matches(fn, text, 1, true)
-end
+local h = require "spec_helpers"
+local close, assert_close, errors_with = h.close, h.assert_close, h.errors_with
 
 describe("knnd.tensor", function()
   it("reads nested tables row by row", function()
