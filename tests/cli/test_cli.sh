@@ -46,5 +46,11 @@ out=$("$knnd" run bad.lua 2>&1); rc=$?
 out=$("$knnd" frobnicate 2>&1); rc=$?
 [ $rc = 2 ]; check "unknown command exits 2" $?
 
+# the README's tour runs as written
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+out=$(TMPDIR="$PWD" "$knnd" run "$repo/experiments/tour.lua" 2>&1); rc=$?
+[ $rc = 0 ] && contains "$out" "tour done" && [ -s tour_grid.png ] && [ -s tour_plot.png ] && [ -s tour.safetensors ]
+check "experiments/tour.lua runs and writes its files ($out)" $?
+
 echo "$pass passed, $fail failed"
 [ $fail = 0 ]
