@@ -349,7 +349,7 @@ static int l_interpolate(lua_State *L) {
   if (has_size) {
     knnd_lua_opt_pair(L, o, "interpolate", "size", 0, size);
   } else {
-    double scale[2];
+    double scale[2] = {0, 0};
     opt_number_pair(L, o, "interpolate", "scale_factor", scale);
     for (int i = 0; i < 2; i++) {
       if (!(scale[i] > 0)) return luaL_error(L, "knnd.interpolate: option 'scale_factor' must be positive");
