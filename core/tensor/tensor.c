@@ -327,6 +327,7 @@ int64_t knnd_tensor_numel(const knnd_tensor *t) {
 size_t knnd_tensor_nbytes(const knnd_tensor *t) { return (size_t)knnd_tensor_numel(t) * knnd_dtype_size(t->dtype); }
 
 bool knnd_tensor_is_contiguous(const knnd_tensor *t) {
+  if (knnd_tensor_numel(t) == 0) return true; /* nothing to address: any strides do */
   int64_t s = 1;
   for (int i = t->ndim - 1; i >= 0; i--) {
     if (t->shape[i] != 1 && t->stride[i] != s) return false;
