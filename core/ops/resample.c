@@ -332,16 +332,15 @@ static void max_pool_planes(const plane_geom *g, const pool_params *pp, const fl
         pool_window(pp, 1, x, g->iw, &w0, &w1, &wfull);
         float best = -INFINITY;
         int64_t at = h0 * g->iw + w0;
+        /* branch-free (selects, not jumps: the comparisons of random data mispredict half the
+         * time); the first NaN wins and stays, as in PyTorch */
         for (int64_t i = h0; i < h1; i++)
           for (int64_t j = w0; j < w1; j++) {
             float v = in[i * g->iw + j];
-            if (v > best || isnan(v)) {
-              best = v;
-              at = i * g->iw + j;
-              if (isnan(v)) goto done;
-            }
+            bool take = (v > best) | ((v != v) & (best == best));
+            best = take ? v : best;
+            at = take ? i * g->iw + j : at;
           }
-      done:;
         int64_t o = (p * g->oh + y) * g->ow + x;
         dst[o] = best;
         arg[o] = at;
