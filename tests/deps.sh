@@ -10,5 +10,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   lua5.4 liblua5.4-dev lua-busted lua-argparse lua-penlight lua-dkjson \
   libhdf5-dev libopenblas-dev liblapacke-dev libdnnl-dev libpng-dev zlib1g-dev \
   libcairo2-dev fonts-dejavu-core libplplot-dev plplot-driver-cairo \
-  libcmocka-dev dataset-fashion-mnist >/dev/null
+  libcmocka-dev libicu-dev libfaiss-dev dataset-fashion-mnist >/dev/null
 echo "deps.sh: Debian packages installed"
