@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# run.sh — build bench_retrieval (Release), run it, then FAISS's Python bindings on the same index
+# files and queries, and print QPS, recall@10 and knnd's overhead against FAISS per index type.
+# Usage: bash tests/bench/retrieval/run.sh [N [D [Q [NLIST]]]]   (defaults 100000 512 10000 1024;
+#        the issue's full run is 1000000 512 10000 4096 — hours of index building on 2 cores)
+# Env:   KNND_BENCH_THREADS (default 2), KNND_BENCH_BUILD (default build-bench), PYTHON
+#        (default /usr/bin/python3, which has Debian's python3-faiss), KNND_BENCH_OUT (index dir)
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+threads=${KNND_BENCH_THREADS:-2}
+build=${KNND_BENCH_BUILD:-build-bench}
+python=${PYTHON:-/usr/bin/python3}
+out=${KNND_BENCH_OUT:-$build/retrieval-bench}
+d=${2:-512}
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if [ "${KNND_BENCH_SKIP_BUILD:-0}" != 1 ] && ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKNND_CUDA=OFF &&
+       cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target bench_retrieval; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "run.sh: building bench_retrieval failed" >&2
+  exit 1
+fi
+
+knnd_out=$(OMP_NUM_THREADS=$threads "$build/tests/bench/bench_retrieval" "$out" "$@")
+if "$python" -c "import faiss" 2>/dev/null; then
+  faiss_out=$(KNND_BENCH_THREADS=$threads OMP_NUM_THREADS=$threads "$python" tests/bench/retrieval/faiss_peer.py "$out" "$d")
+else
+  faiss_out="# faiss_peer: not run (apt install python3-faiss)"
+fi
+printf '%s\n' "$knnd_out" | grep '^#' || true
+printf '%s\n' "$faiss_out" | grep '^#' || true
+
+# overhead = knnd time / FAISS time - 1 (the issue's bound: at most 5%)
+{ printf '%s\n' "$faiss_out" | sed -n 's/^ROW /F /p'; printf '%s\n' "$knnd_out" | sed -n 's/^ROW /K /p'; } | awk '
+  $1 == "F" { fms[$2] = $3; fqps[$2] = $4; frec[$2] = $5; next }
+  { order[++n] = $2; kms[$2] = $3; kqps[$2] = $4; krec[$2] = $5 }
+  END {
+    printf "\n| %-9s | %10s | %9s | %9s | %10s | %9s | %9s | %9s |\n", "index", "knnd ms", "knnd QPS", "recall@10", "faiss ms", "faiss QPS", "recall@10", "overhead"
+    printf "|%s|%s|%s|%s|%s|%s|%s|%s|\n", "-----------", "------------", "-----------", "-----------", "------------", "-----------", "-----------", "-----------"
+    for (i = 1; i <= n; i++) {
+      r = order[i]
+      if (r in fms) printf "| %-9s | %10.1f | %9.0f | %9.4f | %10.1f | %9.0f | %9.4f | %8.1f%% |\n", r, kms[r], kqps[r], krec[r], fms[r], fqps[r], frec[r], 100 * (kms[r] / fms[r] - 1)
+      else printf "| %-9s | %10.1f | %9.0f | %9.4f | %10s | %9s | %9s | %9s |\n", r, kms[r], kqps[r], krec[r], "-", "-", "-", "-"
+    }
+  }'
