@@ -36,7 +36,7 @@ static knnd_status find_mode(const char *op, const char *name, const knnd_cond_m
 }
 
 knnd_status knnd_cond_mode_shape(const char *mode, int k, int *n_tokens, bool *needs_neighbors) {
-  const knnd_cond_mode *m;
+  const knnd_cond_mode *m = NULL;
   KNND_TRY(find_mode("cond_mode_shape", mode, &m));
   if (m->needs_neighbors && k <= 0)
     return knnd_error(KNND_ERR_ARG, "cond_mode_shape: argument 'k' is %d (mode '%s' needs k > 0 neighbours)", k,
@@ -62,7 +62,7 @@ knnd_status knnd_cond_build(const char *mode, const knnd_tensor *query, const kn
   const char *op = "cond_build";
   if (!tokens) return knnd_error(KNND_ERR_ARG, "%s: argument 'tokens' is NULL", op);
   *tokens = NULL;
-  const knnd_cond_mode *m;
+  const knnd_cond_mode *m = NULL;
   KNND_TRY(find_mode(op, mode, &m));
   knnd_tensor *q = NULL, *nb = NULL, *out = NULL;
   knnd_status st;
@@ -107,7 +107,7 @@ knnd_status knnd_cond_retrieve(const char *mode, const knnd_index *idx, knnd_emb
   const char *op = "cond_retrieve";
   if (!tokens) return knnd_error(KNND_ERR_ARG, "%s: argument 'tokens' is NULL", op);
   *tokens = NULL;
-  const knnd_cond_mode *m;
+  const knnd_cond_mode *m = NULL;
   KNND_TRY(find_mode(op, mode, &m));
   if (!m->needs_neighbors) return knnd_cond_build(mode, query, NULL, opts, tokens);
   knnd_knn_result r;
