@@ -92,7 +92,10 @@ static struct {
   size_t size;
 } cache[CACHE_SLOTS];
 static int cache_n;
-static size_t cache_bytes, cache_budget = (size_t)1 << 30;
+static size_t cache_bytes;
+#ifndef KNND_SANITIZE
+static const size_t cache_budget = (size_t)1 << 30;
+#endif
 
 static size_t round_size(size_t nbytes) {
   if (nbytes >= CACHE_MIN_BYTES) return (nbytes + 65535) & ~(size_t)65535;
@@ -125,8 +128,8 @@ static void *cpu_alloc(size_t nbytes) {
 }
 
 static void cpu_free(void *p, size_t nbytes) {
-  size_t size = round_size(nbytes);
 #ifndef KNND_SANITIZE
+  size_t size = round_size(nbytes);
   if (size >= CACHE_MIN_BYTES && size <= cache_budget) {
     pthread_mutex_lock(&cache_lock);
     while (cache_n > 0 && (cache_n == CACHE_SLOTS || cache_bytes + size > cache_budget)) {
@@ -140,6 +143,8 @@ static void cpu_free(void *p, size_t nbytes) {
     pthread_mutex_unlock(&cache_lock);
     return;
   }
+#else
+  (void)nbytes;
 #endif
   free(p);
 }
