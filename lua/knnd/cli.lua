@@ -6,6 +6,10 @@ local options = require "knnd.options"
 
 local M = {}
 
+-- the subcommands defined in lua/knnd/commands/ (one file each), in the order of the help
+M.extra_commands = { "index", "clip" }
+M.handlers = {}
+
 local function build_parser()
   local p = argparse("knnd", "Retrieval-conditioned text-to-image diffusion (KNN-Diffusion), scripted in Lua.")
     :epilog("Examples:\n  knnd run experiments/demo_classifier.lua --set steps=300 --seed 1\n  knnd version")
@@ -18,6 +22,17 @@ local function build_parser()
     :count("*"):argname("<key=value>")
   run:option("--seed", "Seed the default random generator."):convert(tonumber)
   p:command("version", "Print the version and what this knnd was built with.")
+  -- subcommands of the other areas: lua/knnd/commands/<name>.lua returns
+  -- {help = "...", setup = function(cmd) ... end, run = function(args) return exit_code end}
+  for _, name in ipairs(M.extra_commands) do
+    if not package.searchpath("knnd.commands." .. name, package.path) then goto continue end
+    local ok, mod = pcall(require, "knnd.commands." .. name)
+    if not ok then error(("knnd: cannot load the '%s' command: %s"):format(name, mod), 0) end
+    local cmd = p:command(name, mod.help)
+    mod.setup(cmd)
+    M.handlers[name] = mod.run
+    ::continue::
+  end
   return p
 end
 
@@ -72,6 +87,7 @@ function M.main(argv)
   end
   if a.command == "run" then return cmd_run(a) end
   if a.command == "version" then return cmd_version() end
+  if M.handlers[a.command] then return M.handlers[a.command](a) or 0 end
   io.write(parser:get_help(), "\n")
   return 0
 end
