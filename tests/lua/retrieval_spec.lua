@@ -173,3 +173,70 @@ describe("knnd.index", function()
     errors_with(function() knnd.cache.open(path, other) end, "was built by index")
   end)
 end)
+
+describe("knnd.retrieval.neighbor_grid", function()
+  -- Real Fashion-MNIST test images. Their embeddings here are the flattened pixels (the index
+  -- L2-normalises them): a stand-in for CLIP image embeddings, which would come from the CLIP
+  -- encoder in a real run; pixel cosine is enough to put footwear next to footwear.
+  local fm = knnd.data.fashion_mnist { split = "test", limit = 2000 }
+  local n_db = 1800
+  local flat = fm.images:to("f32"):reshape(fm.n, 28 * 28) / 255
+  local db_images, q_all = fm.images:narrow(1, 1, n_db), fm.images:narrow(1, n_db + 1, fm.n - n_db)
+  local labels = fm.labels:totable()
+  local footwear = { [5] = true, [7] = true, [9] = true } -- sandal, sneaker, ankle boot
+  local idx = knnd.index.new { factory = "Flat", dim = 28 * 28 }
+  idx:add(flat:narrow(1, 1, n_db))
+
+  it("draws each query and its neighbours; a sneaker's neighbours are footwear", function()
+    local sneakers = {} -- query rows (0-based, among the held-out images) that are sneakers
+    for r = n_db, fm.n - 1 do
+      if labels[r + 1] == 7 and #sneakers < 4 then sneakers[#sneakers + 1] = r - n_db end
+    end
+    assert.are.equal(4, #sneakers)
+    local pick = knnd.tensor(sneakers, { dtype = "i64" })
+    local q = knnd.index_select(flat:narrow(1, n_db + 1, fm.n - n_db), 1, pick)
+    local k = 8
+    local scores, rows = idx:search(q, k)
+    local shoe, total = 0, 0
+    for _, row in ipairs(rows:totable()) do
+      for _, r in ipairs(row) do
+        total = total + 1
+        if footwear[labels[r + 1]] then shoe = shoe + 1 end
+      end
+    end
+    assert.is_true(shoe / total >= 0.9, ("%d of %d neighbours of sneakers are footwear"):format(shoe, total))
+
+    local path = tmp("neighbors.png")
+    local captions = {}
+    for r = 0, n_db - 1 do captions[r + 1] = fm.classes[labels[r + 1] + 1] end
+    local grid = knnd.retrieval.neighbor_grid { path = path, images = db_images, neighbor_rows = rows,
+      query_images = knnd.index_select(q_all, 1, pick), scores = scores, captions = captions, scale = 2,
+      title = "pixel-space neighbours of Fashion-MNIST sneakers" }
+    assert.is_true(exists(path))
+    local png = knnd.read_png(path)
+    assert.are.same(grid:shape(), png:shape())
+    local c, h, w = table.unpack(png:shape())
+    assert.are.equal(3, c)
+    -- k+1 tiles of 56 px (28 x scale 2) with padding across, 4 rows of tiles plus captions down
+    assert.is_true(w >= (k + 1) * 56 and w <= (k + 1) * 56 + (k + 2) * 8, "width " .. w)
+    assert.is_true(h >= 4 * 56 and h <= 4 * 56 + 4 * 60 + 60, "height " .. h)
+  end)
+
+  it("shows a text query as a caption tile, and blank tiles for missing neighbours", function()
+    local rows = knnd.tensor({ { 0, 1, -1 } }, { dtype = "i64" })
+    local path = tmp("text_query.png")
+    local g = knnd.retrieval.neighbor_grid { path = path, images = db_images, neighbor_rows = rows,
+      query_texts = { "a sneaker" } }
+    assert.is_true(exists(path))
+    assert.are.same(g:shape(), knnd.read_png(path):shape())
+    assert.is_true(g:size(3) >= 4 * 28)
+    errors_with(function()
+      knnd.retrieval.neighbor_grid { images = db_images, neighbor_rows = knnd.tensor({ { 5000 } }, { dtype = "i64" }),
+        query_texts = { "x" } }
+    end, "neighbor_rows[1][1] is 5000")
+    errors_with(function()
+      knnd.retrieval.neighbor_grid { images = db_images, neighbor_rows = rows }
+    end, "exactly one of 'query_images' and 'query_texts'")
+    errors_with(function() knnd.retrieval.neighbor_grid { images = db_images, rows = rows } end, "unknown option 'rows'")
+  end)
+end)

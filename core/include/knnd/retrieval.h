@@ -122,6 +122,38 @@ typedef struct knnd_index_build_opts {
 /* new + train on a sample + add every row of store, batch by batch */
 knnd_status knnd_index_build(knnd_embstore *store, const knnd_index_build_opts *opts, knnd_index **out);
 
+/* ---- exact search on a CUDA device (core/backend/cuda/knn_search.cu, core/retrieval/gpu_search.c)
+ * Brute-force inner product on L2-normalised vectors (the Flat index's results, ties and f16/bf16
+ * rounding aside): the database lives on the GPU in f16 or bf16, queries are scored against
+ * blocks of it by a cuBLAS GEMM (f32 accumulate) and a top-k selection kernel per query row
+ * merges each block into the running k best. For builds without CUDA every call but
+ * knnd_gpu_index_free returns KNND_ERR_UNSUPPORTED (after checking its arguments). */
+typedef struct knnd_gpu_index knnd_gpu_index;
+
+#define KNND_GPU_MAX_K 1024 /* the selection kernel's limit on k */
+
+typedef struct knnd_gpu_index_opts {
+  knnd_dtype dtype;    /* storage and GEMM input dtype: KNND_F16 or KNND_BF16 (KNND_F32, the zero
+                        * value of the struct, means f16) */
+  int device;          /* CUDA device ordinal */
+  int64_t block_rows;  /* database rows per GEMM block; 0: 65536 */
+  int64_t query_rows;  /* queries per batch; 0: 1024 */
+} knnd_gpu_index_opts;
+
+/* opts may be NULL (f16, device 0, default blocks) */
+knnd_status knnd_gpu_index_new(int dim, const knnd_gpu_index_opts *opts, knnd_gpu_index **out);
+void knnd_gpu_index_free(knnd_gpu_index *g);
+int64_t knnd_gpu_index_ntotal(const knnd_gpu_index *g);
+/* x [n,D] any float dtype (CPU); rows get labels ntotal .. ntotal+n-1; normalised on the device */
+knnd_status knnd_gpu_index_add(knnd_gpu_index *g, const knnd_tensor *x);
+/* as knnd_index_search: scores f32 [Q,k] best first, labels i64 [Q,k] (-1 and -inf where the
+ * index holds fewer than k vectors); 1 <= k <= KNND_GPU_MAX_K */
+knnd_status knnd_gpu_index_search(const knnd_gpu_index *g, const knnd_tensor *q, int64_t k, knnd_tensor **scores,
+                                  knnd_tensor **labels);
+/* one shot: a temporary GPU index over db [N,D], searched with q [Q,D] */
+knnd_status knnd_gpu_exact_search(const knnd_tensor *db, const knnd_tensor *q, int64_t k,
+                                  const knnd_gpu_index_opts *opts, knnd_tensor **scores, knnd_tensor **labels);
+
 /* ---- kNN search with exclusion (core/retrieval/knn.c) ------------------------------------- */
 typedef struct knnd_knn_opts {
   int k;                      /* neighbours per query (> 0) */
