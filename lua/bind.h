@@ -29,6 +29,7 @@ void knnd_lua_open_optim(lua_State *L);    /* bind_optim.c: knnd.optim.* */
 void knnd_lua_open_io(lua_State *L);       /* bind_io.c: knnd.io.*, knnd.save_png, knnd.image_grid, plots */
 void knnd_lua_open_version(lua_State *L);  /* bind_module.c: knnd.version(), knnd.build_info() */
 void knnd_lua_open_retrieval(lua_State *L); /* bind_retrieval.c: knnd.embeddings, knnd.index, knnd.cond, knnd.cache */
+void knnd_lua_open_clip(lua_State *L);      /* bind_clip.c: knnd.clip (models, tokenizer, preprocessing) */
 
 /* ---- errors ------------------------------------------------------------------------------ */
 /* Raise a Lua error "knnd.<fname>: <knnd_last_error()>" (a leading "<op>: " of the message
