@@ -10,24 +10,10 @@
 -- subcommands use that file unless --tokenizer names another. Encoding is resumable: rerun the
 -- same command after an interruption and the finished segments are skipped.
 local knnd = require "knnd"
+local cliutil = require "knnd.cliutil"
+local positive_int, number, exists = cliutil.positive_int, cliutil.number, cliutil.exists
 
 local M = { help = "Train CLIP from scratch, encode datasets into embedding stores, zero-shot accuracy." }
-
-local function positive_int(what)
-  return function(s)
-    local n = math.tointeger(tonumber(s))
-    if not n or n < 1 then return nil, ("%s expects a positive integer, got '%s'"):format(what, s) end
-    return n
-  end
-end
-
-local function number(what)
-  return function(s)
-    local n = tonumber(s)
-    if not n then return nil, ("%s expects a number, got '%s'"):format(what, s) end
-    return n
-  end
-end
 
 function M.setup(cmd)
   cmd:command_target("clip_command")
@@ -71,12 +57,6 @@ function M.setup(cmd)
   z:argument("model", "The CLIP weights.")
   z:option("--tokenizer", "BPE merges file (default: <model>.merges.txt).")
   z:option("--limit", "Use only the first N test images."):convert(positive_int("--limit"))
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
 end
 
 local function merges_path(model_path)

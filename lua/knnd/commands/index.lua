@@ -6,16 +6,10 @@
 --
 -- Rows are 0-based, as the labels the index returns (rows of the store it was built from).
 local knnd = require "knnd"
+local cliutil = require "knnd.cliutil"
+local positive_int, exists = cliutil.positive_int, cliutil.exists
 
 local M = { help = "Build, search and describe FAISS indexes over embedding stores." }
-
-local function positive_int(what)
-  return function(s)
-    local n = math.tointeger(tonumber(s))
-    if not n or n < 1 then return nil, ("%s expects a positive integer, got '%s'"):format(what, s) end
-    return n
-  end
-end
 
 function M.setup(cmd)
   cmd:command_target("index_command")
@@ -73,12 +67,6 @@ local function json(v)
     return ("%.7g"):format(v)
   end
   return tostring(v)
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
 end
 
 local function need_file(path, what)
