@@ -1,4 +1,4 @@
-/* bench_ops.c — knnd's dense ops (matmul, conv2d, ...) timed on the shapes of
+/* bench_ops.c — knnd's ops (matmul, conv2d, norms, attention, the ADM res block) timed on the shapes of
  * tests/bench/torch_peer.py, beside the raw GEMM libraries and the machine's FMA peak.
  * Prints one "ROW <name> <ms> <GFLOP/s>" line per row for tests/bench/run.sh, which joins
  * them with the PyTorch peer's rows of the same name.
@@ -8,6 +8,7 @@
 #include <cblas.h>
 #include <dnnl.h>
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,8 @@ static void time_row(const char *name, double flops, int reps, void (*fn)(void *
   fflush(stdout);
 }
 
+static bool wanted(const char *filter, const char *name) { return !filter || strstr(name, filter); }
+
 static int reps_for(double flops) { return flops > 5e9 ? 5 : flops > 5e8 ? 10 : 30; }
 
 /* ---- GEMM ---------------------------------------------------------------------------------- */
@@ -82,15 +85,16 @@ static void row_gemm(const char *filter) {
   static const int64_t sizes[] = {512, 1024, 2048};
   for (int i = 0; i < 3; i++) {
     int64_t n = sizes[i], shape[2] = {n, n};
-    gemm_ctx g = {n, randn(2, shape), randn(2, shape), malloc(sizeof(float) * (size_t)(n * n))};
-    double flops = 2.0 * (double)n * (double)n * (double)n;
     char name[3][48];
     snprintf(name[0], sizeof name[0], "matmul_%lld", (long long)n);
     snprintf(name[1], sizeof name[1], "dnnl_sgemm_%lld", (long long)n);
     snprintf(name[2], sizeof name[2], "openblas_sgemm_%lld", (long long)n);
+    if (!wanted(filter, name[0]) && !wanted(filter, name[1]) && !wanted(filter, name[2])) continue;
+    gemm_ctx g = {n, randn(2, shape), randn(2, shape), malloc(sizeof(float) * (size_t)(n * n))};
+    double flops = 2.0 * (double)n * (double)n * (double)n;
     void (*fns[3])(void *) = {run_knnd_matmul, run_dnnl_sgemm, run_cblas_sgemm};
     for (int k = 0; k < 3; k++)
-      if (!filter || strstr(name[k], filter)) time_row(name[k], flops, reps_for(flops), fns[k], &g);
+      if (wanted(filter, name[k])) time_row(name[k], flops, reps_for(flops), fns[k], &g);
     knnd_tensor_release(g.a);
     knnd_tensor_release(g.b);
     free(g.c);
@@ -261,11 +265,177 @@ static void row_conv(const char *filter) {
   knnd_tensor_release(s.c.g);
 }
 
+/* ---- shared helpers for the autograd rows -------------------------------------------------- */
+/* randn·scale, a leaf that requires grad when `grad` */
+static knnd_tensor *leaf(int ndim, const int64_t *shape, double scale, bool grad) {
+  knnd_tensor *t = randn(ndim, shape);
+  if (scale != 1.0) {
+    knnd_tensor *s;
+    check(knnd_binary_scalar(KNND_BINARY_MUL, t, scale, &s), "mul");
+    knnd_tensor_release(t);
+    t = s;
+  }
+  if (grad) check(knnd_set_requires_grad(t, true), "requires_grad");
+  return t;
+}
+
+/* ---- normalisation ------------------------------------------------------------------------- */
+/* group norm as in the UNet (32 groups over 128 channels at 32x32), layer norm as in a
+ * transformer block ([tokens, width]); both with weight and bias, backward from a random g */
+typedef struct {
+  knnd_tensor *x, *w, *b, *g;
+  int64_t groups; /* 0: layer norm over the last dim */
+} norm_ctx;
+
+static void run_norm_fwd_bwd(void *p) {
+  norm_ctx *c = p;
+  knnd_tensor *y;
+  knnd_zero_grad(c->x);
+  knnd_zero_grad(c->w);
+  knnd_zero_grad(c->b);
+  check(c->groups ? knnd_group_norm(c->x, c->groups, c->w, c->b, 1e-5, &y)
+                  : knnd_layer_norm(c->x, 1, c->w, c->b, 1e-5, &y),
+        "norm");
+  check(knnd_backward(y, c->g, false), "norm backward");
+  knnd_tensor_release(y);
+}
+
+static void row_norm(const char *filter) {
+  static const struct {
+    const char *name;
+    int ndim;
+    int64_t shape[4], groups;
+  } rows[] = {{"group_norm_fwd_bwd", 4, {32, 128, 32, 32}, 32}, {"layer_norm_fwd_bwd", 2, {8192, 512}, 0}};
+  for (int i = 0; i < 2; i++) {
+    if (!wanted(filter, rows[i].name)) continue;
+    const int64_t channels = rows[i].groups ? rows[i].shape[1] : rows[i].shape[rows[i].ndim - 1];
+    norm_ctx c = {leaf(rows[i].ndim, rows[i].shape, 1.0, true), leaf(1, &channels, 1.0, true),
+                  leaf(1, &channels, 1.0, true), leaf(rows[i].ndim, rows[i].shape, 1.0, false), rows[i].groups};
+    time_row(rows[i].name, 0, 20, run_norm_fwd_bwd, &c);
+    knnd_tensor_release(c.x);
+    knnd_tensor_release(c.w);
+    knnd_tensor_release(c.b);
+    knnd_tensor_release(c.g);
+  }
+}
+
+/* ---- attention ----------------------------------------------------------------------------- */
+/* The UNet's attention at 32x32/2 = 256 tokens, 4 heads of 64: self-attention, and
+ * cross-attention to the 11 tokens of the retrieval context. Backward from a random g into
+ * q, k and v. */
+typedef struct {
+  knnd_tensor *q, *k, *v, *g;
+} attn_ctx;
+
+static void run_attn_fwd_bwd(void *p) {
+  attn_ctx *c = p;
+  knnd_tensor *o;
+  knnd_zero_grad(c->q);
+  knnd_zero_grad(c->k);
+  knnd_zero_grad(c->v);
+  check(knnd_scaled_dot_product_attention(c->q, c->k, c->v, NULL, false, 0.0, &o), "attention");
+  check(knnd_backward(o, c->g, false), "attention backward");
+  knnd_tensor_release(o);
+}
+
+static void row_attention(const char *filter) {
+  static const struct {
+    const char *name;
+    int64_t lk;
+  } rows[] = {{"attn_self_256_fwd_bwd", 256}, {"attn_cross_256x11_fwd_bwd", 11}};
+  enum { AB = 32, AH = 4, AL = 256, AD = 64 };
+  for (int i = 0; i < 2; i++) {
+    if (!wanted(filter, rows[i].name)) continue;
+    const int64_t qs[4] = {AB, AH, AL, AD}, ks[4] = {AB, AH, rows[i].lk, AD};
+    attn_ctx c = {leaf(4, qs, 1.0, true), leaf(4, ks, 1.0, true), leaf(4, ks, 1.0, true), leaf(4, qs, 1.0, false)};
+    /* forward: S = QKᵀ and O = PV; backward: dV, dP, dQ, dK, i.e. 3 x the forward's GEMMs */
+    double flops = 3.0 * 2.0 * AB * AH * AL * (double)rows[i].lk * (AD + AD);
+    time_row(rows[i].name, flops, 20, run_attn_fwd_bwd, &c);
+    knnd_tensor_release(c.q);
+    knnd_tensor_release(c.k);
+    knnd_tensor_release(c.v);
+    knnd_tensor_release(c.g);
+  }
+}
+
+/* ---- the ADM res block --------------------------------------------------------------------- */
+/* guided-diffusion's ResBlock (Dhariwal & Nichol 2021, unet.py) without up/down-sampling, with
+ * in = out channels and additive time embedding, written op by op exactly as torch_peer.py:
+ *   h = conv3x3(silu(groupnorm32(x)));  h = h + linear(silu(emb))[:, :, None, None]
+ *   h = conv3x3(dropout_off(silu(groupnorm32(h))));  out = x + h
+ * and the backward from sum(out·g) for a fixed random g, into x, emb and every parameter. */
+enum { RB = 32, RHW = 32, REMB = 512, RGROUPS = 32 };
+
+typedef struct {
+  int64_t c;
+  knnd_tensor *x, *emb, *g;
+  knnd_tensor *gn1_w, *gn1_b, *conv1_w, *conv1_b, *emb_w, *emb_b, *gn2_w, *gn2_b, *conv2_w, *conv2_b;
+} resblock_ctx;
+
+static void run_resblock_fwd_bwd(void *p) {
+  resblock_ctx *r = p;
+  knnd_tensor *leaves[] = {r->x,     r->emb,   r->gn1_w, r->gn1_b, r->conv1_w, r->conv1_b,
+                           r->emb_w, r->emb_b, r->gn2_w, r->gn2_b, r->conv2_w, r->conv2_b};
+  for (size_t i = 0; i < sizeof leaves / sizeof *leaves; i++) knnd_zero_grad(leaves[i]);
+  knnd_conv2d_opts same = {{1, 1}, {1, 1}, {1, 1}, 1};
+  knnd_tensor *t[14]; /* the intermediates, released at the end */
+  int n = 0;
+  check(knnd_group_norm(r->x, RGROUPS, r->gn1_w, r->gn1_b, 1e-5, &t[n]), "group_norm"), n++;
+  check(knnd_silu(t[n - 1], &t[n]), "silu"), n++;
+  check(knnd_conv2d(t[n - 1], r->conv1_w, r->conv1_b, &same, &t[n]), "conv2d"), n++;
+  knnd_tensor *h = t[n - 1];
+  check(knnd_silu(r->emb, &t[n]), "silu"), n++;
+  check(knnd_linear(t[n - 1], r->emb_w, r->emb_b, &t[n]), "linear"), n++;
+  check(knnd_view(t[n - 1], 4, (const int64_t[]){RB, r->c, 1, 1}, &t[n]), "view"), n++;
+  check(knnd_add(h, t[n - 1], &t[n]), "add"), n++;
+  check(knnd_group_norm(t[n - 1], RGROUPS, r->gn2_w, r->gn2_b, 1e-5, &t[n]), "group_norm"), n++;
+  check(knnd_silu(t[n - 1], &t[n]), "silu"), n++;
+  check(knnd_dropout(t[n - 1], 0.1, false, NULL, &t[n]), "dropout"), n++;
+  check(knnd_conv2d(t[n - 1], r->conv2_w, r->conv2_b, &same, &t[n]), "conv2d"), n++;
+  check(knnd_add(r->x, t[n - 1], &t[n]), "add"), n++;
+  check(knnd_mul(t[n - 1], r->g, &t[n]), "mul"), n++;
+  check(knnd_sum(t[n - 1], 0, NULL, false, &t[n]), "sum"), n++;
+  check(knnd_backward(t[n - 1], NULL, false), "res block backward");
+  for (int i = 0; i < n; i++) knnd_tensor_release(t[i]);
+}
+
+static void row_resblock(const char *filter) {
+  static const int64_t channels[] = {64, 128};
+  for (int i = 0; i < 2; i++) {
+    const int64_t c = channels[i];
+    char name[48];
+    snprintf(name, sizeof name, "resblock_%lld_fwd_bwd", (long long)c);
+    if (!wanted(filter, name)) continue;
+    const int64_t act[4] = {RB, c, RHW, RHW}, emb[2] = {RB, REMB}, conv[4] = {c, c, 3, 3}, lin[2] = {c, REMB};
+    const double conv_scale = 1.0 / sqrt((double)(c * 9)), lin_scale = 1.0 / sqrt((double)REMB);
+    resblock_ctx r = {c,
+                      leaf(4, act, 1.0, true),
+                      leaf(2, emb, 1.0, true),
+                      leaf(4, act, 1.0, false),
+                      leaf(1, &c, 1.0, true),
+                      leaf(1, &c, 1.0, true),
+                      leaf(4, conv, conv_scale, true),
+                      leaf(1, &c, conv_scale, true),
+                      leaf(2, lin, lin_scale, true),
+                      leaf(1, &c, lin_scale, true),
+                      leaf(1, &c, 1.0, true),
+                      leaf(1, &c, 1.0, true),
+                      leaf(4, conv, conv_scale, true),
+                      leaf(1, &c, conv_scale, true)};
+    /* FLOPs of the two convolutions and the embedding projection, forward and backward */
+    double flops = 3.0 * (2 * 2.0 * RB * c * RHW * RHW * c * 9 + 2.0 * RB * REMB * c);
+    time_row(name, flops, reps_for(flops), run_resblock_fwd_bwd, &r);
+    knnd_tensor *all[] = {r.x,     r.emb,   r.g,     r.gn1_w, r.gn1_b,   r.conv1_w, r.conv1_b,
+                          r.emb_w, r.emb_b, r.gn2_w, r.gn2_b, r.conv2_w, r.conv2_b};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++) knnd_tensor_release(all[k]);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *filter = argc > 1 ? argv[1] : NULL;
   printf("# bench_ops: %d threads, GEMM %s\n", omp_get_max_threads(), knnd_gemm_backend());
   printf("# row                          ms     GFLOP/s   (best of several runs)\n");
-  void (*rows[])(const char *) = {row_fma_peak, row_gemm, row_conv};
+  void (*rows[])(const char *) = {row_fma_peak, row_gemm, row_conv, row_norm, row_attention, row_resblock};
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) rows[i](filter);
   return 0;
 }

@@ -224,6 +224,19 @@ static void test_large_contiguous_add_is_parallel_safe(void **state) {
   const float *pa = knnd_tensor_data(a), *pb = knnd_tensor_data(b), *py = knnd_tensor_data(y);
   for (int64_t i = 0; i < 1000003; i++) assert_true(py[i] == pa[i] + pb[i]);
   knnd_tensor_release(a), knnd_tensor_release(b), knnd_tensor_release(y);
+  /* rows longer than one work item of the strided loop, with a broadcast operand */
+  enum { ROWS = 3, COLS = 70001 };
+  knnd_tensor *m = kt_randn(2, (int64_t)ROWS, (int64_t)COLS), *r = kt_randn(1, (int64_t)COLS), *d, *gt;
+  KT_OK(knnd_sub(m, r, &d));
+  KT_OK(knnd_compare("gt", m, r, &gt));
+  const float *pm = knnd_tensor_data(m), *pr = knnd_tensor_data(r), *pd = knnd_tensor_data(d);
+  const uint8_t *pg = knnd_tensor_data(gt);
+  for (int64_t i = 0; i < ROWS; i++)
+    for (int64_t j = 0; j < COLS; j++) {
+      assert_true(pd[i * COLS + j] == pm[i * COLS + j] - pr[j]);
+      assert_true(pg[i * COLS + j] == (pm[i * COLS + j] > pr[j]));
+    }
+  knnd_tensor_release(m), knnd_tensor_release(r), knnd_tensor_release(d), knnd_tensor_release(gt);
 }
 
 int main(void) {
