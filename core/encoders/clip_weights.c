@@ -335,33 +335,9 @@ knnd_status knnd_clip_config_infer(const knnd_state_dict *sd, const char *metada
 }
 
 /* ---- loading ------------------------------------------------------------------------------- */
-/* the problems of a load, gathered into one message as torch's load_state_dict does */
-typedef struct problems {
-  char text[1536];
-  size_t used;
-  int count;
-  bool shape;
-} problems;
-
-static void problem(problems *p, bool shape, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void problem(problems *p, bool shape, const char *fmt, ...) {
-  p->shape |= shape;
-  if (p->count++ && p->used + 2 < sizeof p->text) p->used += (size_t)snprintf(p->text + p->used, 3, "; ");
-  if (p->used >= sizeof p->text - 1) return;
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(p->text + p->used, sizeof p->text - p->used, fmt, ap);
-  va_end(ap);
-  if (n > 0) p->used += (size_t)n;
-  if (p->used >= sizeof p->text - 1) {
-    p->used = sizeof p->text - 1;
-    memcpy(p->text + sizeof p->text - 5, "...", 4);
-  }
-}
-
 /* the stored tensor for part `part` of parameter `param` (OpenAI name `name`), checked */
 static const knnd_tensor *stored_part(const source *s, const char *name, const knnd_tensor *param, int part,
-                                      bool *used, problems *p) {
+                                      bool *used, knnd_problems *p) {
   char stored[NAME_MAX_LEN];
   map_kind kind;
   if (file_name(s->naming, name, part, stored, &kind)) return NULL;
@@ -369,7 +345,7 @@ static const knnd_tensor *stored_part(const source *s, const char *name, const k
   for (int i = 0; i < s->sd->n; i++)
     if (strcmp(s->sd->names[i], stored) == 0) idx = i;
   if (idx < 0) {
-    problem(p, false, "missing tensor '%s'", stored);
+    knnd_problem(p, false, "missing tensor '%s'", stored);
     return NULL;
   }
   used[idx] = true;
@@ -384,11 +360,11 @@ static const knnd_tensor *stored_part(const source *s, const char *name, const k
     char a[128], b[128];
     knnd_shape_str(t->ndim, t->shape, a, sizeof a);
     knnd_shape_str(ndim, want, b, sizeof b);
-    problem(p, true, "tensor '%s' has shape %s (expected %s)", stored, a, b);
+    knnd_problem(p, true, "tensor '%s' has shape %s (expected %s)", stored, a, b);
     return NULL;
   }
   if (!knnd_dtype_is_float(t->dtype)) {
-    problem(p, false, "tensor '%s' has dtype %s (expected a float dtype)", stored, knnd_dtype_name(t->dtype));
+    knnd_problem(p, false, "tensor '%s' has dtype %s (expected a float dtype)", stored, knnd_dtype_name(t->dtype));
     return NULL;
   }
   return t;
@@ -428,7 +404,7 @@ knnd_status knnd_clip_load_state_dict(knnd_clip *m, const knnd_state_dict *sd) {
     st = knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
     goto cleanup;
   }
-  problems p = {.used = 0};
+  knnd_problems p = {.used = 0};
   for (int i = 0; i < own->n; i++) {
     char stored[NAME_MAX_LEN];
     map_kind kind;
@@ -437,7 +413,7 @@ knnd_status knnd_clip_load_state_dict(knnd_clip *m, const knnd_state_dict *sd) {
       parts[3 * i + part] = stored_part(&s, own->names[i], own->tensors[i], part, used, &p);
   }
   for (int i = 0; i < sd->n; i++)
-    if (!used[i] && !is_ignored(sd->names[i])) problem(&p, false, "unexpected tensor '%s'", sd->names[i]);
+    if (!used[i] && !is_ignored(sd->names[i])) knnd_problem(&p, false, "unexpected tensor '%s'", sd->names[i]);
   if (p.count) {
     st = knnd_error(p.shape ? KNND_ERR_SHAPE : KNND_ERR_FORMAT, "%s: %s-named CLIP weights: %s", op,
                     naming_name(s.naming), p.text);

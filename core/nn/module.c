@@ -232,56 +232,31 @@ int64_t knnd_module_num_params(const knnd_module *m) {
 }
 
 /* ---- loading ------------------------------------------------------------------------------- */
-/* the problems found by load_state_dict, gathered into one message as torch does */
-typedef struct problems {
-  char text[1536];
-  size_t used;
-  int count;
-  bool shape;
-} problems;
-
-static void problem(problems *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void problem(problems *p, const char *fmt, ...) {
-  p->count++;
-  if (p->used >= sizeof p->text - 1) return;
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(p->text + p->used, sizeof p->text - p->used, fmt, ap);
-  va_end(ap);
-  if (n > 0) p->used += (size_t)n;
-  if (p->used >= sizeof p->text - 1) {
-    p->used = sizeof p->text - 1;
-    memcpy(p->text + sizeof p->text - 5, "...", 4);
-  }
-}
-
 /* Every check runs before any value is copied, so a refused load leaves the module as it was. */
 knnd_status knnd_module_load_state_dict(knnd_module *m, const knnd_state_dict *sd, bool strict) {
   static const char *op = "load_state_dict";
   if (!sd) return knnd_error(KNND_ERR_ARG, "%s: argument 'sd' is NULL (expected a state dict)", op);
   knnd_state_dict *own = NULL;
   KNND_TRY(collect(m, true, false, &own));
-  problems p = {.used = 0};
+  knnd_problems p = {.used = 0};
   for (int i = 0; i < own->n; i++) {
     const knnd_tensor *dst = own->tensors[i], *src = knnd_state_dict_get(sd, own->names[i]);
     if (!src) {
-      if (strict) problem(&p, "%smissing tensor '%s'", p.count ? "; " : "", own->names[i]);
+      if (strict) knnd_problem(&p, false, "missing tensor '%s'", own->names[i]);
     } else if (!knnd_tensor_same_shape(dst, src)) {
       char a[128], b[128];
       knnd_shape_str(src->ndim, src->shape, a, sizeof a);
       knnd_shape_str(dst->ndim, dst->shape, b, sizeof b);
-      problem(&p, "%stensor '%s' has shape %s in the state dict and %s in the module", p.count ? "; " : "",
-              own->names[i], a, b);
-      p.shape = true;
+      knnd_problem(&p, true, "tensor '%s' has shape %s in the state dict and %s in the module", own->names[i], a, b);
     } else if (!knnd_dtype_is_float(src->dtype) && knnd_dtype_is_float(dst->dtype)) {
-      problem(&p, "%stensor '%s' has dtype %s in the state dict (expected a float dtype)", p.count ? "; " : "",
-              own->names[i], knnd_dtype_name(src->dtype));
+      knnd_problem(&p, false, "tensor '%s' has dtype %s in the state dict (expected a float dtype)", own->names[i],
+                   knnd_dtype_name(src->dtype));
     }
   }
   if (strict)
     for (int i = 0; i < sd->n; i++)
       if (!knnd_state_dict_get(own, sd->names[i]))
-        problem(&p, "%sunexpected tensor '%s'", p.count ? "; " : "", sd->names[i]);
+        knnd_problem(&p, false, "unexpected tensor '%s'", sd->names[i]);
   knnd_status st = KNND_OK;
   if (p.count) {
     st = knnd_error(p.shape ? KNND_ERR_SHAPE : KNND_ERR_ARG, "%s: %s module: %s", op, m->type, p.text);

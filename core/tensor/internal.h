@@ -63,6 +63,17 @@ void knnd_live_bytes_add(int64_t delta);
 /* A detached alias of t (same storage and view, no autograd). */
 knnd_status knnd_alias(const knnd_tensor *t, knnd_tensor **out);
 
+/* The problems of a state-dict load, gathered into one message as torch's load_state_dict does
+ * ("missing tensor 'a'; tensor 'b' has shape ..."); `shape` records that one was a shape
+ * mismatch (the status is then a shape error). */
+typedef struct knnd_problems {
+  char text[1536];
+  size_t used;
+  int count;
+  bool shape;
+} knnd_problems;
+void knnd_problem(knnd_problems *p, bool shape, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* The thread count to use for a loop of `work` element-operations (1 for small work). */
 int knnd_threads_for(int64_t work);
 

@@ -1,5 +1,6 @@
 /* tensor.c — dtypes, devices, refcounted storage, tensor creation, element access, copies. */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -221,10 +222,10 @@ static knnd_tensor *tensor_struct(knnd_storage *s, knnd_dtype dt, int ndim, cons
 }
 
 knnd_status knnd_tensor_empty(knnd_dtype dt, int ndim, const int64_t *shape, knnd_device dev, knnd_tensor **out) {
-  int64_t n;
+  int64_t n = 0;
   if ((unsigned)dt >= KNND_NUM_DTYPES) return knnd_error(KNND_ERR_DTYPE, "bad dtype %d", (int)dt);
   KNND_TRY(check_shape(ndim, shape, &n));
-  knnd_storage *s;
+  knnd_storage *s = NULL;
   KNND_TRY(storage_new(dev, (size_t)n * knnd_dtype_size(dt), &s));
   knnd_tensor *t = tensor_struct(s, dt, ndim, shape);
   if (!t) {
@@ -265,7 +266,7 @@ static void blob_keep(void *data, void *ctx) {
 
 knnd_status knnd_tensor_from_blob(knnd_dtype dt, int ndim, const int64_t *shape, void *data,
                                   void (*deleter)(void *, void *), void *ctx, knnd_tensor **out) {
-  int64_t n;
+  int64_t n = 0;
   KNND_TRY(check_shape(ndim, shape, &n));
   knnd_storage *s = calloc(1, sizeof *s);
   if (!s) return knnd_error(KNND_ERR_NOMEM, "out of memory");
@@ -443,7 +444,7 @@ static knnd_status element_offset(const knnd_tensor *t, const int64_t *index, in
 }
 
 knnd_status knnd_tensor_get(const knnd_tensor *t, const int64_t *index, double *value) {
-  int64_t off;
+  int64_t off = 0;
   KNND_TRY(knnd_check_devices("get", 1, (knnd_tensor *const *)&t));
   KNND_TRY(element_offset(t, index, &off));
   *value = knnd_load_f64(t->storage->data, off, t->dtype);
@@ -457,7 +458,7 @@ static knnd_status check_writable(const knnd_tensor *t, const char *op) {
 }
 
 knnd_status knnd_tensor_set(knnd_tensor *t, const int64_t *index, double value) {
-  int64_t off;
+  int64_t off = 0;
   KNND_TRY(check_writable(t, "set"));
   KNND_TRY(element_offset(t, index, &off));
   knnd_store_f64(t->storage->data, off, t->dtype, value);
@@ -779,4 +780,20 @@ knnd_status knnd_tensor_format(const knnd_tensor *t, char **out) {
   if (!b.buf) return knnd_error(KNND_ERR_NOMEM, "out of memory formatting a tensor");
   *out = b.buf;
   return KNND_OK;
+}
+
+/* ---- load-problem messages ----------------------------------------------------------------- */
+void knnd_problem(knnd_problems *p, bool shape, const char *fmt, ...) {
+  p->shape |= shape;
+  if (p->count++ && p->used + 2 < sizeof p->text) p->used += (size_t)snprintf(p->text + p->used, 3, "; ");
+  if (p->used >= sizeof p->text - 1) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(p->text + p->used, sizeof p->text - p->used, fmt, ap);
+  va_end(ap);
+  if (n > 0) p->used += (size_t)n;
+  if (p->used >= sizeof p->text - 1) {
+    p->used = sizeof p->text - 1;
+    memcpy(p->text + sizeof p->text - 5, "...", 4);
+  }
 }

@@ -8,7 +8,7 @@
 /* a new tensor struct over t's storage with the given geometry */
 static knnd_status make_view(knnd_tensor *t, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset,
                              knnd_tensor **out) {
-  knnd_tensor *v;
+  knnd_tensor *v = NULL;
   KNND_TRY(knnd_alias(t, &v));
   v->ndim = ndim;
   for (int i = 0; i < ndim; i++) {
@@ -37,7 +37,7 @@ static knnd_status permute_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **
 /* narrow / slice / select: scatter the grad into zeros of the input's shape.
  * ip[0] dim, ip[1] start, ip[2] step, ip[3] length, ip[4] 1 when the dim was dropped */
 static knnd_status slice_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi) {
-  knnd_tensor *in = n->inputs[0], *z, *v, *gv = NULL;
+  knnd_tensor *in = n->inputs[0], *z, *v = NULL, *gv = NULL;
   KNND_TRY(knnd_tensor_zeros(g->dtype, in->ndim, in->shape, g->storage->device, &z));
   int dim = (int)n->ip[0];
   int64_t shape[KNND_MAX_DIMS], stride[KNND_MAX_DIMS];
