@@ -270,6 +270,15 @@ static knnd_status add_merge(knnd_clip_tokenizer *t, const char *a, size_t la, c
   return strmap_set(&t->merges, key, sizeof key, (rank << 32) | ij);
 }
 
+/* The line starting at *p (its length without "\n" or "\r\n" in *len); *p moves past it. */
+static char *next_line(char **p, size_t *len) {
+  char *cur = *p, *end = strchr(cur, '\n');
+  *len = end ? (size_t)(end - cur) : strlen(cur);
+  *p = end ? end + 1 : cur + *len;
+  if (*len && cur[*len - 1] == '\r') (*len)--;
+  return cur;
+}
+
 /* Each merges line "a b" (split at the single space: symbols never hold one). OpenAI's format
  * skips the first line and keeps at most OPENAI_MAX_MERGES; HF's skips lines starting with
  * "#version" (tokenizers' BPE::read_file). Empty lines are skipped (a final newline). When
@@ -290,12 +299,9 @@ static knnd_status parse_merges(knnd_clip_tokenizer *t, char *text, bool openai,
       rank = 0;
       line = 0;
       for (char *p = text; *p;) {
-        char *end = strchr(p, '\n');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
+        size_t len;
+        char *cur = next_line(&p, &len);
         line++;
-        char *cur = p;
-        p = end ? end + 1 : p + len;
-        if (len && cur[len - 1] == '\r') len--;
         if (line == 1 || len == 0) continue;
         if (rank >= OPENAI_MAX_MERGES) break;
         char *sp = memchr(cur, ' ', len);
@@ -322,12 +328,9 @@ static knnd_status parse_merges(knnd_clip_tokenizer *t, char *text, bool openai,
     return KNND_OK;
   }
   for (char *p = text; *p;) {
-    char *end = strchr(p, '\n');
-    size_t len = end ? (size_t)(end - p) : strlen(p);
+    size_t len;
+    char *cur = next_line(&p, &len);
     line++;
-    char *cur = p;
-    p = end ? end + 1 : p + len;
-    if (len && cur[len - 1] == '\r') len--;
     if (len == 0 || strncmp(cur, "#version", 8) == 0) continue;
     char *sp = memchr(cur, ' ', len);
     if (!sp || sp == cur || sp + 1 == cur + len || memchr(sp + 1, ' ', (size_t)(cur + len - sp - 1)))
