@@ -6,6 +6,10 @@
 #include "knnd/ops.h"
 #include "knnd/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* element `i` (in elements from base) of a buffer of dtype dt, as float / double */
 static inline float knnd_load_f32(const void *base, int64_t i, knnd_dtype dt) {
   switch (dt) {
@@ -37,6 +41,11 @@ knnd_status knnd_check_index_dtype(const knnd_tensor *t, const char *op, const c
 knnd_status knnd_check_ndim(const knnd_tensor *t, int ndim, const char *op, const char *arg);
 /* all non-NULL tensors on one device, and that device's kernels built into this knnd */
 knnd_status knnd_check_devices(const char *op, int n, knnd_tensor *const *ts);
+/* the same, and none of them on a CUDA device: for code paths that have no CUDA kernel (they
+ * would read device memory from the host) */
+knnd_status knnd_check_cpu(const char *op, int n, knnd_tensor *const *ts);
+/* t lives on a CUDA device: the op dispatches to its kernel in core/backend/cuda */
+static inline bool knnd_on_cuda(const knnd_tensor *t) { return t && t->storage->device.type == KNND_DEVICE_CUDA; }
 
 /* Storage offset (in elements, including t->offset) of the flat row-major element i. */
 int64_t knnd_flat_offset(const knnd_tensor *t, int64_t i);
@@ -76,5 +85,9 @@ void knnd_problem(knnd_problems *p, bool shape, const char *fmt, ...) __attribut
 
 /* The thread count to use for a loop of `work` element-operations (1 for small work). */
 int knnd_threads_for(int64_t work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

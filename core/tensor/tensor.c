@@ -8,6 +8,12 @@
 #include <strings.h>
 
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_internal.h"
+#define IS_CUDA(t) ((t)->storage->device.type == KNND_DEVICE_CUDA)
+#else
+#define IS_CUDA(t) false
+#endif
 
 /* ---- dtypes and devices -------------------------------------------------------------------- */
 static const struct {
@@ -70,9 +76,6 @@ void knnd_device_name(knnd_device d, char *buf, size_t n) {
 }
 bool knnd_device_equal(knnd_device a, knnd_device b) { return a.type == b.type && a.index == b.index; }
 
-#ifndef KNND_HAVE_CUDA
-bool knnd_cuda_available(void) { return false; }
-#endif
 
 /* ---- storage ------------------------------------------------------------------------------- */
 static int64_t live_bytes;
@@ -159,8 +162,25 @@ void knnd_cpu_cache_clear(void) {
 }
 
 static knnd_status storage_new(knnd_device dev, size_t nbytes, knnd_storage **out) {
-  if (dev.type != KNND_DEVICE_CPU)
+  if (dev.type != KNND_DEVICE_CPU) {
+#ifdef KNND_HAVE_CUDA
+    knnd_storage *s = calloc(1, sizeof *s);
+    if (!s) return knnd_error(KNND_ERR_NOMEM, "out of memory allocating a storage");
+    knnd_status st = knnd_cuda_storage_alloc(dev, nbytes, &s->data, &s->deleter, &s->deleter_ctx);
+    if (st) {
+      free(s);
+      return st;
+    }
+    s->refcount = 1;
+    s->device = dev;
+    s->nbytes = nbytes;
+    knnd_live_bytes_add((int64_t)nbytes);
+    *out = s;
+    return KNND_OK;
+#else
     return knnd_error(KNND_ERR_UNSUPPORTED, "device cuda:%d: this knnd was built without CUDA kernels", dev.index);
+#endif
+  }
   knnd_storage *s = calloc(1, sizeof *s);
   if (!s) return knnd_error(KNND_ERR_NOMEM, "out of memory allocating a storage");
   s->data = cpu_alloc(nbytes);
@@ -179,6 +199,7 @@ static knnd_status storage_new(knnd_device dev, size_t nbytes, knnd_storage **ou
 static void storage_release(knnd_storage *s) {
   if (!s || __atomic_sub_fetch(&s->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
   if (s->deleter) {
+    if (s->device.type != KNND_DEVICE_CPU) knnd_live_bytes_add(-(int64_t)s->nbytes);
     s->deleter(s->data, s->deleter_ctx);
   } else {
     knnd_live_bytes_add(-(int64_t)s->nbytes);
@@ -238,6 +259,16 @@ knnd_status knnd_tensor_empty(knnd_dtype dt, int ndim, const int64_t *shape, knn
 
 knnd_status knnd_tensor_zeros(knnd_dtype dt, int ndim, const int64_t *shape, knnd_device dev, knnd_tensor **out) {
   KNND_TRY(knnd_tensor_empty(dt, ndim, shape, dev, out));
+#ifdef KNND_HAVE_CUDA
+  if (dev.type == KNND_DEVICE_CUDA) {
+    knnd_status st = knnd_cuda_fill(*out, 0.0);
+    if (st) {
+      knnd_tensor_release(*out);
+      *out = NULL;
+    }
+    return st;
+  }
+#endif
   memset((*out)->storage->data, 0, (*out)->storage->nbytes);
   return KNND_OK;
 }
@@ -426,7 +457,32 @@ int64_t knnd_flat_offset(const knnd_tensor *t, int64_t i) {
 }
 
 double knnd_tensor_get_flat(const knnd_tensor *t, int64_t i) {
+#ifdef KNND_HAVE_CUDA
+  if (IS_CUDA(t)) { /* one element across the bus: for printing and tests, not for loops */
+    unsigned char buf[8];
+    size_t es = knnd_dtype_size(t->dtype);
+    if (knnd_cuda_use(t->storage->device.index) ||
+        cudaMemcpy(buf, (char *)t->storage->data + knnd_flat_offset(t, i) * (int64_t)es, es, cudaMemcpyDeviceToHost))
+      return NAN;
+    return knnd_load_f64(buf, 0, t->dtype);
+  }
+#endif
   return knnd_load_f64(t->storage->data, knnd_flat_offset(t, i), t->dtype);
+}
+
+/* A CPU tensor with t's values: t itself (a new reference) on the CPU, else a copy. */
+static knnd_status host_copy(const knnd_tensor *t, knnd_tensor **out) {
+  if (!IS_CUDA(t)) {
+    *out = knnd_tensor_retain((knnd_tensor *)t);
+    return KNND_OK;
+  }
+  KNND_TRY(knnd_tensor_empty(t->dtype, t->ndim, t->shape, KNND_CPU, out));
+  knnd_status st = knnd_copy_(*out, t);
+  if (st) {
+    knnd_tensor_release(*out);
+    *out = NULL;
+  }
+  return st;
 }
 
 static knnd_status element_offset(const knnd_tensor *t, const int64_t *index, int64_t *off) {
@@ -447,6 +503,17 @@ knnd_status knnd_tensor_get(const knnd_tensor *t, const int64_t *index, double *
   int64_t off = 0;
   KNND_TRY(knnd_check_devices("get", 1, (knnd_tensor *const *)&t));
   KNND_TRY(element_offset(t, index, &off));
+#ifdef KNND_HAVE_CUDA
+  if (IS_CUDA(t)) {
+    unsigned char buf[8];
+    size_t es = knnd_dtype_size(t->dtype);
+    KNND_TRY(knnd_cuda_use(t->storage->device.index));
+    KNND_CUDA_TRY(cudaStreamSynchronize(knnd_cuda_stream(t->storage->device.index)), "get");
+    KNND_CUDA_TRY(cudaMemcpy(buf, (char *)t->storage->data + off * (int64_t)es, es, cudaMemcpyDeviceToHost), "get");
+    *value = knnd_load_f64(buf, 0, t->dtype);
+    return KNND_OK;
+  }
+#endif
   *value = knnd_load_f64(t->storage->data, off, t->dtype);
   return KNND_OK;
 }
@@ -461,6 +528,19 @@ knnd_status knnd_tensor_set(knnd_tensor *t, const int64_t *index, double value) 
   int64_t off = 0;
   KNND_TRY(check_writable(t, "set"));
   KNND_TRY(element_offset(t, index, &off));
+#ifdef KNND_HAVE_CUDA
+  if (IS_CUDA(t)) {
+    unsigned char buf[8];
+    size_t es = knnd_dtype_size(t->dtype);
+    knnd_store_f64(buf, 0, t->dtype, value);
+    KNND_TRY(knnd_cuda_use(t->storage->device.index));
+    cudaStream_t cs = knnd_cuda_stream(t->storage->device.index);
+    KNND_CUDA_TRY(cudaMemcpyAsync((char *)t->storage->data + off * (int64_t)es, buf, es, cudaMemcpyHostToDevice, cs),
+                  "set");
+    KNND_CUDA_TRY(cudaStreamSynchronize(cs), "set"); /* buf lives on this stack */
+    return KNND_OK;
+  }
+#endif
   knnd_store_f64(t->storage->data, off, t->dtype, value);
   return KNND_OK;
 }
@@ -468,12 +548,21 @@ knnd_status knnd_tensor_set(knnd_tensor *t, const int64_t *index, double value) 
 knnd_status knnd_tensor_to_doubles(const knnd_tensor *t, double *dst, int64_t n) {
   if (n != knnd_tensor_numel(t)) return knnd_error(KNND_ERR_SHAPE, "to_doubles: buffer of %" PRId64 " for %" PRId64 " elements", n, knnd_tensor_numel(t));
   KNND_TRY(knnd_check_devices("to_doubles", 1, (knnd_tensor *const *)&t));
-  for (int64_t i = 0; i < n; i++) dst[i] = knnd_tensor_get_flat(t, i);
+  knnd_tensor *h;
+  KNND_TRY(host_copy(t, &h));
+  for (int64_t i = 0; i < n; i++) dst[i] = knnd_tensor_get_flat(h, i);
+  knnd_tensor_release(h);
   return KNND_OK;
 }
 
 bool knnd_tensor_all_finite(const knnd_tensor *t) {
   if (!knnd_dtype_is_float(t->dtype)) return true;
+#ifdef KNND_HAVE_CUDA
+  if (IS_CUDA(t)) {
+    bool ok = false;
+    return knnd_cuda_all_finite(t, &ok) == KNND_OK && ok;
+  }
+#endif
   int64_t n = knnd_tensor_numel(t);
   if (t->dtype == KNND_F32 && knnd_tensor_is_contiguous(t)) {
     const float *p = knnd_tensor_data(t);
@@ -533,6 +622,9 @@ void knnd_coalesce_dims(int *ndim, int64_t *shape, int n_operands, int64_t (*str
 /* ---- copies -------------------------------------------------------------------------------- */
 knnd_status knnd_fill_(knnd_tensor *t, double value) {
   KNND_TRY(check_writable(t, "fill"));
+#ifdef KNND_HAVE_CUDA
+  if (IS_CUDA(t)) return knnd_cuda_fill(t, value);
+#endif
   int64_t n = knnd_tensor_numel(t);
   void *base = t->storage->data;
   if (knnd_tensor_is_contiguous(t) && t->dtype == KNND_F32) {
@@ -548,6 +640,7 @@ knnd_status knnd_fill_(knnd_tensor *t, double value) {
 knnd_status knnd_copy_(knnd_tensor *dst, const knnd_tensor *src) {
   KNND_TRY(check_writable(dst, "copy"));
   KNND_TRY(knnd_check_devices("copy", 1, (knnd_tensor *const *)&src));
+  KNND_TRY(knnd_check_devices("copy", 1, (knnd_tensor *const *)&dst));
   int nb;
   int64_t bshape[KNND_MAX_DIMS];
   if (knnd_broadcast_shapes(dst->ndim, dst->shape, src->ndim, src->shape, &nb, bshape))
@@ -560,6 +653,9 @@ knnd_status knnd_copy_(knnd_tensor *dst, const knnd_tensor *src) {
   }
   int64_t n = knnd_tensor_numel(dst);
   if (n == 0) return KNND_OK;
+#ifdef KNND_HAVE_CUDA
+  if (IS_CUDA(dst) || IS_CUDA(src)) return knnd_cuda_copy(dst, src); /* same device or CPU <-> CUDA */
+#endif
   if (dst->dtype == src->dtype && knnd_tensor_same_shape(dst, src) && knnd_tensor_is_contiguous(dst) &&
       knnd_tensor_is_contiguous(src)) {
     memmove(knnd_tensor_data(dst), knnd_tensor_data(src), (size_t)n * knnd_dtype_size(dst->dtype));
@@ -680,6 +776,14 @@ knnd_status knnd_check_ndim(const knnd_tensor *t, int ndim, const char *op, cons
   }
   return KNND_OK;
 }
+knnd_status knnd_check_cpu(const char *op, int n, knnd_tensor *const *ts) {
+  KNND_TRY(knnd_check_devices(op, n, ts));
+  for (int i = 0; i < n; i++)
+    if (ts[i] && ts[i]->storage->device.type != KNND_DEVICE_CPU)
+      return knnd_error(KNND_ERR_UNSUPPORTED, "%s: no CUDA kernel for this op (move its tensors to the CPU with :to(\"cpu\"))", op);
+  return KNND_OK;
+}
+
 knnd_status knnd_check_devices(const char *op, int n, knnd_tensor *const *ts) {
   const knnd_tensor *first = NULL;
   for (int i = 0; i < n; i++) {
@@ -753,8 +857,19 @@ static void format_dim(const knnd_tensor *t, int d, int64_t off, bool sci, int i
   sb_put(b, "]");
 }
 
+static knnd_status format_host(const knnd_tensor *t, knnd_device dev, const char *ag, char **out);
+
 knnd_status knnd_tensor_format(const knnd_tensor *t, char **out) {
   KNND_TRY(knnd_check_devices("format", 1, (knnd_tensor *const *)&t));
+  knnd_tensor *h; /* a CUDA tensor is printed from a host copy */
+  KNND_TRY(host_copy(t, &h));
+  knnd_status st =
+      format_host(h, t->storage->device, t->grad_fn ? ", grad_fn" : (t->requires_grad ? ", requires_grad" : ""), out);
+  knnd_tensor_release(h);
+  return st;
+}
+
+static knnd_status format_host(const knnd_tensor *t, knnd_device dev, const char *ag, char **out) {
   sbuf b = {0};
   bool sci = false;
   int64_t n = knnd_tensor_numel(t);
@@ -773,9 +888,9 @@ knnd_status knnd_tensor_format(const knnd_tensor *t, char **out) {
   format_dim(t, 0, t->offset, sci, 7, &b);
   char tail[256], shape[160];
   knnd_shape_str(t->ndim, t->shape, shape, sizeof shape);
-  snprintf(tail, sizeof tail, ", shape=%s, dtype=%s%s%s)", shape, knnd_dtype_name(t->dtype),
-           t->storage->device.type == KNND_DEVICE_CUDA ? ", device=cuda" : "",
-           t->grad_fn ? ", grad_fn" : (t->requires_grad ? ", requires_grad" : ""));
+  char devs[40] = "";
+  if (dev.type == KNND_DEVICE_CUDA) snprintf(devs, sizeof devs, ", device=cuda:%d", dev.index);
+  snprintf(tail, sizeof tail, ", shape=%s, dtype=%s%s%s)", shape, knnd_dtype_name(t->dtype), devs, ag);
   sb_put(&b, tail);
   if (!b.buf) return knnd_error(KNND_ERR_NOMEM, "out of memory formatting a tensor");
   *out = b.buf;

@@ -408,14 +408,34 @@ knnd_status knnd_to_dtype(knnd_tensor *t, knnd_dtype dt, knnd_tensor **out) {
   return KNND_OK;
 }
 
-#ifndef KNND_HAVE_CUDA
+static knnd_status to_device_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi) {
+  return knnd_to_device(g, n->inputs[0]->storage->device, &gi[0]);
+}
+
 knnd_status knnd_to_device(knnd_tensor *t, knnd_device dev, knnd_tensor **out) {
   KNND_TRY(knnd_check_tensor(t, "to", "self"));
-  if (dev.type == KNND_DEVICE_CPU) {
+  if (knnd_device_equal(dev, t->storage->device)) {
     *out = knnd_tensor_retain(t);
     return KNND_OK;
   }
-  return knnd_error(KNND_ERR_UNSUPPORTED, "to: device cuda:%d requested but this knnd was built without CUDA",
-                    dev.index);
-}
+#ifndef KNND_HAVE_CUDA
+  if (dev.type != KNND_DEVICE_CPU)
+    return knnd_error(KNND_ERR_UNSUPPORTED, "to: device cuda:%d requested but this knnd was built without CUDA",
+                      dev.index);
 #endif
+  knnd_tensor *c;
+  KNND_TRY(knnd_tensor_empty(t->dtype, t->ndim, t->shape, dev, &c));
+  bool was = knnd_set_grad_enabled(false);
+  knnd_status st = knnd_copy_(c, t);
+  knnd_set_grad_enabled(was);
+  if (st) {
+    knnd_tensor_release(c);
+    return st;
+  }
+  if (knnd_dtype_is_float(t->dtype)) {
+    knnd_node *n;
+    KNND_TRY(record("to_device", c, t, to_device_backward, &n));
+  }
+  *out = c;
+  return KNND_OK;
+}

@@ -202,3 +202,117 @@ knnd_tensor *kt_rand_dtype(knnd_dtype dt, int ndim, const int64_t *shape) {
   }
   return t;
 }
+
+/* ---- GPU parity ---------------------------------------------------------------------------- */
+bool kt_cuda(void) { return knnd_cuda_available(); }
+
+knnd_tensor *kt_to_cuda(const knnd_tensor *t, bool requires_grad) {
+  knnd_tensor *g = NULL, *d = NULL;
+  bool was = knnd_set_grad_enabled(false);
+  knnd_status st = knnd_to_device((knnd_tensor *)t, (knnd_device){KNND_DEVICE_CUDA, 0}, &g);
+  if (!st) st = knnd_detach(g, &d);
+  knnd_set_grad_enabled(was);
+  knnd_tensor_release(g);
+  if (st) fail_msg("copy to cuda:0 failed: %s", knnd_last_error());
+  d->requires_grad = requires_grad;
+  return d;
+}
+
+knnd_tensor *kt_to_cpu(const knnd_tensor *t) {
+  knnd_tensor *h = NULL, *d = NULL;
+  bool was = knnd_set_grad_enabled(false);
+  knnd_status st = knnd_to_device((knnd_tensor *)t, KNND_CPU, &h);
+  if (!st) st = knnd_detach(h, &d);
+  knnd_set_grad_enabled(was);
+  knnd_tensor_release(h);
+  if (st) fail_msg("copy to the CPU failed: %s", knnd_last_error());
+  return d;
+}
+
+void kt_cuda_assert_close(const char *what, const knnd_tensor *got, const knnd_tensor *ref, double atol, double rtol) {
+  if (!knnd_tensor_same_shape(got, ref)) {
+    char sa[128], sb[128];
+    knnd_shape_str(got->ndim, got->shape, sa, sizeof sa);
+    knnd_shape_str(ref->ndim, ref->shape, sb, sizeof sb);
+    knnd_set_grad_enabled(true);
+    fail_msg("%s: GPU shape %s, CPU shape %s", what, sa, sb);
+  }
+  if (got->dtype != ref->dtype) {
+    knnd_set_grad_enabled(true);
+    fail_msg("%s: GPU dtype %s, CPU dtype %s", what, knnd_dtype_name(got->dtype), knnd_dtype_name(ref->dtype));
+  }
+  knnd_tensor *g = kt_to_cpu(got), *r = kt_to_cpu(ref);
+  int64_t n = knnd_tensor_numel(r), worst = -1;
+  double *a = malloc(sizeof(double) * (size_t)(n ? n : 1)), *b = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  KT_OK(knnd_tensor_to_doubles(g, a, n));
+  KT_OK(knnd_tensor_to_doubles(r, b, n));
+  double excess = 0, diff2 = 0, ref2 = 0;
+  bool nan_mismatch = false;
+  for (int64_t i = 0; i < n; i++) {
+    if (isnan(a[i]) != isnan(b[i])) {
+      nan_mismatch = true;
+      worst = i;
+      break;
+    }
+    if (isnan(b[i]) || (isinf(b[i]) && a[i] == b[i])) continue;
+    double d = fabs(a[i] - b[i]), e = d - (atol + rtol * fabs(b[i]));
+    diff2 += d * d;
+    ref2 += b[i] * b[i];
+    if (e > excess) {
+      excess = e;
+      worst = i;
+    }
+  }
+  double rel = ref2 > 0 ? sqrt(diff2 / ref2) : sqrt(diff2);
+  knnd_tensor_release(g);
+  knnd_tensor_release(r);
+  if (worst >= 0 || rel > rtol + atol) {
+    double ga = worst >= 0 ? a[worst] : 0, rb = worst >= 0 ? b[worst] : 0;
+    free(a);
+    free(b);
+    knnd_set_grad_enabled(true);
+    fail_msg("%s: GPU differs from CPU%s: element %lld GPU %.8g CPU %.8g; relative norm error %.3g (atol %.3g rtol %.3g)",
+             what, nan_mismatch ? " (NaN in one only)" : "", (long long)worst, ga, rb, rel, atol, rtol);
+  }
+  free(a);
+  free(b);
+}
+
+void kt_cuda_parity(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double atol, double rtol) {
+  if (n > 8) fail_msg("kt_cuda_parity: at most 8 inputs");
+  knnd_set_grad_enabled(true);
+  knnd_tensor *gin[8] = {0};
+  for (int i = 0; i < n; i++) {
+    if (!inputs[i]) continue;
+    knnd_zero_grad(inputs[i]);
+    gin[i] = kt_to_cuda(inputs[i], inputs[i]->requires_grad);
+  }
+  knnd_tensor *out = NULL, *gout = NULL, *w = NULL, *gw = NULL;
+  KT_OK(f(inputs, ctx, &out));
+  knnd_status st = f(gin, ctx, &gout);
+  if (st) fail_msg("GPU forward failed: %s", knnd_last_error());
+  kt_cuda_assert_close("forward output", gout, out, atol, rtol);
+  if (out->requires_grad) {
+    if (!gout->requires_grad) fail_msg("GPU output does not require grad (CPU output does)");
+    KT_OK(knnd_randn(out->dtype, out->ndim, out->shape, &test_gen, &w));
+    gw = kt_to_cuda(w, false);
+    KT_OK(knnd_backward(out, w, false));
+    st = knnd_backward(gout, gw, false);
+    if (st) fail_msg("GPU backward failed: %s", knnd_last_error());
+    for (int i = 0; i < n; i++) {
+      if (!inputs[i] || !inputs[i]->requires_grad) continue;
+      char what[64];
+      snprintf(what, sizeof what, "gradient of input %d", i);
+      if (!inputs[i]->grad) fail_msg("%s: the CPU run produced none", what);
+      if (!gin[i]->grad) fail_msg("%s: the GPU run produced none", what);
+      if (gin[i]->grad->storage->device.type != KNND_DEVICE_CUDA) fail_msg("%s: not on the GPU", what);
+      kt_cuda_assert_close(what, gin[i]->grad, inputs[i]->grad, atol, rtol);
+    }
+  }
+  if (gout->storage->device.type != KNND_DEVICE_CUDA) fail_msg("the GPU run's output is not on the GPU");
+  knnd_tensor_release(out);
+  knnd_tensor_release(gout);
+  knnd_tensor_release(w);
+  knnd_tensor_release(gw);
+  for (int i = 0; i < n; i++) knnd_tensor_release(gin[i]);
+}

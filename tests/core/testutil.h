@@ -5,7 +5,9 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -56,6 +58,42 @@ void kt_assert_close_doubles(const knnd_tensor *a, const double *b, double atol,
 typedef knnd_status (*kt_fn)(knnd_tensor *const *inputs, void *ctx, knnd_tensor **out);
 void kt_gradcheck(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double eps, double atol, double rtol,
                   int max_elems);
+
+/* ---- GPU parity (tests/core/test_cuda_*.c) ----------------------------------------------
+ * kt_cuda(): a CUDA device is present. Every CUDA test starts with KT_REQUIRE_CUDA(), which
+ * marks the test skipped (never passed) without one; KT_CUDA_MAIN runs the group and exits 77
+ * (ctest's "skipped") when there was no device.
+ *
+ * kt_cuda_parity runs f on the CPU inputs and on copies of them on cuda:0 (same values, same
+ * requires_grad), then backward of sum(f(x)·w) with the same random w on both. It compares
+ * the outputs and every input's gradient element-wise (|gpu - cpu| <= atol + rtol·|cpu|) and
+ * by relative norm (‖gpu - cpu‖ / ‖cpu‖ <= rtol), naming the worst element. Non-contiguous and
+ * broadcast operands are made inside f (transpose, slice, expand of the inputs), so their
+ * backward runs too. Tolerances per dtype: kt_tol_f32 ... */
+bool kt_cuda(void);
+#define KT_REQUIRE_CUDA()                 \
+  do {                                    \
+    if (!kt_cuda()) {                     \
+      skip();                             \
+      return;                             \
+    }                                     \
+  } while (0)
+#define KT_CUDA_MAIN(tests)                                                    \
+  int main(void) {                                                             \
+    int failed_ = cmocka_run_group_tests(tests, NULL, NULL);                   \
+    if (!kt_cuda()) {                                                          \
+      printf("no CUDA device: every case above was skipped, none passed\n");  \
+      return failed_ ? 1 : 77;                                                 \
+    }                                                                          \
+    return failed_ ? 1 : 0;                                                    \
+  }
+void kt_cuda_parity(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double atol, double rtol);
+/* compare a GPU (or CPU) result with a CPU reference as kt_cuda_parity does; `what` names it */
+void kt_cuda_assert_close(const char *what, const knnd_tensor *got, const knnd_tensor *ref, double atol, double rtol);
+/* a copy of a CPU tensor on cuda:0 (a leaf; requires_grad as given) */
+knnd_tensor *kt_to_cuda(const knnd_tensor *t, bool requires_grad);
+/* a copy on the CPU */
+knnd_tensor *kt_to_cpu(const knnd_tensor *t);
 
 /* same dtype, shape and bytes (bit-exact: NaN payloads, infinities and -0 included) */
 void kt_assert_identical(const knnd_tensor *a, const knnd_tensor *b);
