@@ -9,6 +9,9 @@
 
 #include "backend/cpu/cpu_vecmath.h"
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_elementwise.h"
+#endif
 
 /* ---- the strided loop ---------------------------------------------------------------------- */
 /* Iterate a contiguous output of shape `shape` with up to two broadcast inputs, calling the
@@ -165,6 +168,16 @@ static knnd_status binary_raw(knnd_binary_op op, knnd_tensor *a, knnd_tensor *b,
   knnd_dtype dt = a->dtype;
   if (!knnd_dtype_is_float(a->dtype) && knnd_dtype_is_float(b->dtype)) dt = b->dtype;
   KNND_TRY(knnd_tensor_empty(dt, nd, shape, a->storage->device, out));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(a)) {
+    st = knnd_cuda_binary(op, *out, a, b);
+    if (st) {
+      knnd_tensor_release(*out);
+      *out = NULL;
+    }
+    return st;
+  }
+#endif
   if (dt == KNND_F32 && a->dtype == KNND_F32 && b->dtype == KNND_F32) binary_f32(op, *out, a, b);
   else if (knnd_dtype_is_float(dt) && dt != KNND_F32) {
     /* half types: compute in f32 and round once */
@@ -432,6 +445,19 @@ KNND_CPU_CLONES static void unary_grad_chunk(knnd_unary_op op, float *r, const f
 static knnd_status unary_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi) {
   knnd_unary_op op = (knnd_unary_op)n->ip[0];
   knnd_tensor *x = NULL, *y = NULL, *gc = NULL, *r = NULL;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(g)) {
+    knnd_tensor *in = n->saved[0];
+    KNND_TRY(knnd_tensor_empty(n->inputs[0]->dtype, in->ndim, in->shape, g->storage->device, &r));
+    knnd_status st = knnd_cuda_unary_grad(op, r, n->saved[0], n->saved[1], g);
+    if (st) {
+      knnd_tensor_release(r);
+      return st;
+    }
+    gi[0] = r;
+    return KNND_OK;
+  }
+#endif
   knnd_status st = knnd_contig_f32(n->saved[0], &x);
   if (!st) st = knnd_contig_f32(n->saved[1], &y);
   if (!st) st = knnd_contig_f32(g, &gc);
@@ -456,17 +482,22 @@ static knnd_status unary_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi
   return st;
 }
 
-knnd_status knnd_unary(knnd_unary_op op, knnd_tensor *a, knnd_tensor **out) {
-  const char *name = unary_name(op);
-  if ((unsigned)op > KNND_UNARY_SQUARE) return knnd_error(KNND_ERR_ARG, "unary: unknown op %d", (int)op);
-  KNND_TRY(knnd_check_tensor(a, name, "x"));
-  KNND_TRY(knnd_check_devices(name, 1, &a));
-  if (!knnd_dtype_is_float(a->dtype) && op != KNND_UNARY_NEG && op != KNND_UNARY_ABS && op != KNND_UNARY_RELU &&
-      op != KNND_UNARY_SQUARE)
-    return knnd_error(KNND_ERR_DTYPE, "%s: argument 'x' has dtype %s (expected a float dtype)", name,
-                      knnd_dtype_name(a->dtype));
+/* y = f(a) without autograd (integer neg/abs/relu/square exact, in double) */
+static knnd_status unary_raw(knnd_unary_op op, knnd_tensor *a, knnd_tensor **out) {
   knnd_tensor *x, *y;
-  if (!knnd_dtype_is_float(a->dtype)) { /* integer neg/abs/relu/square: exact, in double */
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(a)) {
+    KNND_TRY(knnd_tensor_empty(a->dtype, a->ndim, a->shape, a->storage->device, &y));
+    knnd_status st = knnd_cuda_unary(op, y, a);
+    if (st) {
+      knnd_tensor_release(y);
+      return st;
+    }
+    *out = y;
+    return KNND_OK;
+  }
+#endif
+  if (!knnd_dtype_is_float(a->dtype)) {
     KNND_TRY(knnd_contig(a, &x));
     knnd_status st = knnd_tensor_empty(a->dtype, a->ndim, a->shape, a->storage->device, &y);
     if (!st) {
@@ -490,9 +521,26 @@ knnd_status knnd_unary(knnd_unary_op op, knnd_tensor *a, knnd_tensor **out) {
   }
   unary_kernel(op, knnd_tensor_data(y), knnd_tensor_data(x), knnd_tensor_numel(x));
   knnd_tensor_release(x);
-  KNND_TRY(knnd_f32_to_dtype(y, a->dtype, &y));
+  return knnd_f32_to_dtype(y, a->dtype, out);
+}
+
+knnd_status knnd_unary(knnd_unary_op op, knnd_tensor *a, knnd_tensor **out) {
+  const char *name = unary_name(op);
+  if ((unsigned)op > KNND_UNARY_SQUARE) return knnd_error(KNND_ERR_ARG, "unary: unknown op %d", (int)op);
+  KNND_TRY(knnd_check_tensor(a, name, "x"));
+  KNND_TRY(knnd_check_devices(name, 1, &a));
+  if (!knnd_dtype_is_float(a->dtype) && op != KNND_UNARY_NEG && op != KNND_UNARY_ABS && op != KNND_UNARY_RELU &&
+      op != KNND_UNARY_SQUARE)
+    return knnd_error(KNND_ERR_DTYPE, "%s: argument 'x' has dtype %s (expected a float dtype)", name,
+                      knnd_dtype_name(a->dtype));
+  knnd_tensor *y;
+  KNND_TRY(unary_raw(op, a, &y));
+  if (!knnd_dtype_is_float(a->dtype)) { /* integer results carry no gradient */
+    *out = y;
+    return KNND_OK;
+  }
   knnd_node *n;
-  st = knnd_autograd_record(name, y, 1, &a, unary_backward, &n);
+  knnd_status st = knnd_autograd_record(name, y, 1, &a, unary_backward, &n);
   if (!st && n) {
     n->ip[0] = op;
     st = knnd_node_save(n, 0, a);
@@ -525,6 +573,19 @@ knnd_status knnd_quick_gelu(knnd_tensor *a, knnd_tensor **out) { return knnd_una
 static knnd_status clamp_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi) {
   knnd_tensor *x = NULL, *gc = NULL, *r = NULL;
   double lo = n->fp[0], hi = n->fp[1];
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(g)) {
+    knnd_tensor *in = n->saved[0];
+    KNND_TRY(knnd_tensor_empty(n->inputs[0]->dtype, in->ndim, in->shape, g->storage->device, &r));
+    knnd_status st = knnd_cuda_clamp_grad(r, in, g, lo, hi);
+    if (st) {
+      knnd_tensor_release(r);
+      return st;
+    }
+    gi[0] = r;
+    return KNND_OK;
+  }
+#endif
   knnd_status st = knnd_contig_f32(n->saved[0], &x);
   if (!st) st = knnd_contig_f32(g, &gc);
   if (!st) st = knnd_tensor_empty(KNND_F32, x->ndim, x->shape, x->storage->device, &r);
@@ -545,11 +606,21 @@ static knnd_status clamp_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi
   return st;
 }
 
-knnd_status knnd_clamp(knnd_tensor *a, double lo, double hi, knnd_tensor **out) {
-  KNND_TRY(knnd_check_float(a, "clamp", "x"));
-  KNND_TRY(knnd_check_devices("clamp", 1, &a));
-  if (!isnan(lo) && !isnan(hi) && lo > hi) return knnd_error(KNND_ERR_ARG, "clamp: min %g is greater than max %g", lo, hi);
+/* y = a clamped to [lo, hi] without autograd (a NaN bound is no bound; NaN stays NaN) */
+static knnd_status clamp_raw(knnd_tensor *a, double lo, double hi, knnd_tensor **out) {
   knnd_tensor *x, *y;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(a)) {
+    KNND_TRY(knnd_tensor_empty(a->dtype, a->ndim, a->shape, a->storage->device, &y));
+    knnd_status st = knnd_cuda_clamp(y, a, lo, hi);
+    if (st) {
+      knnd_tensor_release(y);
+      return st;
+    }
+    *out = y;
+    return KNND_OK;
+  }
+#endif
   KNND_TRY(knnd_contig_f32(a, &x));
   knnd_status st = knnd_tensor_empty(KNND_F32, a->ndim, a->shape, a->storage->device, &y);
   if (st) {
@@ -565,9 +636,17 @@ knnd_status knnd_clamp(knnd_tensor *a, double lo, double hi, knnd_tensor **out) 
     py[i] = v != v ? v : v < flo ? flo : v > fhi ? fhi : v;
   }
   knnd_tensor_release(x);
-  KNND_TRY(knnd_f32_to_dtype(y, a->dtype, &y));
+  return knnd_f32_to_dtype(y, a->dtype, out);
+}
+
+knnd_status knnd_clamp(knnd_tensor *a, double lo, double hi, knnd_tensor **out) {
+  KNND_TRY(knnd_check_float(a, "clamp", "x"));
+  KNND_TRY(knnd_check_devices("clamp", 1, &a));
+  if (!isnan(lo) && !isnan(hi) && lo > hi) return knnd_error(KNND_ERR_ARG, "clamp: min %g is greater than max %g", lo, hi);
+  knnd_tensor *y;
+  KNND_TRY(clamp_raw(a, lo, hi, &y));
   knnd_node *n;
-  st = knnd_autograd_record("clamp", y, 1, &a, clamp_backward, &n);
+  knnd_status st = knnd_autograd_record("clamp", y, 1, &a, clamp_backward, &n);
   if (!st && n) {
     n->fp[0] = lo;
     n->fp[1] = hi;
@@ -596,6 +675,16 @@ knnd_status knnd_compare(const char *op, knnd_tensor *a, knnd_tensor *b, knnd_te
   int64_t shape[KNND_MAX_DIMS];
   if (knnd_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, &nd, shape)) return knnd_error_context("compare: ");
   KNND_TRY(knnd_tensor_empty(KNND_U8, nd, shape, a->storage->device, out));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(a)) {
+    knnd_status st = knnd_cuda_compare(k, *out, a, b);
+    if (st) {
+      knnd_tensor_release(*out);
+      *out = NULL;
+    }
+    return st;
+  }
+#endif
   loop3 L;
   loop_init(&L, *out, a, b);
   int64_t numel = knnd_tensor_numel(*out);
@@ -617,7 +706,7 @@ knnd_status knnd_compare(const char *op, knnd_tensor *a, knnd_tensor *b, knnd_te
  * the mask multiply is replaced by a select kernel, the gradient by masked copies). */
 static knnd_status where_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi) {
   knnd_tensor *c = n->saved[0], *zero = NULL;
-  knnd_status st = knnd_tensor_scalar(g->dtype, 0.0, &zero);
+  knnd_status st = knnd_tensor_full(g->dtype, 0, NULL, 0.0, g->storage->device, &zero);
   for (int i = 0; i < 2 && !st; i++) {
     if (!knnd_node_needs_grad(n, i + 1)) continue;
     knnd_tensor *sel = NULL;
@@ -627,6 +716,26 @@ static knnd_status where_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **gi
   }
   knnd_tensor_release(zero);
   return st;
+}
+
+/* o = cond ? a : b on the CPU: two passes of the strided loop, (cond, a) then (cond, b) */
+static void where_cpu(knnd_tensor *o, const knnd_tensor *cond, const knnd_tensor *a, const knnd_tensor *b) {
+  int64_t numel = knnd_tensor_numel(o);
+  knnd_dtype dt = o->dtype;
+  for (int pass = 0; pass < 2; pass++) {
+    const knnd_tensor *src = pass == 0 ? a : b;
+    loop3 L;
+    loop_init(&L, o, cond, src);
+    void *O = o->storage->data;
+    const void *C = cond->storage->data, *S = src->storage->data;
+    knnd_dtype dtc = cond->dtype, dts = src->dtype;
+    LOOP_ROWS(L, numel, {
+      for (int64_t i = 0; i < n; i++) {
+        bool c = knnd_load_f64(C, o[1] + i * s1, dtc) != 0;
+        if (c == (pass == 0)) knnd_store_f64(O, o[0] + i * s0, dt, knnd_load_f64(S, o[2] + i * s2, dts));
+      }
+    });
+  }
 }
 
 knnd_status knnd_where(knnd_tensor *cond, knnd_tensor *a, knnd_tensor *b, knnd_tensor **out) {
@@ -643,25 +752,19 @@ knnd_status knnd_where(knnd_tensor *cond, knnd_tensor *a, knnd_tensor *b, knnd_t
   knnd_dtype dt = knnd_dtype_is_float(a->dtype) ? a->dtype : b->dtype;
   knnd_tensor *o;
   KNND_TRY(knnd_tensor_empty(dt, nd2, shape, a->storage->device, &o));
-  /* two passes of the strided loop: (cond, a) then (cond, b) */
-  int64_t numel = knnd_tensor_numel(o);
-  for (int pass = 0; pass < 2; pass++) {
-    knnd_tensor *src = pass == 0 ? a : b;
-    loop3 L;
-    loop_init(&L, o, cond, src);
-    void *O = o->storage->data;
-    const void *C = cond->storage->data, *S = src->storage->data;
-    knnd_dtype dtc = cond->dtype, dts = src->dtype;
-    LOOP_ROWS(L, numel, {
-      for (int64_t i = 0; i < n; i++) {
-        bool c = knnd_load_f64(C, o[1] + i * s1, dtc) != 0;
-        if (c == (pass == 0)) knnd_store_f64(O, o[0] + i * s0, dt, knnd_load_f64(S, o[2] + i * s2, dts));
-      }
-    });
+  knnd_status st = KNND_OK;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(a)) st = knnd_cuda_where(o, cond, a, b);
+  else
+#endif
+    where_cpu(o, cond, a, b);
+  if (st) {
+    knnd_tensor_release(o);
+    return st;
   }
   knnd_tensor *ins[3] = {cond, a, b};
   knnd_node *n;
-  knnd_status st = knnd_autograd_record("where", o, 3, ins, where_backward, &n);
+  st = knnd_autograd_record("where", o, 3, ins, where_backward, &n);
   if (!st && n) st = knnd_node_save(n, 0, cond);
   if (st) {
     knnd_tensor_release(o);
