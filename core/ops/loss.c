@@ -7,6 +7,9 @@
 
 #include "backend/cpu/cpu_vecmath.h"
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_reduce.h"
+#endif
 
 static knnd_status check_reduction(knnd_reduction red, const char *op) {
   if (red != KNND_REDUCE_MEAN && red != KNND_REDUCE_SUM && red != KNND_REDUCE_NONE)
@@ -32,6 +35,27 @@ static knnd_status finish_loss(const double *per, int64_t n, knnd_reduction red,
   }
   return knnd_f32_to_dtype(t, dt, out);
 }
+
+#ifdef KNND_HAVE_CUDA
+/* finish_loss on the GPU: per (f32, contiguous, of the per-element shape; the reference is
+ * stolen) kept, or summed in a fixed order and divided by `count` for `mean` */
+static knnd_status finish_loss_cuda(knnd_tensor *per, knnd_reduction red, int64_t count, knnd_dtype dt,
+                                    knnd_tensor **out) {
+  if (red == KNND_REDUCE_NONE) return knnd_f32_to_dtype(per, dt, out);
+  knnd_tensor *t = NULL;
+  const int64_t n = knnd_tensor_numel(per), one = 1, zero = 0, unit = 1;
+  knnd_status st = knnd_tensor_empty(KNND_F32, 0, NULL, per->storage->device, &t);
+  if (!st)
+    st = knnd_cuda_reduce(per, 1, &one, &zero, 1, &n, &unit, 1, n, NULL, red == KNND_REDUCE_MEAN ? (double)count : 1.0,
+                          knnd_tensor_data(t));
+  knnd_tensor_release(per);
+  if (st) {
+    knnd_tensor_release(t);
+    return st;
+  }
+  return knnd_f32_to_dtype(t, dt, out);
+}
+#endif
 
 /* The incoming gradient of a loss as a factor per element: g[i] for `none`, g·scale otherwise
  * (scale = 1, or 1/count for `mean`). *gc is the contiguous f32 gradient to release. */
@@ -63,15 +87,23 @@ static knnd_status mse_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **g
   KNND_CHECK(loss_grad_init(g, red, n, &L));
   KNND_CHECK(knnd_contig_f32(node->inputs[0], &x));
   KNND_CHECK(knnd_contig_f32(node->inputs[1], &t));
-  if (knnd_node_needs_grad(node, 0)) KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, KNND_CPU, &dx));
-  if (knnd_node_needs_grad(node, 1)) KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, KNND_CPU, &dt));
+  const knnd_device dev = node->inputs[0]->storage->device;
+  if (knnd_node_needs_grad(node, 0)) KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, dev, &dx));
+  if (knnd_node_needs_grad(node, 1)) KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, dev, &dt));
   const float *px = knnd_tensor_data(x), *pt = knnd_tensor_data(t);
   float *pdx = dx ? knnd_tensor_data(dx) : NULL, *pdt = dt ? knnd_tensor_data(dt) : NULL;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(x)) {
+    KNND_CHECK(knnd_cuda_mse_backward(x, n, px, pt, L.g, L.per_element, L.scale, pdx, pdt));
+  } else
+#endif
+  {
 #pragma omp parallel for num_threads(knnd_threads_for(n))
-  for (int64_t i = 0; i < n; i++) {
-    float d = (float)(2.0 * loss_grad_at(&L, i)) * (px[i] - pt[i]);
-    if (pdx) pdx[i] = d;
-    if (pdt) pdt[i] = -d;
+    for (int64_t i = 0; i < n; i++) {
+      float d = (float)(2.0 * loss_grad_at(&L, i)) * (px[i] - pt[i]);
+      if (pdx) pdx[i] = d;
+      if (pdt) pdt[i] = -d;
+    }
   }
   if (dx) {
     st = knnd_f32_to_dtype(dx, node->inputs[0]->dtype, &gi[0]);
@@ -105,18 +137,31 @@ knnd_status knnd_mse_loss(knnd_tensor *input, knnd_tensor *target, knnd_reductio
   }
   knnd_tensor *x = NULL, *t = NULL, *res = NULL;
   int64_t n = knnd_tensor_numel(input);
-  double *per = malloc(sizeof(double) * (size_t)(n ? n : 1));
-  knnd_status st = per ? KNND_OK : knnd_error(KNND_ERR_NOMEM, "mse_loss: out of memory");
-  if (!st) st = knnd_contig_f32(input, &x);
+  double *per = NULL;
+  knnd_status st = knnd_contig_f32(input, &x);
   if (!st) st = knnd_contig_f32(target, &t);
+#ifdef KNND_HAVE_CUDA
+  if (!st && knnd_on_cuda(input)) {
+    knnd_tensor *pt = NULL;
+    st = knnd_tensor_empty(KNND_F32, input->ndim, input->shape, input->storage->device, &pt);
+    if (!st) st = knnd_cuda_mse(x, n, knnd_tensor_data(x), knnd_tensor_data(t), knnd_tensor_data(pt));
+    if (!st) st = finish_loss_cuda(pt, red, n, input->dtype, &res);
+    else knnd_tensor_release(pt);
+  } else
+#endif
   if (!st) {
-    const float *px = knnd_tensor_data(x), *pt = knnd_tensor_data(t);
+    per = malloc(sizeof(double) * (size_t)(n ? n : 1));
+    if (!per) {
+      st = knnd_error(KNND_ERR_NOMEM, "mse_loss: out of memory");
+    } else {
+      const float *px = knnd_tensor_data(x), *pt = knnd_tensor_data(t);
 #pragma omp parallel for num_threads(knnd_threads_for(n))
-    for (int64_t i = 0; i < n; i++) {
-      double d = (double)px[i] - pt[i];
-      per[i] = d * d;
+      for (int64_t i = 0; i < n; i++) {
+        double d = (double)px[i] - pt[i];
+        per[i] = d * d;
+      }
+      st = finish_loss(per, n, red, n, input->ndim, input->shape, input->dtype, &res);
     }
-    st = finish_loss(per, n, red, n, input->ndim, input->shape, input->dtype, &res);
   }
   knnd_node *node = NULL;
   if (!st) st = knnd_autograd_record("mse_loss", res, 2, ts, mse_backward, &node);
@@ -242,11 +287,22 @@ static knnd_status ce_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **gi
   knnd_status st = KNND_OK;
   KNND_CHECK(loss_grad_init(g, (knnd_reduction)node->ip[0], node->ip[2], &L));
   KNND_CHECK(knnd_contig_f32(logits, &x));
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, KNND_CPU, &dx));
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, logits->storage->device, &dx));
   const int64_t N = x->shape[0], C = x->shape[1], inner = ce_inner(x), P = N * inner;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(logits)) {
+    KNND_CHECK(knnd_cuda_ce_backward(dx, N, C, inner, knnd_tensor_data(x), knnd_tensor_data(node->saved[1]),
+                                     knnd_tensor_data(node->saved[0]), node->ip[1], node->fp[0], L.g, L.per_element,
+                                     L.scale, knnd_tensor_data(dx)));
+    goto convert;
+  }
+#endif
   ce_grad_args B = {C, inner, knnd_tensor_data(x), knnd_tensor_data(node->saved[1]), knnd_tensor_data(node->saved[0]),
                     node->ip[1], node->fp[0], &L, knnd_tensor_data(dx)};
   CE_PARALLEL(P, C, ce_backward_range(&B, p0, p1));
+#ifdef KNND_HAVE_CUDA
+convert:
+#endif
   st = knnd_f32_to_dtype(dx, logits->dtype, &gi[0]);
   dx = NULL;
 cleanup:
@@ -285,23 +341,49 @@ knnd_status knnd_cross_entropy(knnd_tensor *logits, knnd_tensor *target, knnd_re
   if (target->dtype == KNND_I64) {
     KNND_CHECK(knnd_contig(target, &y));
   } else {
-    KNND_CHECK(knnd_tensor_empty(KNND_I64, target->ndim, target->shape, KNND_CPU, &y));
+    KNND_CHECK(knnd_tensor_empty(KNND_I64, target->ndim, target->shape, target->storage->device, &y));
     KNND_CHECK(knnd_copy_(y, target));
   }
   const int64_t P = knnd_tensor_numel(y), *py = knnd_tensor_data(y);
-  int64_t count = 0;
-  for (int64_t p = 0; p < P; p++) {
-    if (py[p] == ignore_index) continue;
-    if (py[p] < 0 || py[p] >= C) {
-      st = knnd_error(KNND_ERR_RANGE, "%s: argument 'target' holds %" PRId64 " at flat position %" PRId64
-                      ", out of range for %" PRId64 " classes (expected 0..%" PRId64 " or ignore_index %" PRId64 ")",
-                      op, py[p], p, C, C - 1, ignore_index);
-      goto cleanup;
+  int64_t count = 0, bad_pos = -1, bad_val = 0;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(y)) {
+    KNND_CHECK(knnd_cuda_ce_targets(y, C, ignore_index, &count, &bad_pos, &bad_val));
+  } else
+#endif
+  {
+    for (int64_t p = 0; p < P; p++) {
+      if (py[p] == ignore_index) continue;
+      if (py[p] < 0 || py[p] >= C) {
+        bad_pos = p;
+        bad_val = py[p];
+        break;
+      }
+      count++;
     }
-    count++;
+  }
+  if (bad_pos >= 0) {
+    st = knnd_error(KNND_ERR_RANGE, "%s: argument 'target' holds %" PRId64 " at flat position %" PRId64
+                    ", out of range for %" PRId64 " classes (expected 0..%" PRId64 " or ignore_index %" PRId64 ")",
+                    op, bad_val, bad_pos, C, C - 1, ignore_index);
+    goto cleanup;
   }
   KNND_CHECK(knnd_contig_f32(logits, &x));
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, y->ndim, y->shape, KNND_CPU, &lse));
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, y->ndim, y->shape, logits->storage->device, &lse));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(logits)) {
+    knnd_tensor *pt = NULL;
+    KNND_CHECK(knnd_tensor_empty(KNND_F32, y->ndim, y->shape, logits->storage->device, &pt));
+    st = knnd_cuda_ce_forward(x, logits->shape[0], C, ce_inner(logits), knnd_tensor_data(x), py, ignore_index,
+                              label_smoothing, knnd_tensor_data(pt), knnd_tensor_data(lse));
+    if (st) {
+      knnd_tensor_release(pt);
+      goto cleanup;
+    }
+    KNND_CHECK(finish_loss_cuda(pt, red, count, logits->dtype, &res));
+    goto record;
+  }
+#endif
   double *per = malloc(sizeof(double) * (size_t)(P ? P : 1));
   if (!per) {
     st = knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
@@ -315,6 +397,9 @@ knnd_status knnd_cross_entropy(knnd_tensor *logits, knnd_tensor *target, knnd_re
   st = finish_loss(per, P, red, count, y->ndim, y->shape, logits->dtype, &res);
   free(per);
   if (st) goto cleanup;
+#ifdef KNND_HAVE_CUDA
+record:;
+#endif
   knnd_node *node;
   KNND_CHECK(knnd_autograd_record(op, res, 1, &logits, ce_backward, &node));
   if (node) {
@@ -340,14 +425,22 @@ cleanup:
 static knnd_status dropout_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **gi) {
   knnd_tensor *gc, *dx;
   KNND_TRY(knnd_contig_f32(g, &gc));
-  knnd_status st = knnd_tensor_empty(KNND_F32, g->ndim, g->shape, KNND_CPU, &dx);
+  knnd_status st = knnd_tensor_empty(KNND_F32, g->ndim, g->shape, node->inputs[0]->storage->device, &dx);
   if (!st) {
-    const float *pg = knnd_tensor_data(gc), *pm = knnd_tensor_data(node->saved[0]);
-    float *pd = knnd_tensor_data(dx);
+    const float *pg = knnd_tensor_data(gc);
+    float *pm = knnd_tensor_data(node->saved[0]), *pd = knnd_tensor_data(dx);
     int64_t n = knnd_tensor_numel(dx);
+#ifdef KNND_HAVE_CUDA
+    if (knnd_on_cuda(dx)) {
+      st = knnd_cuda_dropout(dx, n, pg, pm, false, 1.0f, pd);
+    } else
+#endif
+    {
 #pragma omp parallel for num_threads(knnd_threads_for(n))
-    for (int64_t i = 0; i < n; i++) pd[i] = pg[i] * pm[i];
-    st = knnd_f32_to_dtype(dx, node->inputs[0]->dtype, &gi[0]);
+      for (int64_t i = 0; i < n; i++) pd[i] = pg[i] * pm[i];
+    }
+    if (st) knnd_tensor_release(dx);
+    else st = knnd_f32_to_dtype(dx, node->inputs[0]->dtype, &gi[0]);
   }
   knnd_tensor_release(gc);
   return st;
@@ -363,20 +456,28 @@ knnd_status knnd_dropout(knnd_tensor *x, double p, bool training, knnd_generator
   }
   knnd_tensor *mask = NULL, *xc = NULL, *res = NULL;
   knnd_status st = KNND_OK;
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, KNND_CPU, &mask));
+  /* drawn on x's device with the same call as on the CPU: one generator state, one mask */
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, x->storage->device, &mask));
   KNND_CHECK(knnd_bernoulli_(mask, 1.0 - p, g)); /* 1 = keep */
   KNND_CHECK(knnd_contig_f32(x, &xc));
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, KNND_CPU, &res));
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, x->storage->device, &res));
   {
     /* p = 1 drops everything: scale 0, not 1/0 */
     const float scale = p < 1.0 ? (float)(1.0 / (1.0 - p)) : 0.0f;
     float *pm = knnd_tensor_data(mask), *pr = knnd_tensor_data(res);
     const float *px = knnd_tensor_data(xc);
     int64_t n = knnd_tensor_numel(x);
+#ifdef KNND_HAVE_CUDA
+    if (knnd_on_cuda(x)) {
+      KNND_CHECK(knnd_cuda_dropout(res, n, px, pm, true, scale, pr));
+    } else
+#endif
+    {
 #pragma omp parallel for num_threads(knnd_threads_for(n))
-    for (int64_t i = 0; i < n; i++) {
-      pm[i] *= scale;
-      pr[i] = px[i] * pm[i];
+      for (int64_t i = 0; i < n; i++) {
+        pm[i] *= scale;
+        pr[i] = px[i] * pm[i];
+      }
     }
   }
   st = knnd_f32_to_dtype(res, x->dtype, &res);

@@ -7,6 +7,9 @@
 
 #include "backend/cpu/cpu_vecmath.h"
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_reduce.h"
+#endif
 
 /* ---- geometry of a multi-dim reduction ----------------------------------------------------- */
 /* The input's dims split into kept dims (the output, row-major in their original order) and
@@ -341,13 +344,32 @@ static knnd_status moment_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **g
     if (rd.reduced[i]) rd.n_red *= in->shape[i];
     else rd.n_out *= in->shape[i];
   }
-  double *a = malloc(sizeof(double) * (size_t)(2 * rd.n_out + 1)), *c = a + rd.n_out;
-  knnd_status st = a ? KNND_OK : knnd_error(KNND_ERR_NOMEM, "%s backward: out of memory", moment_name[kind]);
-  if (!st) st = knnd_contig_f32(g, &gc);
+  double *a = NULL, *c = NULL;
+  knnd_status st = knnd_contig_f32(g, &gc);
   if (!st) st = knnd_tensor_empty(KNND_F32, in->ndim, in->shape, in->storage->device, &y);
   if (!st && kind == MOMENT_VAR) st = knnd_contig_f32(in, &xc);
   if (!st && kind == MOMENT_VAR) st = knnd_contig_f32(n->saved[0], &mean);
   if (st) goto cleanup;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(in)) {
+    /* g (and the mean) broadcast back over the reduced dims: stride 0 there */
+    int64_t gstride[KNND_MAX_DIMS], s = 1;
+    for (int i = in->ndim - 1; i >= 0; i--) {
+      gstride[i] = rd.reduced[i] ? 0 : s;
+      if (!rd.reduced[i]) s *= in->shape[i];
+    }
+    KNND_CHECK(knnd_cuda_moment_backward(y, in->ndim, in->shape, gstride, knnd_tensor_data(gc),
+                                         xc ? knnd_tensor_data(xc) : NULL, mean ? knnd_tensor_data(mean) : NULL,
+                                         n->fp[0], knnd_tensor_data(y)));
+    goto convert;
+  }
+#endif
+  a = malloc(sizeof(double) * (size_t)(2 * rd.n_out + 1));
+  if (!a) {
+    st = knnd_error(KNND_ERR_NOMEM, "%s backward: out of memory", moment_name[kind]);
+    goto cleanup;
+  }
+  c = a + rd.n_out;
   const float *pg = knnd_tensor_data(gc);
   for (int64_t o = 0; o < rd.n_out; o++) a[o] = n->fp[0] * pg[o];
   if (mean) {
@@ -358,6 +380,9 @@ static knnd_status moment_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **g
   make_geom(y, &rd, &geo); /* y and xc are both contiguous: one geometry serves both */
   pass_args P = {PASS_FILL, xc ? knnd_tensor_data(xc) : NULL, knnd_tensor_data(y), mean ? c : NULL, a};
   KNND_CHECK(run_pass(&P, &geo, NULL));
+#ifdef KNND_HAVE_CUDA
+convert:
+#endif
   st = knnd_f32_to_dtype(y, in->dtype, &gi[0]);
   y = NULL;
 cleanup:
@@ -368,6 +393,42 @@ cleanup:
   knnd_tensor_release(mean);
   return st;
 }
+
+/* the factor of the backward: 1, 1/N, 2/max(0, N - correction) (PyTorch's divisor) */
+static double moment_scale(moment_kind kind, int64_t n_red, int correction) {
+  const double n = (double)n_red;
+  if (kind == MOMENT_SUM) return 1.0;
+  if (kind == MOMENT_MEAN) return 1.0 / n;
+  return 2.0 / (n - correction > 0 ? n - correction : 0);
+}
+
+#ifdef KNND_HAVE_CUDA
+/* sum / mean / var of x (any float dtype, any strides) on its GPU: res in x's dtype, and for var
+ * the f32 mean that backward needs */
+static knnd_status moment_cuda(moment_kind kind, knnd_tensor *x, const reduce_dims *rd, int correction,
+                               knnd_tensor **res, knnd_tensor **mean_t) {
+  reduce_geom g;
+  make_geom(x, rd, &g);
+  const knnd_device dev = x->storage->device;
+  const double n = (double)rd->n_red;
+  knnd_tensor *m = NULL, *r = NULL;
+  knnd_status st = knnd_tensor_empty(KNND_F32, rd->out_ndim, rd->out_shape, dev, &r);
+  if (!st && kind == MOMENT_VAR) st = knnd_tensor_empty(KNND_F32, rd->out_ndim, rd->out_shape, dev, &m);
+  if (!st)
+    st = knnd_cuda_reduce(x, g.nk, g.kshape, g.kstride, g.nr, g.rshape, g.rstride, g.n_out, g.n_red, NULL,
+                          kind == MOMENT_SUM ? 1.0 : n, knnd_tensor_data(m ? m : r));
+  if (!st && kind == MOMENT_VAR)
+    st = knnd_cuda_reduce(x, g.nk, g.kshape, g.kstride, g.nr, g.rshape, g.rstride, g.n_out, g.n_red,
+                          knnd_tensor_data(m), n - correction > 0 ? n - correction : 0, knnd_tensor_data(r));
+  if (st) {
+    knnd_tensor_release(m);
+    knnd_tensor_release(r);
+    return st;
+  }
+  *mean_t = m;
+  return knnd_f32_to_dtype(r, x->dtype, res);
+}
+#endif
 
 static knnd_status moment(moment_kind kind, knnd_tensor *a, int n_dims, const int *dims, int correction, bool keepdim,
                           knnd_tensor **out) {
@@ -381,9 +442,16 @@ static knnd_status moment(moment_kind kind, knnd_tensor *a, int n_dims, const in
   knnd_tensor *x = NULL, *res = NULL, *mean_t = NULL;
   double *acc = NULL, *mean = NULL;
   knnd_status st = KNND_OK;
-  /* f32 views are read in place, whatever their strides; half types are converted once */
-  if (a->dtype == KNND_F32) KNND_CHECK(knnd_alias(a, &x));
+  /* f32 views are read in place, whatever their strides; half types are converted once (the
+   * GPU reads them in place too) */
+  if (a->dtype == KNND_F32 || knnd_on_cuda(a)) KNND_CHECK(knnd_alias(a, &x));
   else KNND_CHECK(knnd_contig_f32(a, &x));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(a)) {
+    KNND_CHECK(moment_cuda(kind, x, &rd, correction, &res, &mean_t));
+    goto record;
+  }
+#endif
   acc = malloc(sizeof(double) * (size_t)(2 * rd.n_out + 1));
   if (!acc) {
     st = knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
@@ -394,12 +462,11 @@ static knnd_status moment(moment_kind kind, knnd_tensor *a, int n_dims, const in
   make_geom(x, &rd, &geo);
   pass_args P = {PASS_SUM, (const float *)knnd_tensor_data(x), NULL, NULL, NULL};
   KNND_CHECK(run_pass(&P, &geo, acc));
-  double n = (double)rd.n_red, scale = 1.0;
+  double n = (double)rd.n_red;
   if (kind == MOMENT_SUM) {
     KNND_CHECK(doubles_to_tensor(acc, &rd, a->dtype, a->storage->device, &res));
   } else if (kind == MOMENT_MEAN) {
     for (int64_t o = 0; o < rd.n_out; o++) acc[o] /= n; /* 0/0 = NaN for an empty mean, as PyTorch */
-    scale = 1.0 / n;
     KNND_CHECK(doubles_to_tensor(acc, &rd, a->dtype, a->storage->device, &res));
   } else {
     /* two passes (mean, then squared deviations) in double: no cancellation when |mean| >> std */
@@ -410,9 +477,12 @@ static knnd_status moment(moment_kind kind, knnd_tensor *a, int n_dims, const in
     /* PyTorch divides by max(0, N - correction) */
     double denom = n - correction > 0 ? n - correction : 0;
     for (int64_t o = 0; o < rd.n_out; o++) acc[o] /= denom;
-    scale = 2.0 / denom;
     KNND_CHECK(doubles_to_tensor(acc, &rd, a->dtype, a->storage->device, &res));
   }
+#ifdef KNND_HAVE_CUDA
+record:;
+#endif
+  const double scale = moment_scale(kind, rd.n_red, correction);
   knnd_node *node;
   KNND_CHECK(knnd_autograd_record(op, res, 1, &a, moment_backward, &node));
   if (node) {
@@ -423,7 +493,7 @@ static knnd_status moment(moment_kind kind, knnd_tensor *a, int n_dims, const in
     node->ip[1] = kind;
     node->fp[0] = scale;
     if (kind == MOMENT_VAR) {
-      KNND_CHECK(doubles_to_tensor(mean, &rd, KNND_F32, a->storage->device, &mean_t));
+      if (!mean_t) KNND_CHECK(doubles_to_tensor(mean, &rd, KNND_F32, a->storage->device, &mean_t));
       KNND_CHECK(knnd_node_save(node, 0, mean_t));
     }
   }
@@ -678,12 +748,28 @@ static KNND_CPU_CLONES void dim_units(const dim_args *A, int64_t u0, int64_t u1)
   }
 }
 
-static void run_dim(const dim_args *A) {
+#ifdef KNND_HAVE_CUDA
+_Static_assert((int)DIM_MAX == KNND_CUDA_DIM_MAX && (int)DIM_LOGSUMEXP == KNND_CUDA_DIM_LOGSUMEXP &&
+                   (int)DIM_SOFTMAX == KNND_CUDA_DIM_SOFTMAX && (int)DIM_LOG_SOFTMAX == KNND_CUDA_DIM_LOG_SOFTMAX &&
+                   (int)DIM_LOGSUMEXP_BW == KNND_CUDA_DIM_LOGSUMEXP_BW &&
+                   (int)DIM_SOFTMAX_BW == KNND_CUDA_DIM_SOFTMAX_BW &&
+                   (int)DIM_LOG_SOFTMAX_BW == KNND_CUDA_DIM_LOG_SOFTMAX_BW,
+               "reduce.c's dim_mode and cuda_reduce.h's modes must agree");
+#endif
+
+/* the kernel of a one-dim op, on the device of `like` */
+static knnd_status run_dim(const knnd_tensor *like, const dim_args *A) {
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(like)) return knnd_cuda_dim(like, A->mode, A->outer, A->n, A->inner, A->x, A->y, A->g, A->out, A->index);
+#else
+  (void)like;
+#endif
   const int64_t units = A->inner == 1 ? A->outer : A->outer * ((A->inner + DIM_BLOCK - 1) / DIM_BLOCK);
   const int threads = knnd_threads_for(A->outer * A->inner * A->n * 4);
   const int64_t blocks = units < 8 * (int64_t)threads ? units : 8 * (int64_t)threads;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t b = 0; b < blocks; b++) dim_units(A, units * b / blocks, units * (b + 1) / blocks);
+  return KNND_OK;
 }
 
 /* outer/n/inner around dim d (a 0-d tensor is one element: [1,1,1]) */
@@ -732,6 +818,13 @@ static knnd_status dim_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **g
   else if (!st) st = knnd_tensor_empty(KNND_F32, in->ndim, in->shape, in->storage->device, &dx);
   if (st) goto cleanup;
   if (mode == DIM_MAX) { /* the gradient goes to the first maximal element */
+#ifdef KNND_HAVE_CUDA
+    if (knnd_on_cuda(in)) {
+      KNND_CHECK(knnd_cuda_max_backward(dx, A.outer, A.n, A.inner, knnd_tensor_data(gc), knnd_tensor_data(node->saved[1]),
+                                        knnd_tensor_data(dx)));
+      goto convert;
+    }
+#endif
     const int64_t *idx = knnd_tensor_data(node->saved[1]);
     const float *pg = knnd_tensor_data(gc);
     float *px = knnd_tensor_data(dx);
@@ -749,8 +842,11 @@ static knnd_status dim_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **g
       A.x = knnd_tensor_data(x);
     }
     A.y = knnd_tensor_data(node->saved[mode == DIM_LOGSUMEXP_BW ? 1 : 0]);
-    run_dim(&A);
+    KNND_CHECK(run_dim(dx, &A));
   }
+#ifdef KNND_HAVE_CUDA
+convert:
+#endif
   st = knnd_f32_to_dtype(dx, in->dtype, &gi[0]);
   dx = NULL;
 cleanup:
@@ -781,9 +877,9 @@ static knnd_status dim_op(dim_mode mode, knnd_tensor *a, int dim, bool keepdim, 
     A.index = knnd_tensor_data(idx);
   }
   if (A.n == 0 && mode == DIM_LOGSUMEXP) { /* log(0) */
-    for (int64_t i = 0; i < A.outer * A.inner; i++) A.out[i] = -INFINITY;
+    KNND_CHECK(knnd_fill_(res, -INFINITY));
   } else {
-    run_dim(&A);
+    KNND_CHECK(run_dim(res, &A));
   }
   if (values) {
     /* keep the f32 result for backward before converting (f16 logsumexp backward uses it) */
