@@ -7,6 +7,9 @@
 #include <stdlib.h>
 
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_index.h"
+#endif
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 /* A detached view of t with dim d narrowed to [start, start+len). */
@@ -30,7 +33,24 @@ static knnd_status norm_dim(int dim, int ndim, const char *op, int *d) {
   return KNND_OK;
 }
 
-/* index's values as a contiguous i64 tensor, each checked against [0, limit) */
+/* the first flat position of p[0..n) outside [0, limit) and its value (*bad = -1 if none): the
+ * first, so the message does not depend on the thread count */
+static void first_bad_cpu(const int64_t *p, int64_t n, int64_t limit, int64_t *bad, int64_t *value) {
+  int64_t any = -1;
+#pragma omp parallel for num_threads(knnd_threads_for(n)) reduction(max : any)
+  for (int64_t i = 0; i < n; i++)
+    if ((p[i] < 0 || p[i] >= limit) && i > any) any = i;
+  *bad = -1;
+  if (any < 0) return;
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] < 0 || p[i] >= limit) {
+      *bad = i;
+      *value = p[i];
+      return;
+    }
+}
+
+/* index's values as a contiguous i64 tensor (on its device), each checked against [0, limit) */
 static knnd_status checked_index(knnd_tensor *index, int64_t limit, const char *op, const char *arg, const char *what,
                                  knnd_tensor **out) {
   KNND_TRY(knnd_check_index_dtype(index, op, arg));
@@ -45,19 +65,18 @@ static knnd_status checked_index(knnd_tensor *index, int64_t limit, const char *
       return st;
     }
   }
-  const int64_t *p = knnd_tensor_data(c), n = knnd_tensor_numel(c);
-  int64_t bad = -1;
-#pragma omp parallel for num_threads(knnd_threads_for(n)) reduction(max : bad)
-  for (int64_t i = 0; i < n; i++)
-    if ((p[i] < 0 || p[i] >= limit) && i > bad) bad = i;
+  int64_t bad = -1, v = 0;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(c)) {
+    knnd_status st = knnd_cuda_index_first_bad(c, limit, &bad, &v);
+    if (st) {
+      knnd_tensor_release(c);
+      return st;
+    }
+  } else
+#endif
+    first_bad_cpu(knnd_tensor_data(c), knnd_tensor_numel(c), limit, &bad, &v);
   if (bad >= 0) {
-    /* report the first bad one, so the message does not depend on the thread count */
-    for (int64_t i = 0; i < n; i++)
-      if (p[i] < 0 || p[i] >= limit) {
-        bad = i;
-        break;
-      }
-    int64_t v = p[bad];
     knnd_tensor_release(c);
     return knnd_error(KNND_ERR_RANGE, "%s: argument '%s' holds %" PRId64 " at flat position %" PRId64
                       ", out of range for %s of size %" PRId64 " (expected 0..%" PRId64 ")",
@@ -242,7 +261,7 @@ static inline int64_t along_col(const along_dim *A, int64_t c, const int64_t *st
 }
 
 /* out (contiguous, index's shape) = t[..., idx, ...] along d; any dtype (element copies) */
-static void gather_kernel(const knnd_tensor *t, const knnd_tensor *idx, int d, knnd_tensor *out) {
+static void gather_cpu(const knnd_tensor *t, const knnd_tensor *idx, int d, knnd_tensor *out) {
   along_dim A;
   along_init(&A, idx, d);
   const int64_t *ip = knnd_tensor_data(idx), istep = idx->stride[d];
@@ -262,7 +281,7 @@ static void gather_kernel(const knnd_tensor *t, const knnd_tensor *idx, int d, k
 
 /* dst (contiguous) += src at idx along d; src is read with its own strides (it may be larger
  * than idx). f32 fast path; other dtypes through double. */
-static void scatter_add_kernel(knnd_tensor *dst, const knnd_tensor *idx, int d, const knnd_tensor *src) {
+static void scatter_add_cpu(knnd_tensor *dst, const knnd_tensor *idx, int d, const knnd_tensor *src) {
   along_dim A;
   along_init(&A, idx, d);
   const int64_t *ip = knnd_tensor_data(idx), istep = idx->stride[d], ds = dst->stride[d], ss = src->stride[d];
@@ -279,6 +298,22 @@ static void scatter_add_kernel(knnd_tensor *dst, const knnd_tensor *idx, int d, 
       else knnd_store_f64(db, di, dst->dtype, knnd_load_f64(db, di, dst->dtype) + knnd_load_f64(sb, si, src->dtype));
     }
   }
+}
+
+/* the raw kernels on the tensors' device */
+static knnd_status gather_kernel(const knnd_tensor *t, const knnd_tensor *idx, int d, knnd_tensor *out) {
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(out)) return knnd_cuda_gather(t, idx, d, out);
+#endif
+  gather_cpu(t, idx, d, out);
+  return KNND_OK;
+}
+static knnd_status scatter_add_kernel(knnd_tensor *dst, const knnd_tensor *idx, int d, const knnd_tensor *src) {
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(dst)) return knnd_cuda_scatter_add(dst, idx, d, src);
+#endif
+  scatter_add_cpu(dst, idx, d, src);
+  return KNND_OK;
 }
 
 /* index fits t (and src): same ndim, index.size(k) <= size(k) for k != d (and all k for src) */
@@ -306,8 +341,9 @@ static knnd_status scatter_into_zeros(int nd, const int64_t *shape, knnd_dtype d
   KNND_TRY(knnd_contig_f32(g, &gc));
   knnd_status st = knnd_tensor_zeros(KNND_F32, nd, shape, g->storage->device, &z);
   if (!st) {
-    scatter_add_kernel(z, idx, d, gc);
-    st = knnd_f32_to_dtype(z, dt, out);
+    st = scatter_add_kernel(z, idx, d, gc);
+    if (st) knnd_tensor_release(z);
+    else st = knnd_f32_to_dtype(z, dt, out);
   }
   knnd_tensor_release(gc);
   return st;
@@ -332,7 +368,7 @@ knnd_status knnd_gather(knnd_tensor *t, int dim, knnd_tensor *index, knnd_tensor
   knnd_tensor *idx, *res = NULL;
   KNND_TRY(checked_index(index, t->shape[d], "gather", "index", what, &idx));
   knnd_status st = knnd_tensor_empty(t->dtype, idx->ndim, idx->shape, t->storage->device, &res);
-  if (!st) gather_kernel(t, idx, d, res);
+  if (!st) st = gather_kernel(t, idx, d, res);
   knnd_node *node = NULL;
   if (!st) st = knnd_autograd_record("gather", res, 1, &t, gather_backward, &node);
   if (!st && node) {
@@ -357,8 +393,11 @@ static knnd_status scatter_add_backward(knnd_node *node, knnd_tensor *g, knnd_te
   if (!knnd_node_needs_grad(node, 1)) return KNND_OK;
   knnd_tensor *gs, *z, *v;
   KNND_TRY(knnd_tensor_empty(g->dtype, idx->ndim, idx->shape, g->storage->device, &gs));
-  gather_kernel(g, idx, d, gs);
-  knnd_status st = KNND_OK;
+  knnd_status st = gather_kernel(g, idx, d, gs);
+  if (st) {
+    knnd_tensor_release(gs);
+    return st;
+  }
   if (knnd_tensor_same_shape(gs, src)) {
     z = gs;
   } else {
@@ -410,15 +449,15 @@ knnd_status knnd_scatter_add(knnd_tensor *t, int dim, knnd_tensor *index, knnd_t
       knnd_tensor_release(c);
     }
     if (!st) st = knnd_contig_f32(src, &sc);
+    if (!st) st = scatter_add_kernel(res, idx, d, sc);
     if (!st) {
-      scatter_add_kernel(res, idx, d, sc);
       st = knnd_f32_to_dtype(res, t->dtype, &res);
       if (st) res = NULL;
     }
   } else {
     st = knnd_tensor_empty(t->dtype, t->ndim, t->shape, t->storage->device, &res);
     if (!st) st = knnd_copy_(res, t);
-    if (!st) scatter_add_kernel(res, idx, d, src);
+    if (!st) st = scatter_add_kernel(res, idx, d, src);
   }
   knnd_node *node = NULL;
   if (!st) st = knnd_autograd_record("scatter_add", res, 2, (knnd_tensor *[]){t, src}, scatter_add_backward, &node);
@@ -440,7 +479,7 @@ knnd_status knnd_scatter_add(knnd_tensor *t, int dim, knnd_tensor *index, knnd_t
 /* A contiguous tensor seen as [outer, n, inner] rows around dim; index_select copies rows
  * [o, idx[k], :] to [o, k, :]. Its backward adds rows back: destination rows are split among
  * threads by value, so repeated indices accumulate without races and in a fixed order. */
-static void select_rows(const char *src, char *dst, int64_t outer, int64_t n, int64_t inner, size_t esz,
+static void select_rows_cpu(const char *src, char *dst, int64_t outer, int64_t n, int64_t inner, size_t esz,
                         const int64_t *idx, int64_t m) {
   const size_t row = (size_t)inner * esz;
 #pragma omp parallel for num_threads(knnd_threads_for(outer * m * inner)) schedule(static)
@@ -450,7 +489,7 @@ static void select_rows(const char *src, char *dst, int64_t outer, int64_t n, in
   }
 }
 
-static void add_rows(float *dst, const float *g, int64_t outer, int64_t n, int64_t inner, const int64_t *idx,
+static void add_rows_cpu(float *dst, const float *g, int64_t outer, int64_t n, int64_t inner, const int64_t *idx,
                      int64_t m) {
   int threads = knnd_threads_for(outer * m * inner);
   if (threads > n) threads = n > 0 ? (int)n : 1;
@@ -470,6 +509,26 @@ static void add_rows(float *dst, const float *g, int64_t outer, int64_t n, int64
   }
 }
 
+/* the row kernels on the tensors' device: src/dst/g contiguous, idx the checked flat index */
+static knnd_status select_rows(const knnd_tensor *src, knnd_tensor *dst, int64_t outer, int64_t n, int64_t inner,
+                               const knnd_tensor *idx) {
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(dst)) return knnd_cuda_select_rows(src, dst, outer, n, inner, idx);
+#endif
+  select_rows_cpu(knnd_tensor_data(src), knnd_tensor_data(dst), outer, n, inner, knnd_dtype_size(src->dtype),
+                  knnd_tensor_data(idx), knnd_tensor_numel(idx));
+  return KNND_OK;
+}
+static knnd_status add_rows(knnd_tensor *dst, const knnd_tensor *g, int64_t outer, int64_t n, int64_t inner,
+                            const knnd_tensor *idx) {
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(dst)) return knnd_cuda_add_rows(dst, g, outer, n, inner, idx);
+#endif
+  add_rows_cpu(knnd_tensor_data(dst), knnd_tensor_data(g), outer, n, inner, knnd_tensor_data(idx),
+               knnd_tensor_numel(idx));
+  return KNND_OK;
+}
+
 /* ip[0]: dim; saved[0]: the checked flat index */
 static knnd_status index_select_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **gi) {
   knnd_tensor *t = node->inputs[0], *idx = node->saved[0], *gc, *z;
@@ -482,9 +541,9 @@ static knnd_status index_select_backward(knnd_node *node, knnd_tensor *g, knnd_t
   KNND_TRY(knnd_contig_f32(g, &gc));
   knnd_status st = knnd_tensor_zeros(KNND_F32, t->ndim, t->shape, t->storage->device, &z);
   if (!st) {
-    add_rows(knnd_tensor_data(z), knnd_tensor_data(gc), outer, t->shape[d], inner, knnd_tensor_data(idx),
-             knnd_tensor_numel(idx));
-    st = knnd_f32_to_dtype(z, t->dtype, &gi[0]);
+    st = add_rows(z, gc, outer, t->shape[d], inner, idx);
+    if (st) knnd_tensor_release(z);
+    else st = knnd_f32_to_dtype(z, t->dtype, &gi[0]);
   }
   knnd_tensor_release(gc);
   return st;
@@ -496,14 +555,13 @@ static knnd_status select_impl(knnd_tensor *t, int d, knnd_tensor *idx, int out_
                                const char *op, knnd_tensor **out) {
   knnd_tensor *c, *res;
   KNND_TRY(knnd_contig(t, &c));
-  int64_t outer = 1, inner = 1, m = knnd_tensor_numel(idx);
+  int64_t outer = 1, inner = 1;
   for (int k = 0; k < t->ndim; k++) {
     if (k < d) outer *= t->shape[k];
     if (k > d) inner *= t->shape[k];
   }
   knnd_status st = knnd_tensor_empty(t->dtype, out_nd, out_shape, t->storage->device, &res);
-  if (!st) select_rows(knnd_tensor_data(c), knnd_tensor_data(res), outer, t->shape[d], inner, knnd_dtype_size(t->dtype),
-                       knnd_tensor_data(idx), m);
+  if (!st) st = select_rows(c, res, outer, t->shape[d], inner, idx);
   knnd_tensor_release(c);
   knnd_node *node = NULL;
   if (!st) st = knnd_autograd_record(op, res, 1, &t, index_select_backward, &node);

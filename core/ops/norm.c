@@ -7,6 +7,9 @@
 
 #include "backend/cpu/cpu_vecmath.h"
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_norm.h"
+#endif
 
 /* Both norms are one computation over R rows of D = cpg·inner contiguous elements: each row is
  * normalised by its own mean and (biased) variance, then scaled and shifted per channel. For
@@ -145,10 +148,31 @@ KNND_CPU_CLONES static void row_backward(const float *x, const float *dy, float 
 }
 
 /* ---- helpers ------------------------------------------------------------------------------- */
-/* The affine vector as contiguous f32 of `channels` values: the tensor's own, or `fill`. */
-static knnd_status affine_f32(knnd_tensor *t, int64_t channels, double fill, knnd_tensor **out) {
+/* The affine vector as contiguous f32 of `channels` values on `dev`: the tensor's own, or `fill`. */
+static knnd_status affine_f32(knnd_tensor *t, int64_t channels, double fill, knnd_device dev, knnd_tensor **out) {
   if (t) return knnd_contig_f32(t, out);
-  return knnd_tensor_full(KNND_F32, 1, &channels, fill, KNND_CPU, out);
+  return knnd_tensor_full(KNND_F32, 1, &channels, fill, dev, out);
+}
+
+/* The working copy of an input: contiguous f32 on the CPU; contiguous in the tensor's own float
+ * dtype on a GPU, whose kernels read f16/bf16 natively and compute in f32. */
+static knnd_status work_copy(knnd_tensor *t, knnd_dtype dt, knnd_tensor **out) {
+  if (!knnd_on_cuda(t)) return knnd_contig_f32(t, out);
+  if (t->dtype == dt) return knnd_contig(t, out);
+  knnd_tensor *c = NULL;
+  KNND_TRY(knnd_to_dtype(t, dt, &c));
+  knnd_status st = knnd_contig(c, out);
+  knnd_tensor_release(c);
+  return st;
+}
+
+/* a result computed in the working dtype, as dtype dt (steals t) */
+static knnd_status as_result(knnd_tensor *t, knnd_dtype dt, knnd_tensor **out) {
+  if (t->dtype == dt) {
+    *out = t;
+    return KNND_OK;
+  }
+  return knnd_f32_to_dtype(t, dt, out);
 }
 
 static int64_t row_size(norm_geom geo) { return geo.cpg * geo.inner; }
@@ -161,52 +185,36 @@ static int row_threads(norm_geom geo) {
 }
 
 /* ---- backward ------------------------------------------------------------------------------ */
-/* saved: 0 x (contiguous f32), 1 mean [rows, 2] (x[0], m per row), 2 rstd [rows], 3 weight (contiguous f32 or NULL);
- * ip: rows, groups, cpg, inner; inputs: x, weight, bias */
-static knnd_status norm_backward(knnd_node *node, knnd_tensor *grad, knnd_tensor **gi) {
-  norm_geom geo = {node->ip[0], node->ip[1], node->ip[2], node->ip[3]};
+/* The CPU backward over all rows: dx (or NULL) and, when dw is given, dw/db (f32 [channels]),
+ * from per-thread double partial sums folded in a fixed order, so results do not depend on
+ * timing. */
+static knnd_status norm_backward_cpu(norm_geom geo, const knnd_tensor *x, const knnd_tensor *g,
+                                     const knnd_tensor *mean, const knnd_tensor *rstd, const knnd_tensor *w,
+                                     knnd_tensor *dx, knnd_tensor *dw, knnd_tensor *db) {
   const int64_t channels = geo.groups * geo.cpg, d = row_size(geo);
-  knnd_tensor *x = node->saved[0], *mean = node->saved[1], *rstd = node->saved[2];
-  knnd_tensor *in_x = node->inputs[0], *in_w = node->inputs[1], *in_b = node->inputs[2];
-  const bool need_x = knnd_node_needs_grad(node, 0);
-  const bool need_affine = knnd_node_needs_grad(node, 1) || knnd_node_needs_grad(node, 2);
-  knnd_tensor *g = NULL, *w = NULL, *dx = NULL, *dw = NULL, *db = NULL;
-  double *partial = NULL;
-  knnd_status st = KNND_OK;
-  if (!x) return knnd_error(KNND_ERR_STATE, "norm backward: saved tensors were freed");
-  KNND_CHECK(knnd_contig_f32(grad, &g));
-  KNND_CHECK(affine_f32(node->saved[3], channels, 1.0, &w));
-  if (need_x) KNND_CHECK(knnd_tensor_empty(KNND_F32, in_x->ndim, in_x->shape, KNND_CPU, &dx));
   const int threads = row_threads(geo);
-  if (need_affine) {
+  double *partial = NULL;
+  if (dw) {
     partial = calloc((size_t)threads * 2 * (size_t)(channels ? channels : 1), sizeof *partial);
-    if (!partial) {
-      st = knnd_error(KNND_ERR_NOMEM, "norm backward: out of memory");
-      goto cleanup;
-    }
+    if (!partial) return knnd_error(KNND_ERR_NOMEM, "norm backward: out of memory");
   }
-  {
-    const float *xp = knnd_tensor_data(x), *gp = knnd_tensor_data(g), *wp = knnd_tensor_data(w);
-    const float *mp = knnd_tensor_data(mean), *rp = knnd_tensor_data(rstd);
-    float *dxp = dx ? knnd_tensor_data(dx) : NULL;
-    if (d > 0) {
+  const float *xp = knnd_tensor_data(x), *gp = knnd_tensor_data(g), *wp = knnd_tensor_data(w);
+  const float *mp = knnd_tensor_data(mean), *rp = knnd_tensor_data(rstd);
+  float *dxp = dx ? knnd_tensor_data(dx) : NULL;
+  if (d > 0) {
 #pragma omp parallel num_threads(threads)
-      {
-        double *dw_acc = partial ? partial + (size_t)omp_get_thread_num() * 2 * (size_t)channels : NULL;
-        double *db_acc = partial ? dw_acc + channels : NULL;
+    {
+      double *dw_acc = partial ? partial + (size_t)omp_get_thread_num() * 2 * (size_t)channels : NULL;
+      double *db_acc = partial ? dw_acc + channels : NULL;
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < geo.rows; r++) {
-          int64_t c0 = (r % geo.groups) * geo.cpg;
-          row_backward(xp + r * d, gp + r * d, dxp ? dxp + r * d : NULL, mp + 2 * r, rp[r], wp + c0, geo.cpg, geo.inner,
-                       dw_acc ? dw_acc + c0 : NULL, db_acc ? db_acc + c0 : NULL);
-        }
+      for (int64_t r = 0; r < geo.rows; r++) {
+        int64_t c0 = (r % geo.groups) * geo.cpg;
+        row_backward(xp + r * d, gp + r * d, dxp ? dxp + r * d : NULL, mp + 2 * r, rp[r], wp + c0, geo.cpg, geo.inner,
+                     dw_acc ? dw_acc + c0 : NULL, db_acc ? db_acc + c0 : NULL);
       }
     }
   }
-  if (need_affine) {
-    /* fold the per-thread partial sums in a fixed order, so results do not depend on timing */
-    KNND_CHECK(knnd_tensor_empty(KNND_F32, 1, &channels, KNND_CPU, &dw));
-    KNND_CHECK(knnd_tensor_empty(KNND_F32, 1, &channels, KNND_CPU, &db));
+  if (dw) {
     float *dwp = knnd_tensor_data(dw), *dbp = knnd_tensor_data(db);
     for (int64_t c = 0; c < channels; c++) {
       double sw = 0, sb = 0;
@@ -218,8 +226,40 @@ static knnd_status norm_backward(knnd_node *node, knnd_tensor *grad, knnd_tensor
       dbp[c] = (float)sb;
     }
   }
+  free(partial);
+  return KNND_OK;
+}
+
+/* saved: 0 x (the working copy: contiguous f32 on the CPU, x's dtype on a GPU), 1 mean [rows, 2]
+ * (x[0], m per row), 2 rstd [rows], 3 weight (contiguous f32 or NULL);
+ * ip: rows, groups, cpg, inner; inputs: x, weight, bias */
+static knnd_status norm_backward(knnd_node *node, knnd_tensor *grad, knnd_tensor **gi) {
+  norm_geom geo = {node->ip[0], node->ip[1], node->ip[2], node->ip[3]};
+  const int64_t channels = geo.groups * geo.cpg;
+  knnd_tensor *x = node->saved[0], *mean = node->saved[1], *rstd = node->saved[2];
+  knnd_tensor *in_x = node->inputs[0], *in_w = node->inputs[1], *in_b = node->inputs[2];
+  const bool need_x = knnd_node_needs_grad(node, 0);
+  const bool need_affine = knnd_node_needs_grad(node, 1) || knnd_node_needs_grad(node, 2);
+  knnd_tensor *g = NULL, *w = NULL, *dx = NULL, *dw = NULL, *db = NULL;
+  knnd_status st = KNND_OK;
+  if (!x) return knnd_error(KNND_ERR_STATE, "norm backward: saved tensors were freed");
+  const knnd_device dev = x->storage->device;
+  KNND_CHECK(work_copy(grad, x->dtype, &g));
+  KNND_CHECK(affine_f32(node->saved[3], channels, 1.0, dev, &w));
+  if (need_x) KNND_CHECK(knnd_tensor_empty(x->dtype, in_x->ndim, in_x->shape, dev, &dx));
+  if (need_affine) {
+    KNND_CHECK(knnd_tensor_empty(KNND_F32, 1, &channels, dev, &dw));
+    KNND_CHECK(knnd_tensor_empty(KNND_F32, 1, &channels, dev, &db));
+  }
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(x))
+    st = knnd_cuda_norm_backward(x, g, mean, rstd, w, geo.rows, geo.groups, geo.cpg, geo.inner, dx, dw, db);
+  else
+#endif
+    st = norm_backward_cpu(geo, x, g, mean, rstd, w, dx, dw, db);
+  if (st) goto cleanup;
   if (dx) {
-    st = knnd_f32_to_dtype(dx, in_x->dtype, &gi[0]);
+    st = as_result(dx, in_x->dtype, &gi[0]);
     dx = NULL;
     if (st) goto cleanup;
   }
@@ -236,7 +276,6 @@ static knnd_status norm_backward(knnd_node *node, knnd_tensor *grad, knnd_tensor
     if (st) goto cleanup;
   }
 cleanup:
-  free(partial);
   knnd_tensor_release(g);
   knnd_tensor_release(w);
   knnd_tensor_release(dx);
@@ -246,32 +285,41 @@ cleanup:
 }
 
 /* ---- forward ------------------------------------------------------------------------------- */
+static void norm_forward_cpu(norm_geom geo, const knnd_tensor *x, const knnd_tensor *w, const knnd_tensor *b,
+                             double eps, knnd_tensor *y, knnd_tensor *mean, knnd_tensor *rstd) {
+  const int64_t d = row_size(geo);
+  const float *xp = knnd_tensor_data(x), *wp = knnd_tensor_data(w), *bp = knnd_tensor_data(b);
+  float *yp = knnd_tensor_data(y), *mp = knnd_tensor_data(mean), *rp = knnd_tensor_data(rstd);
+  if (d <= 0) return;
+#pragma omp parallel for schedule(static) num_threads(row_threads(geo))
+  for (int64_t r = 0; r < geo.rows; r++) {
+    int64_t c0 = (r % geo.groups) * geo.cpg;
+    row_moments(xp + r * d, d, eps, mp + 2 * r, &rp[r]);
+    row_forward(xp + r * d, yp + r * d, mp + 2 * r, rp[r], wp + c0, bp + c0, geo.cpg, geo.inner);
+  }
+}
+
 /* the shared forward once the op has checked its arguments */
 static knnd_status norm_forward(const char *op, knnd_tensor *x, norm_geom geo, knnd_tensor *weight, knnd_tensor *bias,
                                 double eps, knnd_tensor **out) {
-  const int64_t channels = geo.groups * geo.cpg, d = row_size(geo);
+  const int64_t channels = geo.groups * geo.cpg;
+  const knnd_device dev = x->storage->device;
   knnd_tensor *xc = NULL, *w = NULL, *b = NULL, *y = NULL, *mean = NULL, *rstd = NULL, *res = NULL;
   knnd_status st = KNND_OK;
-  KNND_CHECK(knnd_contig_f32(x, &xc));
-  KNND_CHECK(affine_f32(weight, channels, 1.0, &w));
-  KNND_CHECK(affine_f32(bias, channels, 0.0, &b));
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, KNND_CPU, &y));
+  KNND_CHECK(work_copy(x, x->dtype, &xc));
+  KNND_CHECK(affine_f32(weight, channels, 1.0, dev, &w));
+  KNND_CHECK(affine_f32(bias, channels, 0.0, dev, &b));
+  KNND_CHECK(knnd_tensor_empty(xc->dtype, x->ndim, x->shape, dev, &y));
   const int64_t mean_shape[2] = {geo.rows, 2};
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, 2, mean_shape, KNND_CPU, &mean));
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, 1, &geo.rows, KNND_CPU, &rstd));
-  {
-    const float *xp = knnd_tensor_data(xc), *wp = knnd_tensor_data(w), *bp = knnd_tensor_data(b);
-    float *yp = knnd_tensor_data(y), *mp = knnd_tensor_data(mean), *rp = knnd_tensor_data(rstd);
-    if (d > 0) {
-#pragma omp parallel for schedule(static) num_threads(row_threads(geo))
-      for (int64_t r = 0; r < geo.rows; r++) {
-        int64_t c0 = (r % geo.groups) * geo.cpg;
-        row_moments(xp + r * d, d, eps, mp + 2 * r, &rp[r]);
-        row_forward(xp + r * d, yp + r * d, mp + 2 * r, rp[r], wp + c0, bp + c0, geo.cpg, geo.inner);
-      }
-    }
-  }
-  st = knnd_f32_to_dtype(y, x->dtype, &res);
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, 2, mean_shape, dev, &mean));
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, 1, &geo.rows, dev, &rstd));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(x))
+    KNND_CHECK(knnd_cuda_norm_forward(xc, w, b, y, mean, rstd, geo.rows, geo.groups, geo.cpg, geo.inner, eps));
+  else
+#endif
+    norm_forward_cpu(geo, xc, w, b, eps, y, mean, rstd);
+  st = as_result(y, x->dtype, &res);
   y = NULL;
   if (st) goto cleanup;
   knnd_tensor *inputs[3] = {x, weight, bias};

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_random.h"
+#endif
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
@@ -47,6 +50,12 @@ static inline void block(const knnd_generator *g, uint64_t b, uint32_t out[4]) {
 static inline double u01(uint32_t x) { return ((double)(x >> 8) + 1.0) * (1.0 / 16777216.0); }
 
 typedef enum { FILL_UNIFORM, FILL_NORMAL, FILL_RANDINT, FILL_BERNOULLI } fill_kind;
+#ifdef KNND_HAVE_CUDA
+_Static_assert((int)FILL_UNIFORM == (int)KNND_CUDA_FILL_UNIFORM && (int)FILL_NORMAL == (int)KNND_CUDA_FILL_NORMAL &&
+                   (int)FILL_RANDINT == (int)KNND_CUDA_FILL_RANDINT &&
+                   (int)FILL_BERNOULLI == (int)KNND_CUDA_FILL_BERNOULLI,
+               "cuda_random.h numbers the fill kinds as random.c");
+#endif
 
 static knnd_status fill(knnd_tensor *t, fill_kind kind, double a, double b, knnd_generator *g, const char *op) {
   if (!t) return knnd_error(KNND_ERR_ARG, "%s: missing tensor", op);
@@ -63,6 +72,14 @@ static knnd_status fill(knnd_tensor *t, fill_kind kind, double a, double b, knnd
   void *base = t->storage->data;
   knnd_dtype dt = t->dtype;
   int64_t nblocks = (n + per_block - 1) / per_block;
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(t)) { /* the same values from cuda_random.cu's copy of the loop below */
+    KNND_TRY(knnd_cuda_random_fill(t, (int)kind, a, b, g->seed, g->offset));
+    g->offset += (uint64_t)nblocks;
+    return KNND_OK;
+  }
+#endif
+  /* core/backend/cuda/cuda_random.cu repeats this loop's arithmetic: change both together */
 #pragma omp parallel for num_threads(knnd_threads_for(n * 8))
   for (int64_t bi = 0; bi < nblocks; bi++) {
     uint32_t r[4];
