@@ -67,6 +67,7 @@ int luaopen_knnd(lua_State *L) {
   knnd_lua_open_version(L);
   knnd_lua_open_retrieval(L);
   knnd_lua_open_clip(L);
+  knnd_lua_open_cuda(L);
   lua_newtable(L);
   lua_pushcfunction(L, lazy_submodule);
   lua_setfield(L, -2, "__index");

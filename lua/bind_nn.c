@@ -158,6 +158,27 @@ static int module_load(lua_State *L) {
   return 1;
 }
 
+/* m:to(device) moves every parameter and buffer ("cpu", "cuda", "cuda:N", or a tensor's device)
+ * and returns m; build optimisers after moving (they hold the tensors they were given) */
+static int module_to(lua_State *L) {
+  static const char *fname = "nn.Module:to";
+  knnd_module *m = check_self(L, "to");
+  knnd_device dev;
+  if (knnd_lua_is_tensor(L, 2)) {
+    dev = knnd_lua_check_tensor(L, 2, fname)->storage->device;
+  } else if (lua_type(L, 2) == LUA_TSTRING) {
+    if (knnd_device_parse(lua_tostring(L, 2), &dev) != KNND_OK)
+      return luaL_error(L, "knnd.%s: argument 2 'device' is '%s' (expected cpu, cuda or cuda:N)", fname,
+                        lua_tostring(L, 2));
+  } else {
+    return luaL_error(L, "knnd.%s: argument 2 'device' expected a device name (cpu, cuda, cuda:N) or a tensor, got %s",
+                      fname, luaL_typename(L, 2));
+  }
+  KNND_LUA_CHECK(L, fname, knnd_module_to(m, dev));
+  lua_settop(L, 1);
+  return 1;
+}
+
 /* ---- mode, grads, structure ---------------------------------------------------------------- */
 static int module_train(lua_State *L) {
   knnd_module *m = check_self(L, "train");
@@ -270,6 +291,7 @@ static const luaL_Reg module_methods[] = {
     {"type", module_type},
     {"children", module_children},
     {"named_children", module_named_children},
+    {"to", module_to},
     {NULL, NULL},
 };
 

@@ -231,6 +231,84 @@ int64_t knnd_module_num_params(const knnd_module *m) {
   return n;
 }
 
+/* ---- devices ------------------------------------------------------------------------------- */
+/* a map from the tensors of a module tree to their copies on the target device */
+typedef struct move_map {
+  int n, cap;
+  knnd_tensor **from, **to; /* from: borrowed; to: owned */
+} move_map;
+
+static knnd_tensor *move_map_find(const move_map *mm, const knnd_tensor *t) {
+  for (int i = 0; i < mm->n; i++)
+    if (mm->from[i] == t) return mm->to[i];
+  return NULL;
+}
+
+/* the copy of t on dev, made once per distinct tensor: a leaf with t's requires_grad and its
+ * gradient moved too (as torch.nn.Module.to) */
+static knnd_status move_one(move_map *mm, knnd_tensor *t, knnd_device dev, const char *name) {
+  if (move_map_find(mm, t) || knnd_device_equal(t->storage->device, dev)) return KNND_OK;
+  if (mm->n == mm->cap) {
+    int c = mm->cap ? mm->cap * 2 : 16;
+    knnd_tensor **f = realloc(mm->from, (size_t)c * sizeof *f);
+    if (!f) return knnd_error(KNND_ERR_NOMEM, "module_to: out of memory");
+    mm->from = f;
+    knnd_tensor **to = realloc(mm->to, (size_t)c * sizeof *to);
+    if (!to) return knnd_error(KNND_ERR_NOMEM, "module_to: out of memory");
+    mm->to = to;
+    mm->cap = c;
+  }
+  knnd_tensor *moved = NULL, *grad = NULL;
+  bool was = knnd_set_grad_enabled(false); /* a new leaf, not a differentiable copy */
+  knnd_status st = knnd_to_device(t, dev, &moved);
+  if (!st && t->grad) st = knnd_to_device(t->grad, dev, &grad);
+  knnd_set_grad_enabled(was);
+  if (!st && t->requires_grad) st = knnd_set_requires_grad(moved, true);
+  if (st) {
+    knnd_tensor_release(moved);
+    knnd_tensor_release(grad);
+    return knnd_error_context("module_to: tensor '%s': ", name);
+  }
+  moved->grad = grad;
+  mm->from[mm->n] = t;
+  mm->to[mm->n] = moved;
+  mm->n++;
+  return KNND_OK;
+}
+
+static knnd_status move_collect(move_map *mm, knnd_module *m, knnd_device dev, int depth) {
+  if (depth > 256) return knnd_error(KNND_ERR_STATE, "module_to: modules nested deeper than 256 (a cycle?)");
+  for (int i = 0; i < m->n_params; i++) KNND_TRY(move_one(mm, m->params[i], dev, m->param_names[i]));
+  for (int i = 0; i < m->n_buffers; i++) KNND_TRY(move_one(mm, m->buffers[i], dev, m->buffer_names[i]));
+  for (int i = 0; i < m->n_children; i++) KNND_TRY(move_collect(mm, m->children[i], dev, depth + 1));
+  return KNND_OK;
+}
+
+static void move_replace(const move_map *mm, knnd_module *m) {
+  for (int k = 0; k < 2; k++) {
+    knnd_tensor **ts = k ? m->buffers : m->params;
+    for (int i = 0, n = k ? m->n_buffers : m->n_params; i < n; i++) {
+      knnd_tensor *to = move_map_find(mm, ts[i]);
+      if (!to) continue;
+      knnd_tensor_release(ts[i]);
+      ts[i] = knnd_tensor_retain(to);
+    }
+  }
+  for (int i = 0; i < m->n_children; i++) move_replace(mm, m->children[i]);
+}
+
+knnd_status knnd_module_to(knnd_module *m, knnd_device dev) {
+  if (!m) return knnd_error(KNND_ERR_ARG, "module_to: argument 'm' is NULL (expected a module)");
+  move_map mm = {0};
+  /* every copy is made before the first tensor is replaced: a failed move leaves m as it was */
+  knnd_status st = move_collect(&mm, m, dev, 0);
+  if (!st) move_replace(&mm, m);
+  for (int i = 0; i < mm.n; i++) knnd_tensor_release(mm.to[i]);
+  free(mm.from);
+  free(mm.to);
+  return st;
+}
+
 /* ---- loading ------------------------------------------------------------------------------- */
 /* Every check runs before any value is copied, so a refused load leaves the module as it was. */
 knnd_status knnd_module_load_state_dict(knnd_module *m, const knnd_state_dict *sd, bool strict) {

@@ -5,19 +5,9 @@
 #include <stdlib.h>
 
 #include "optim/optim_internal.h"
-
-struct knnd_ema {
-  int n;
-  knnd_tensor **params; /* retained */
-  /* contiguous f32 whatever the parameter's dtype: with decay 0.9999 a bf16 average could not
-   * move at all (its 8-bit mantissa cannot hold a 1e-4 step) */
-  knnd_tensor **shadow;
-  /* the live values while swapped (NULL otherwise); keeping them aside rather than exchanging
-   * buffers means a swap and its undo never round the shadow through a low-precision param */
-  knnd_tensor **live;
-  double decay;
-  int64_t steps;
-};
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_optim.h"
+#endif
 
 knnd_status knnd_ema_new(int n, knnd_tensor *const *params, double decay, knnd_ema **out) {
   static const char *op = "ema_new";
@@ -73,24 +63,51 @@ static void ema_kernel(int64_t n, float *restrict shadow, const float *restrict 
   for (int64_t i = 0; i < n; i++) shadow[i] -= one_minus_decay * (shadow[i] - p[i]);
 }
 
-knnd_status knnd_ema_update(knnd_ema *e) {
-  static const char *op = "ema_update";
-  if (!e) return knnd_error(KNND_ERR_ARG, "%s: argument 'e' is NULL (expected an EMA)", op);
+knnd_status knnd_ema_check_update(const knnd_ema *e, const char *op) {
   if (is_swapped(e))
     return knnd_error(KNND_ERR_STATE, "%s: the EMA weights are swapped in (call ema_swap again before updating)", op);
   for (int i = 0; i < e->n; i++) {
     knnd_tensor *ts[2] = {e->params[i], e->shadow[i]};
     KNND_TRY(knnd_check_devices(op, 2, ts));
   }
-  float one_minus_decay = (float)(1 - e->decay);
-  for (int i = 0; i < e->n; i++) {
-    knnd_tensor *p32;
-    KNND_TRY(knnd_contig_f32(e->params[i], &p32));
-    ema_kernel(knnd_tensor_numel(p32), knnd_tensor_data(e->shadow[i]), knnd_tensor_data(p32), one_minus_decay);
-    knnd_tensor_release(p32);
-  }
-  e->steps++;
   return KNND_OK;
+}
+
+/* CPU shadows one by one; CUDA shadows in one multi-tensor launch per device */
+knnd_status knnd_ema_update_rest(knnd_ema *e, const bool *done) {
+  float one_minus_decay = (float)(1 - e->decay);
+  knnd_tensor **p32 = calloc((size_t)e->n, sizeof *p32);
+  knnd_mt_tensor *table = calloc((size_t)e->n, sizeof *table);
+  knnd_status st = KNND_OK;
+  int n_cuda = 0;
+  if (!p32 || !table) st = knnd_error(KNND_ERR_NOMEM, "ema_update: out of memory");
+  for (int i = 0; i < e->n && !st; i++) {
+    if (done && done[i]) continue;
+    st = knnd_contig_f32(e->params[i], &p32[i]);
+    if (st) break;
+    if (knnd_on_cuda(p32[i]))
+      table[n_cuda++] = (knnd_mt_tensor){.p = knnd_tensor_data(p32[i]), .ema = knnd_tensor_data(e->shadow[i]),
+                                         .numel = knnd_tensor_numel(p32[i]),
+                                         .device = p32[i]->storage->device.index};
+    else
+      ema_kernel(knnd_tensor_numel(p32[i]), knnd_tensor_data(e->shadow[i]), knnd_tensor_data(p32[i]),
+                 one_minus_decay);
+  }
+#ifdef KNND_HAVE_CUDA
+  if (!st && n_cuda) st = knnd_cuda_mt_apply(KNND_MT_EMA, n_cuda, table, one_minus_decay, 1.0f);
+#endif
+  for (int i = 0; p32 && i < e->n; i++) knnd_tensor_release(p32[i]); /* stream order keeps them for the kernel */
+  free(p32);
+  free(table);
+  if (!st) e->steps++;
+  return st;
+}
+
+knnd_status knnd_ema_update(knnd_ema *e) {
+  static const char *op = "ema_update";
+  if (!e) return knnd_error(KNND_ERR_ARG, "%s: argument 'e' is NULL (expected an EMA)", op);
+  KNND_TRY(knnd_ema_check_update(e, op));
+  return knnd_ema_update_rest(e, NULL);
 }
 
 /* params <- src[i] (rounded to the params' dtypes); parameters are leaves that require grad, so

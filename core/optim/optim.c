@@ -6,6 +6,9 @@
 #include <stdlib.h>
 
 #include "optim/optim_internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_optim.h"
+#endif
 
 /* ---- shared helpers ------------------------------------------------------------------------ */
 knnd_status knnd_optim_check_params(const char *op, int n, knnd_tensor *const *params, bool require_leaf) {
@@ -53,7 +56,7 @@ knnd_status knnd_optim_sd_put_int(knnd_state_dict *sd, const char *name, int64_t
 
 knnd_status knnd_optim_sd_put_copy(knnd_state_dict *sd, const char *name, knnd_tensor *t) {
   knnd_tensor *c;
-  KNND_TRY(knnd_tensor_empty(t->dtype, t->ndim, t->shape, t->storage->device, &c));
+  KNND_TRY(knnd_tensor_empty(t->dtype, t->ndim, t->shape, KNND_CPU, &c));
   knnd_status st = knnd_copy_(c, t);
   if (!st) st = knnd_state_dict_set(sd, name, c);
   knnd_tensor_release(c);
@@ -67,9 +70,14 @@ knnd_status knnd_optim_sd_get_int(const knnd_state_dict *sd, const char *op, con
     return knnd_error(KNND_ERR_FORMAT, "%s: argument 'sd': entry '%s' is a %s tensor of %" PRId64
                       " elements (expected one i64 count)", op, name, knnd_dtype_name(t->dtype), knnd_tensor_numel(t));
   KNND_TRY(knnd_check_devices(op, 1, (knnd_tensor *const *)&t));
-  const void *base = t->storage->data;
-  int64_t off = knnd_flat_offset(t, 0);
-  int64_t x = t->dtype == KNND_I64 ? ((const int64_t *)base)[off] : ((const int32_t *)base)[off];
+  int64_t x;
+  if (knnd_on_cuda(t)) { /* a state dict moved to the device: one element across the bus */
+    x = (int64_t)knnd_tensor_get_flat(t, 0);
+  } else {
+    const void *base = t->storage->data;
+    int64_t off = knnd_flat_offset(t, 0);
+    x = t->dtype == KNND_I64 ? ((const int64_t *)base)[off] : ((const int32_t *)base)[off];
+  }
   if (x < 0)
     return knnd_error(KNND_ERR_FORMAT, "%s: argument 'sd': entry '%s' is %" PRId64 " (expected a count >= 0)", op,
                       name, x);
@@ -116,6 +124,7 @@ struct knnd_optimizer {
   knnd_adamw_opts adamw;
   knnd_sgd_opts sgd;
   int64_t steps;
+  knnd_ema *ema; /* borrowed: updated after each step (knnd_optimizer_attach_ema) */
 };
 
 static const char *kind_name(optimizer_kind k) { return k == OPTIMIZER_ADAMW ? "AdamW" : "SGD"; }
@@ -251,18 +260,13 @@ static inline float lerp_torch(float self, float end, float weight, bool weight_
     }                                                                                 \
   } while (0)
 
-typedef struct adamw_coefs {
-  float decay, w1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size;
-  bool w1_small;
-} adamw_coefs;
-
 /* torch.optim.adam._single_tensor_adam with decoupled weight decay, amsgrad False, in its order:
  *   param.mul_(1 - lr*wd); exp_avg.lerp_(grad, 1-beta1);
  *   exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1-beta2);
  *   denom = exp_avg_sq.sqrt() / sqrt(1-beta2^t) + eps; param.addcdiv_(exp_avg, denom, value=-lr/(1-beta1^t))
  * scalars computed in double (Python floats) and applied in f32 like ATen's f32 kernels. */
 static void adamw_block(int64_t lo, int64_t hi, float *restrict p, const float *restrict g, float *restrict m,
-                        float *restrict v, adamw_coefs c) {
+                        float *restrict v, knnd_adamw_coefs c) {
   for (int64_t i = lo; i < hi; i++) {
     float gi = g[i];
     float pi = p[i] * c.decay;
@@ -275,18 +279,13 @@ static void adamw_block(int64_t lo, int64_t hi, float *restrict p, const float *
   }
 }
 
-typedef struct sgd_coefs {
-  float weight_decay, momentum, one_minus_dampening, neg_lr;
-  bool use_momentum, first, nesterov;
-} sgd_coefs;
-
 /* torch.optim.sgd._single_tensor_sgd:
  *   grad = grad + wd*param; buf = grad (first step) or buf*momentum + (1-dampening)*grad;
  *   grad = grad + momentum*buf (nesterov) or buf; param += -lr*grad
  * Invariant choices are selects rather than branches so the loop vectorises; torch skips the
  * decay term when weight_decay is 0, and adding 0·param changes nothing for a finite param. */
 static void sgd_block(int64_t lo, int64_t hi, float *restrict p, const float *restrict g, float *restrict buf,
-                      sgd_coefs c) {
+                      knnd_sgd_coefs c) {
   if (!c.use_momentum) {
     for (int64_t i = lo; i < hi; i++) p[i] = p[i] + c.neg_lr * (g[i] + c.weight_decay * p[i]);
     return;
@@ -299,13 +298,16 @@ static void sgd_block(int64_t lo, int64_t hi, float *restrict p, const float *re
   }
 }
 
-static void update_param(const knnd_optimizer *o, param_state *s, int64_t n, float *p, const float *g) {
+/* The coefficients of one parameter's update (s->step already counts it) and its moments as a
+ * multi-tensor table entry; p and g are the contiguous f32 values. */
+static knnd_mt_tensor param_update(const knnd_optimizer *o, const param_state *s, float *p, const float *g) {
   double lr = o->lr;
   int64_t t = s->step;
+  knnd_mt_tensor e = {.p = p, .g = g, .numel = knnd_tensor_numel(s->param), .device = s->param->storage->device.index};
   if (o->kind == OPTIMIZER_ADAMW) {
     const knnd_adamw_opts *a = &o->adamw;
     double bias_correction1 = 1 - pow(a->beta1, (double)t), bias_correction2 = 1 - pow(a->beta2, (double)t);
-    adamw_coefs c = {
+    e.c.adamw = (knnd_adamw_coefs){
         .decay = (float)(1 - lr * a->weight_decay),
         .w1 = (float)(1 - a->beta1),
         .w1_small = fabsf((float)(1 - a->beta1)) < 0.5f,
@@ -315,11 +317,11 @@ static void update_param(const knnd_optimizer *o, param_state *s, int64_t n, flo
         .eps = (float)a->eps,
         .neg_step_size = (float)-(lr / bias_correction1),
     };
-    float *m = knnd_tensor_data(s->moment[0]), *v = knnd_tensor_data(s->moment[1]);
-    FOR_BLOCKS(n, adamw_block(lo, hi, p, g, m, v, c));
+    e.m = knnd_tensor_data(s->moment[0]);
+    e.v = knnd_tensor_data(s->moment[1]);
   } else {
     const knnd_sgd_opts *a = &o->sgd;
-    sgd_coefs c = {
+    e.c.sgd = (knnd_sgd_coefs){
         .weight_decay = (float)a->weight_decay,
         .momentum = (float)a->momentum,
         .one_minus_dampening = (float)(1 - a->dampening),
@@ -328,9 +330,55 @@ static void update_param(const knnd_optimizer *o, param_state *s, int64_t n, flo
         .first = t == 1,
         .nesterov = a->nesterov,
     };
-    float *buf = c.use_momentum ? knnd_tensor_data(s->moment[0]) : NULL;
-    FOR_BLOCKS(n, sgd_block(lo, hi, p, g, buf, c));
+    e.m = e.c.sgd.use_momentum ? knnd_tensor_data(s->moment[0]) : NULL;
   }
+  return e;
+}
+
+static void update_param_cpu(const knnd_optimizer *o, const knnd_mt_tensor *e) {
+  int64_t n = e->numel;
+  float *p = e->p, *m = e->m, *v = e->v;
+  const float *g = e->g;
+  if (o->kind == OPTIMIZER_ADAMW) {
+    knnd_adamw_coefs c = e->c.adamw;
+    FOR_BLOCKS(n, adamw_block(lo, hi, p, g, m, v, c));
+  } else {
+    knnd_sgd_coefs c = e->c.sgd;
+    FOR_BLOCKS(n, sgd_block(lo, hi, p, g, m, c));
+  }
+}
+
+knnd_status knnd_optimizer_attach_ema(knnd_optimizer *o, knnd_ema *e) {
+  if (!o) return knnd_error(KNND_ERR_ARG, "optimizer_attach_ema: argument 'o' is NULL (expected an optimizer)");
+  o->ema = e;
+  return KNND_OK;
+}
+
+/* the gradients of the CUDA parameters are all finite: one multi-tensor sum of squares (one
+ * host sync) instead of a check per parameter; *bad gets the first offender when not */
+static knnd_status cuda_grads_finite(const knnd_optimizer *o, knnd_tensor **g32, int *bad) {
+  *bad = -1;
+#ifdef KNND_HAVE_CUDA
+  knnd_mt_tensor *ts = calloc((size_t)o->n, sizeof *ts);
+  if (!ts) return knnd_error(KNND_ERR_NOMEM, "optimizer_step: out of memory");
+  int k = 0;
+  for (int i = 0; i < o->n; i++)
+    if (g32[i] && knnd_on_cuda(g32[i]))
+      ts[k++] = (knnd_mt_tensor){.p = knnd_tensor_data(g32[i]), .numel = knnd_tensor_numel(g32[i]),
+                                 .device = g32[i]->storage->device.index};
+  double sumsq = 0;
+  knnd_status st = knnd_cuda_mt_sumsq(k, ts, &sumsq);
+  free(ts);
+  KNND_TRY(st);
+  if (isfinite(sumsq)) return KNND_OK;
+  for (int i = 0; i < o->n && *bad < 0; i++) /* the error path: find which one */
+    if (g32[i] && knnd_on_cuda(g32[i]) && !knnd_tensor_all_finite(g32[i])) *bad = i;
+  if (*bad < 0) *bad = 0; /* a finite sum of squares that overflowed: report the first */
+#else
+  (void)o;
+  (void)g32;
+#endif
+  return KNND_OK;
 }
 
 knnd_status knnd_optimizer_step(knnd_optimizer *o) {
@@ -353,29 +401,84 @@ knnd_status knnd_optimizer_step(knnd_optimizer *o) {
       return knnd_error(KNND_ERR_SHAPE, "%s: the gradient of params[%d] is a %s %s tensor (expected float %s, the "
                         "parameter's shape)", op, i, knnd_dtype_name(g->dtype), s1, s2);
     }
-    if (!knnd_tensor_all_finite(g))
+    if (!knnd_on_cuda(g) && !knnd_tensor_all_finite(g))
       return knnd_error(KNND_ERR_NAN, "%s: the gradient of params[%d] has a NaN or Inf (no parameter was updated)",
                         op, i);
   }
   if (!any)
     return knnd_error(KNND_ERR_STATE, "%s: no parameter has a gradient (call backward before step)", op);
+  knnd_ema *ema = o->ema;
+  if (ema) KNND_TRY(knnd_ema_check_update(ema, op));
+
+  /* CUDA parameters are updated together by one multi-tensor launch per device (with the EMA
+   * fused in where the parameter is updated in place); CPU parameters one by one */
+  knnd_tensor **g32 = calloc((size_t)o->n, sizeof *g32), **p32 = calloc((size_t)o->n, sizeof *p32);
+  knnd_mt_tensor *table = calloc((size_t)o->n, sizeof *table);
+  bool *ema_done = ema ? calloc((size_t)ema->n, sizeof *ema_done) : NULL;
+  knnd_status st = KNND_OK;
+  int n_cuda = 0;
+  if (!g32 || !p32 || !table || (ema && !ema_done)) {
+    st = knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
+    goto cleanup;
+  }
+  for (int i = 0; i < o->n && !st; i++) {
+    knnd_tensor *p = o->state[i].param;
+    if (!p->grad) continue;
+    st = knnd_contig_f32(p->grad, &g32[i]);
+    if (!st) st = knnd_optim_work_begin(p, &p32[i]);
+    if (st) knnd_error_context("%s: params[%d]: ", op, i);
+  }
+  int bad = -1;
+  if (!st) st = cuda_grads_finite(o, g32, &bad);
+  if (!st && bad >= 0)
+    st = knnd_error(KNND_ERR_NAN, "%s: the gradient of params[%d] has a NaN or Inf (no parameter was updated)", op,
+                    bad);
+  if (st) goto cleanup;
   for (int i = 0; i < o->n; i++) {
     param_state *s = &o->state[i];
-    knnd_tensor *p = s->param, *g32 = NULL, *p32 = NULL;
-    if (!p->grad) continue; /* torch skips a parameter whose grad is None; its step stays */
-    knnd_status st = knnd_contig_f32(p->grad, &g32);
-    if (!st) st = knnd_optim_work_begin(p, &p32);
-    if (st) {
-      knnd_tensor_release(g32);
-      return knnd_error_context("%s: params[%d]: ", op, i);
-    }
+    if (!g32[i]) continue; /* torch skips a parameter whose grad is None; its step stays */
     s->step++;
-    update_param(o, s, knnd_tensor_numel(p), knnd_tensor_data(p32), knnd_tensor_data(g32));
-    knnd_tensor_release(g32);
-    KNND_TRY(knnd_optim_work_end(p, p32));
+    knnd_mt_tensor e = param_update(o, s, knnd_tensor_data(p32[i]), knnd_tensor_data(g32[i]));
+    if (!knnd_on_cuda(s->param)) {
+      update_param_cpu(o, &e);
+      continue;
+    }
+    /* the fused EMA reads the new value in f32, which equals the stored one only when the
+     * parameter is itself the f32 buffer being updated */
+    if (ema && p32[i]->storage == s->param->storage)
+      for (int j = 0; j < ema->n; j++)
+        if (ema->params[j] == s->param && !ema_done[j]) {
+          e.ema = knnd_tensor_data(ema->shadow[j]);
+          ema_done[j] = true;
+        }
+    table[n_cuda++] = e;
   }
+#ifdef KNND_HAVE_CUDA
+  if (n_cuda) st = knnd_cuda_mt_apply(o->kind == OPTIMIZER_ADAMW ? KNND_MT_ADAMW : KNND_MT_SGD, n_cuda, table,
+                                      ema ? (float)(1 - ema->decay) : 0.0f, 1.0f);
+#endif
+  for (int i = 0; i < o->n; i++) {
+    knnd_tensor_release(g32[i]);
+    g32[i] = NULL;
+    if (p32[i]) {
+      knnd_status w = knnd_optim_work_end(o->state[i].param, p32[i]);
+      if (!st) st = w;
+      p32[i] = NULL;
+    }
+  }
+  if (st) goto cleanup;
   o->steps++;
-  return KNND_OK;
+  if (ema) st = knnd_ema_update_rest(ema, ema_done);
+cleanup:
+  for (int i = 0; g32 && p32 && i < o->n; i++) {
+    knnd_tensor_release(g32[i]);
+    knnd_tensor_release(p32[i]);
+  }
+  free(g32);
+  free(p32);
+  free(table);
+  free(ema_done);
+  return st;
 }
 
 /* ---- state dicts: "step", and per parameter i "i.step" plus torch's state keys ------------- */

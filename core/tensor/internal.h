@@ -83,6 +83,12 @@ typedef struct knnd_problems {
 } knnd_problems;
 void knnd_problem(knnd_problems *p, bool shape, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Autocast at the entry of matmul, bmm, linear, conv2d and attention: when autocast is on, the
+ * n inputs (NULL allowed) are cast into cast[] (*st says whether that worked), autocast is
+ * switched off while the op runs on them, and the caller returns after knnd_autocast_end. */
+bool knnd_autocast_begin(int n, knnd_tensor *const *in, knnd_tensor **cast, knnd_status *st);
+void knnd_autocast_end(int n, knnd_tensor **cast);
+
 /* The thread count to use for a loop of `work` element-operations (1 for small work). */
 int knnd_threads_for(int64_t work);
 

@@ -59,6 +59,12 @@ knnd_status knnd_module_load_state_dict(knnd_module *m, const knnd_state_dict *s
 knnd_status knnd_module_save(const knnd_module *m, const char *path);
 knnd_status knnd_module_load(knnd_module *m, const char *path, bool strict);
 void knnd_module_zero_grad(knnd_module *m);
+/* Move every parameter and buffer of m and its descendants to dev (torch.nn.Module.to): each one
+ * not already there is replaced inside its module by a copy on dev (parameters stay leaves that
+ * require grad, gradients move too; a tensor shared by several modules stays shared). Tensors
+ * taken from m before the move keep the old ones: build optimisers after moving. A failure
+ * leaves m unchanged. */
+knnd_status knnd_module_to(knnd_module *m, knnd_device dev);
 
 /* ---- layers (core/nn/layers.c); g NULL: default generator. Inits follow PyTorch's. -------- */
 /* in: x [..., in_features] */
@@ -78,6 +84,55 @@ knnd_status knnd_nn_multihead_attention(int64_t embed_dim, int64_t num_heads, in
                                         knnd_generator *g, knnd_module **out);
 /* runs children in order on one input */
 knnd_status knnd_nn_sequential(int n, knnd_module *const *children, knnd_module **out);
+
+
+/* ---- reference diffusion backbones (core/nn/unet.c, core/nn/transformer.c) ---------------
+ * Parameters are named as the PyTorch modules they follow, so state dicts map 1:1:
+ * the UNet as openai/guided-diffusion's UNetModel with GLIDE's encoder_kv (time_embed.0,
+ * input_blocks.1.0.in_layers.0.weight, ... .1.qkv.weight [3C,C,1], .1.encoder_kv.weight
+ * [2C,D,1], out.2.weight); the transformer as VQ-Diffusion's Block (ln1.linear, attn1.query,
+ * attn2.key [dim,context_dim], ln2, mlp.0, mlp.2). Arrays end at the first 0. */
+#define KNND_UNET_MAX_LEVELS 8
+typedef struct knnd_unet_opts {
+  int64_t in_channels, out_channels, model_channels;    /* required */
+  int64_t channel_mult[KNND_UNET_MAX_LEVELS];           /* default {1, 2, 2} */
+  int64_t num_res_blocks;                               /* default 2 */
+  int64_t image_size;                                   /* input H = W; required with attention */
+  int64_t attention_resolutions[KNND_UNET_MAX_LEVELS];  /* feature-map sizes (16, 8): attention there */
+  int64_t num_heads;                                    /* default 1 */
+  int64_t num_head_channels;                            /* > 0: heads = channels / this (overrides) */
+  double dropout;
+  bool use_scale_shift_norm;   /* the time embedding scales and shifts the second GroupNorm */
+  int64_t context_dim;         /* D of the context tokens; 0: no cross-attention */
+  /* false: GLIDE, the context's projected keys/values are prepended to self-attention's
+   * (one attention, params encoder_kv); true: a separate cross-attention after self-attention
+   * (params cross_norm, cross_q, cross_kv, cross_proj_out) */
+  bool separate_cross_attention;
+  bool cond_embed;             /* add Linear(D, 4·model_channels)(context[:, 0]) (the query
+                                  embedding) to the time embedding (unCLIP decoder); param cond_embed */
+  int64_t norm_groups;         /* default 32 (GroupNorm32) */
+  bool skip_zero_init;         /* keep the random init of the layers guided-diffusion zeroes */
+} knnd_unet_opts;
+knnd_status knnd_nn_unet(const knnd_unet_opts *opts, knnd_generator *g, knnd_module **out);
+/* x [B,in,H,W]; t [B] timesteps (float or integer dtype); context [B,N,D] or NULL (required
+ * when context_dim > 0) -> [B,out,H,W]. knnd_module_forward takes the same three inputs. */
+knnd_status knnd_nn_unet_forward(knnd_module *unet, knnd_tensor *x, knnd_tensor *t, knnd_tensor *context,
+                                 knnd_tensor **out);
+
+typedef struct knnd_transformer_opts {
+  int64_t dim, num_heads, context_dim; /* required */
+  int64_t mlp_ratio;                   /* default 4 */
+  double dropout;                      /* residual and MLP dropout */
+  int64_t diffusion_steps;             /* default 100; AdaLN's sinusoid runs on t·4000/steps */
+  int64_t num_blocks;                  /* the stack: default 1 */
+} knnd_transformer_opts;
+/* one block: x + attn1(AdaLN1(x, t)); + attn2(AdaLN1_1(x, t), context); + mlp(LN2(x)) */
+knnd_status knnd_nn_transformer_block(const knnd_transformer_opts *opts, knnd_generator *g, knnd_module **out);
+/* num_blocks blocks as children blocks.0 ... */
+knnd_status knnd_nn_transformer(const knnd_transformer_opts *opts, knnd_generator *g, knnd_module **out);
+/* x [B,L,dim]; t [B]; context [B,N,context_dim] -> [B,L,dim]; for a block or a stack */
+knnd_status knnd_nn_transformer_forward(knnd_module *m, knnd_tensor *x, knnd_tensor *t, knnd_tensor *context,
+                                        knnd_tensor **out);
 
 #ifdef __cplusplus
 }

@@ -151,6 +151,19 @@ knnd_status knnd_cross_entropy(knnd_tensor *logits, knnd_tensor *target, knnd_re
 /* inverted dropout: zero with probability p, scale kept ones by 1/(1-p); identity when !training */
 knnd_status knnd_dropout(knnd_tensor *x, double p, bool training, knnd_generator *g, knnd_tensor **out);
 
+/* ---- mixed precision (core/ops/autocast.c) ------------------------------------------------ *
+ * A thread-local autocast switch (torch.autocast, reduced): while it is on, matmul, linear,
+ * conv and attention cast their float inputs to the autocast dtype (f16 or bf16) at entry via
+ * knnd_autocast_input; gradients flow back through the cast to f32 leaves in f32. Reductions
+ * and normalisation keep computing in f32. Off by default; the default dtype is bf16. */
+/* dt: KNND_BF16 or KNND_F16 (checked also when disabling) */
+knnd_status knnd_autocast_set(bool enabled, knnd_dtype dt);
+bool knnd_autocast_enabled(void);
+knnd_dtype knnd_autocast_dtype(void);
+/* *out: x cast to the autocast dtype (differentiable) when autocast is on and x is a float
+ * tensor of another dtype, else a new reference to x */
+knnd_status knnd_autocast_input(knnd_tensor *x, knnd_tensor **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -53,6 +53,10 @@ knnd_status knnd_ema_update(knnd_ema *e);
 knnd_status knnd_ema_swap(knnd_ema *e);
 knnd_status knnd_ema_state_dict(const knnd_ema *e, knnd_state_dict **out);
 knnd_status knnd_ema_load_state_dict(knnd_ema *e, const knnd_state_dict *sd);
+/* Attach e to o (e NULL detaches): each successful knnd_optimizer_step then also updates e, as
+ * knnd_ema_update would right after it (on CUDA fused into the step's kernel), so do not call
+ * knnd_ema_update for it as well. e is borrowed: detach it (or free o) before freeing it. */
+knnd_status knnd_optimizer_attach_ema(knnd_optimizer *o, knnd_ema *e);
 
 /* scale all grads so that their global L2 norm is at most max_norm; *total_norm (may be
  * NULL) receives the norm before clipping */
