@@ -5,12 +5,17 @@
 
 #include "backend/cpu/cpu_gemm.h"
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_matmul.h"
+#endif
 
 /* ---- strided operands for the GEMM --------------------------------------------------------- */
 /* The GEMM reads a matrix whose rows or columns are unit-stride, so a transposed (permuted)
- * view goes in as it is with a transpose flag; only other layouts are copied. */
+ * view goes in as it is with a transpose flag; only other layouts are copied. On the CPU the
+ * operands are f32; cuBLAS also reads f16/bf16 as they are (accumulating in f32). */
 typedef struct {
-  const float *base; /* element [0, ..., 0] */
+  const void *base; /* element [0, ..., 0] */
+  knnd_dtype dtype;
   int ndim;
   int64_t shape[KNND_MAX_DIMS], stride[KNND_MAX_DIMS];
   bool trans;         /* the last two dims are stored column-major */
@@ -44,6 +49,7 @@ static bool gemm_layout(operand *o) {
 
 static void operand_geometry(operand *o, const knnd_tensor *t, bool transpose) {
   o->base = knnd_tensor_data(t);
+  o->dtype = t->dtype;
   o->ndim = t->ndim;
   for (int i = 0; i < t->ndim; i++) {
     o->shape[i] = t->shape[i];
@@ -58,12 +64,13 @@ static void operand_geometry(operand *o, const knnd_tensor *t, bool transpose) {
   }
 }
 
-/* t (>= 2-D, any dtype and strides), logically transposed in its last two dims when asked */
-static knnd_status operand_init(knnd_tensor *t, bool transpose, operand *o) {
+/* t (>= 2-D, any dtype and strides), logically transposed in its last two dims when asked;
+ * `native`: keep t's float dtype (the GPU GEMM takes f16/bf16), otherwise read it as f32 */
+static knnd_status operand_init(knnd_tensor *t, bool transpose, bool native, operand *o) {
   o->owned = NULL;
   operand_geometry(o, t, transpose);
-  if (t->dtype == KNND_F32 && gemm_layout(o)) return KNND_OK;
-  KNND_TRY(knnd_contig_f32(t, &o->owned));
+  if ((t->dtype == KNND_F32 || native) && gemm_layout(o)) return KNND_OK;
+  KNND_TRY(native ? knnd_contig(t, &o->owned) : knnd_contig_f32(t, &o->owned));
   operand_geometry(o, o->owned, transpose);
   gemm_layout(o); /* a contiguous matrix always fits */
   return KNND_OK;
@@ -74,9 +81,9 @@ static void operand_free(operand *o) {
   o->owned = NULL;
 }
 
-/* c[batch..., M, N] (contiguous f32, batch shape = the broadcast of a's and b's batch dims)
- * = a·b + beta·c */
-static knnd_status gemm_operands(const operand *a, const operand *b, float beta, float *c, int nb,
+/* c[batch..., M, N] (contiguous, the operands' dtype, batch shape = the broadcast of a's and b's
+ * batch dims) = a·b + beta·c */
+static knnd_status gemm_operands(const operand *a, const operand *b, float beta, knnd_tensor *ct, int nb,
                                  const int64_t *bshape) {
   int64_t m = a->shape[a->ndim - 2], k = a->shape[a->ndim - 1], n = b->shape[b->ndim - 1];
   int64_t sa[KNND_MAX_DIMS] = {0}, sb[KNND_MAX_DIMS] = {0}, batch = 1;
@@ -98,8 +105,22 @@ static knnd_status gemm_operands(const operand *a, const operand *b, float beta,
       expect *= bshape[d];
     }
   }
-  if (batch == 1 || (b_shared && a_stacked))
-    return knnd_sgemm(a->trans, b->trans, batch * m, n, k, 1.0f, a->base, a->ld, b->base, b->ld, beta, c, n);
+  const bool fold = batch == 1 || (b_shared && a_stacked);
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(ct)) {
+    knnd_cuda_gemm_args g = {.dtype = ct->dtype, .trans_a = a->trans, .trans_b = b->trans, .m = fold ? batch * m : m,
+                             .n = n, .k = k, .alpha = 1.0f, .beta = beta, .a = a->base, .b = b->base,
+                             .c = knnd_tensor_data(ct), .lda = a->ld, .ldb = b->ld, .ldc = n, .nb = fold ? 0 : nb};
+    for (int d = 0; d < g.nb; d++) {
+      g.batch_shape[d] = bshape[d];
+      g.a_stride[d] = sa[d];
+      g.b_stride[d] = sb[d];
+    }
+    return knnd_cuda_gemm(ct, &g);
+  }
+#endif
+  float *c = knnd_tensor_data(ct);
+  if (fold) return knnd_sgemm(a->trans, b->trans, batch * m, n, k, 1.0f, a->base, a->ld, b->base, b->ld, beta, c, n);
   int64_t *off = malloc(sizeof(int64_t) * 2 * (size_t)batch);
   if (!off) return knnd_error(KNND_ERR_NOMEM, "matmul: out of memory for %" PRId64 " batch offsets", batch);
   int64_t idx[KNND_MAX_DIMS] = {0};
@@ -128,8 +149,9 @@ static void shape_pair(const knnd_tensor *a, const knnd_tensor *b, char *sa, cha
 static knnd_status batched_product(knnd_tensor *a, bool ta, knnd_tensor *b, bool tb, knnd_dtype dt, const char *op,
                                    knnd_tensor **out) {
   operand oa, ob = {0};
-  KNND_TRY(operand_init(a, ta, &oa));
-  knnd_status st = operand_init(b, tb, &ob);
+  const bool native = knnd_on_cuda(a) && a->dtype == b->dtype;
+  KNND_TRY(operand_init(a, ta, native, &oa));
+  knnd_status st = operand_init(b, tb, native, &ob);
   knnd_tensor *res = NULL;
   int nb = 0;
   int64_t shape[KNND_MAX_DIMS];
@@ -157,10 +179,17 @@ static knnd_status batched_product(knnd_tensor *a, bool ta, knnd_tensor *b, bool
   }
   shape[nb] = oa.shape[oa.ndim - 2];
   shape[nb + 1] = ob.shape[ob.ndim - 1];
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, nb + 2, shape, a->storage->device, &res));
-  KNND_CHECK(gemm_operands(&oa, &ob, 0.0f, knnd_tensor_data(res), nb, shape));
-  st = knnd_f32_to_dtype(res, dt, out);
-  res = NULL;
+  KNND_CHECK(knnd_tensor_empty(oa.dtype, nb + 2, shape, a->storage->device, &res));
+  KNND_CHECK(gemm_operands(&oa, &ob, 0.0f, res, nb, shape));
+  if (res->dtype == KNND_F32) {
+    st = knnd_f32_to_dtype(res, dt, out);
+    res = NULL;
+  } else if (res->dtype == dt) {
+    *out = res;
+    res = NULL;
+  } else {
+    st = knnd_to_dtype(res, dt, out);
+  }
 cleanup:
   knnd_tensor_release(res);
   operand_free(&oa);
@@ -213,6 +242,15 @@ static knnd_status matmul_nd(const char *op, knnd_tensor *a, knnd_tensor *b, knn
 }
 
 knnd_status knnd_bmm(knnd_tensor *a, knnd_tensor *b, knnd_tensor **out) {
+  {
+    knnd_tensor *in_[2] = {a, b}, *c_[2];
+    knnd_status ac_;
+    if (knnd_autocast_begin(2, in_, c_, &ac_)) {
+      if (!ac_) ac_ = knnd_bmm(c_[0], c_[1], out);
+      knnd_autocast_end(2, c_);
+      return ac_;
+    }
+  }
   KNND_TRY(check_pair("bmm", a, b));
   KNND_TRY(knnd_check_ndim(a, 3, "bmm", "a"));
   KNND_TRY(knnd_check_ndim(b, 3, "bmm", "b"));
@@ -231,6 +269,15 @@ static knnd_status unsqueeze_or_squeeze(knnd_tensor *t, int dim, bool insert, kn
 }
 
 knnd_status knnd_matmul(knnd_tensor *a, knnd_tensor *b, knnd_tensor **out) {
+  {
+    knnd_tensor *in_[2] = {a, b}, *c_[2];
+    knnd_status ac_;
+    if (knnd_autocast_begin(2, in_, c_, &ac_)) {
+      if (!ac_) ac_ = knnd_matmul(c_[0], c_[1], out);
+      knnd_autocast_end(2, c_);
+      return ac_;
+    }
+  }
   KNND_TRY(check_pair("matmul", a, b));
   if (a->ndim == 0 || b->ndim == 0)
     return knnd_error(KNND_ERR_SHAPE, "matmul: argument '%s' is 0-d (expected at least 1 dim)", a->ndim ? "b" : "a");
@@ -309,24 +356,31 @@ static knnd_status linear_backward(knnd_node *node, knnd_tensor *g, knnd_tensor 
 static knnd_status linear_2d(knnd_tensor *x, knnd_tensor *w, knnd_tensor *bias, knnd_tensor **out) {
   operand ox, ow = {0};
   knnd_tensor *res = NULL, *bc = NULL;
-  KNND_TRY(operand_init(x, false, &ox));
-  knnd_status st = operand_init(w, true, &ow);
+  const bool native = knnd_on_cuda(x); /* x, w and bias share a dtype (checked) */
+  KNND_TRY(operand_init(x, false, native, &ox));
+  knnd_status st = operand_init(w, true, native, &ow);
   if (st) goto cleanup;
   int64_t rows = x->shape[0], n = w->shape[0];
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, 2, (const int64_t[]){rows, n}, x->storage->device, &res));
-  float *c = knnd_tensor_data(res);
+  KNND_CHECK(knnd_tensor_empty(ox.dtype, 2, (const int64_t[]){rows, n}, x->storage->device, &res));
   if (bias) { /* the GEMM adds onto rows prefilled with the bias (beta 1): no extra pass */
-    KNND_CHECK(knnd_contig_f32(bias, &bc));
-    const float *bp = knnd_tensor_data(bc);
+    if (native) {
+      KNND_CHECK(knnd_copy_(res, bias)); /* broadcast over the rows, on the device */
+    } else {
+      KNND_CHECK(knnd_contig_f32(bias, &bc));
+      const float *bp = knnd_tensor_data(bc);
+      float *c = knnd_tensor_data(res);
 #pragma omp parallel for num_threads(knnd_threads_for(rows * n))
-    for (int64_t r = 0; r < rows; r++)
-      for (int64_t j = 0; j < n; j++) c[r * n + j] = bp[j];
+      for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < n; j++) c[r * n + j] = bp[j];
+    }
   }
-  KNND_CHECK(gemm_operands(&ox, &ow, bias ? 1.0f : 0.0f, c, 0, NULL));
-  knnd_tensor *converted;
-  st = knnd_f32_to_dtype(res, x->dtype, &converted);
-  res = st ? NULL : converted; /* res was taken over either way */
-  if (st) goto cleanup;
+  KNND_CHECK(gemm_operands(&ox, &ow, bias ? 1.0f : 0.0f, res, 0, NULL));
+  if (res->dtype != x->dtype) { /* the CPU's f32 result */
+    knnd_tensor *converted;
+    st = knnd_f32_to_dtype(res, x->dtype, &converted);
+    res = st ? NULL : converted; /* res was taken over either way */
+    if (st) goto cleanup;
+  }
   knnd_node *node;
   KNND_CHECK(knnd_autograd_record("linear", res, 3, (knnd_tensor *const[]){x, w, bias}, linear_backward, &node));
   KNND_CHECK(knnd_node_save(node, 0, x));
@@ -342,6 +396,15 @@ cleanup:
 }
 
 knnd_status knnd_linear(knnd_tensor *x, knnd_tensor *weight, knnd_tensor *bias, knnd_tensor **out) {
+  {
+    knnd_tensor *in_[3] = {x, weight, bias}, *c_[3];
+    knnd_status ac_;
+    if (knnd_autocast_begin(3, in_, c_, &ac_)) {
+      if (!ac_) ac_ = knnd_linear(c_[0], c_[1], c_[2], out);
+      knnd_autocast_end(3, c_);
+      return ac_;
+    }
+  }
   KNND_TRY(knnd_check_float(x, "linear", "x"));
   KNND_TRY(knnd_check_float(weight, "linear", "weight"));
   if (bias) KNND_TRY(knnd_check_float(bias, "linear", "bias"));
