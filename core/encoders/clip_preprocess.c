@@ -178,7 +178,13 @@ knnd_status knnd_clip_preprocess(knnd_tensor *images, int64_t size, const float 
   knnd_tensor *src = NULL, *res = NULL;
   axis_taps tx = {0}, ty = {0};
   knnd_status st = KNND_OK;
-  KNND_CHECK(u8 ? knnd_contig(images, &src) : knnd_contig_f32(images, &src));
+  { /* the resampling runs on the host: a CUDA batch comes over first */
+    knnd_tensor *h = NULL;
+    KNND_CHECK(knnd_to_device(images, KNND_CPU, &h));
+    st = u8 ? knnd_contig(h, &src) : knnd_contig_f32(h, &src);
+    knnd_tensor_release(h);
+    if (st) goto cleanup;
+  }
   KNND_CHECK(taps_init(w, nw, &tx));
   KNND_CHECK(taps_init(h, nh, &ty));
   {

@@ -92,8 +92,11 @@ knnd_status knnd_gpu_index_add(knnd_gpu_index *g, const knnd_tensor *x) {
   if (!g) return knnd_error(KNND_ERR_ARG, "%s: argument 'index' is NULL", op);
   KNND_TRY(check_rows(x, g->dim, op, "x"));
 #ifdef KNND_HAVE_CUDA
-  knnd_tensor *xf;
-  KNND_TRY(knnd_contig_f32((knnd_tensor *)x, &xf));
+  knnd_tensor *xh, *xf; /* the raw search reads host rows: a CUDA tensor comes over first */
+  KNND_TRY(knnd_to_device((knnd_tensor *)x, KNND_CPU, &xh));
+  knnd_status cst = knnd_contig_f32(xh, &xf);
+  knnd_tensor_release(xh);
+  KNND_TRY(cst);
   char err[256];
   int rc = knnd_cuda_knn_add(g->impl, knnd_tensor_data(xf), x->shape[0], err, sizeof err);
   knnd_tensor_release(xf);
@@ -116,7 +119,10 @@ knnd_status knnd_gpu_index_search(const knnd_gpu_index *g, const knnd_tensor *q,
 #ifdef KNND_HAVE_CUDA
   int64_t shape[2] = {q->shape[0], k};
   knnd_tensor *qf = NULL, *s = NULL, *l = NULL;
-  knnd_status st = knnd_contig_f32((knnd_tensor *)q, &qf);
+  knnd_tensor *qh = NULL;
+  knnd_status st = knnd_to_device((knnd_tensor *)q, KNND_CPU, &qh);
+  if (!st) st = knnd_contig_f32(qh, &qf);
+  knnd_tensor_release(qh);
   if (!st) st = knnd_tensor_empty(KNND_F32, 2, shape, (knnd_device){KNND_DEVICE_CPU, 0}, &s);
   if (!st) st = knnd_tensor_empty(KNND_I64, 2, shape, (knnd_device){KNND_DEVICE_CPU, 0}, &l);
   if (!st) {
