@@ -8,6 +8,9 @@
 #include <stdlib.h>
 
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_conv.h"
+#endif
 
 /* Why oneDNN primitives and not im2col + GEMM: PyTorch's CPU conv2d is oneDNN too, and on the
  * 3x3 64->64 32x32 batch-32 forward+backward (tests/bench/bench_ops, numbers in
@@ -323,6 +326,51 @@ static knnd_status conv_run(const conv_key *k, int n, const int *passes, void *c
 }
 
 /* ---- the op -------------------------------------------------------------------------------- */
+/* The dtype the passes work in: f32 on the CPU (oneDNN runs f32), the tensors' own dtype on a
+ * GPU (cuDNN reads and writes f16/bf16 and accumulates in f32). */
+static knnd_dtype work_dtype(const knnd_tensor *x) { return knnd_on_cuda(x) ? x->dtype : KNND_F32; }
+
+static knnd_status contig_work(knnd_tensor *t, knnd_dtype wd, knnd_tensor **out) {
+  if (wd == KNND_F32) return knnd_contig_f32(t, out);
+  if (t->dtype == wd) return knnd_contig(t, out);
+  /* an output gradient of another dtype than the conv's: converted by the copy */
+  KNND_TRY(knnd_tensor_empty(wd, t->ndim, t->shape, t->storage->device, out));
+  knnd_status st = knnd_copy_(*out, t);
+  if (st) {
+    knnd_tensor_release(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+/* a result in the work dtype as dtype dt (steals res) */
+static knnd_status from_work(knnd_tensor *res, knnd_dtype dt, knnd_tensor **out) {
+  if (res->dtype == dt) {
+    *out = res;
+    return KNND_OK;
+  }
+  return knnd_f32_to_dtype(res, dt, out);
+}
+
+/* run passes[0..n) of the conv on ts[i][role] (contiguous, the work dtype; NULL for an absent
+ * bias): oneDNN on the CPU, cuDNN on a GPU */
+static knnd_status conv_exec(const conv_key *k, const int64_t *ip, int n, const int *passes,
+                             knnd_tensor *const (*ts)[N_ROLES]) {
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(ts[0][ROLE_Y])) {
+    static const knnd_cuda_conv_pass cuda_pass[N_PASSES] = {KNND_CUDA_CONV_FORWARD, KNND_CUDA_CONV_BACKWARD_DATA,
+                                                            KNND_CUDA_CONV_BACKWARD_FILTER};
+    for (int i = 0; i < n; i++)
+      KNND_TRY(knnd_cuda_conv2d(cuda_pass[passes[i]], ip, ts[i][ROLE_X], ts[i][ROLE_W], ts[i][ROLE_B], ts[i][ROLE_Y]));
+    return KNND_OK;
+  }
+#endif
+  void *ptrs[2][N_ROLES];
+  for (int i = 0; i < n; i++)
+    for (int r = 0; r < N_ROLES; r++) ptrs[i][r] = ts[i][r] ? knnd_tensor_data(ts[i][r]) : NULL;
+  return conv_run(k, n, passes, ptrs);
+}
+
 static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   int64_t span = in + 2 * p - d * (k - 1) - 1;
   return span < 0 ? 0 : span / s + 1;
@@ -345,47 +393,45 @@ static knnd_status conv2d_backward(knnd_node *node, knnd_tensor *g, knnd_tensor 
   key_from(x, w, bias != NULL, node->ip, &k);
   bool need_x = knnd_node_needs_grad(node, 0), need_w = knnd_node_needs_grad(node, 1);
   bool need_b = knnd_node_needs_grad(node, 2);
-  KNND_CHECK(knnd_contig_f32(g, &gc));
-  /* oneDNN writes every element, so the buffers start empty; an empty problem gives zeros */
+  knnd_dtype wd = work_dtype(x);
+  KNND_CHECK(contig_work(g, wd, &gc));
+  /* oneDNN and cuDNN write every element, so the buffers start empty; an empty problem gives zeros */
   knnd_status (*alloc)(knnd_dtype, int, const int64_t *, knnd_device, knnd_tensor **) =
       conv_is_empty(&k) ? knnd_tensor_zeros : knnd_tensor_empty;
-  if (need_x) KNND_CHECK(alloc(KNND_F32, 4, x->shape, x->storage->device, &gx));
+  if (need_x) KNND_CHECK(alloc(wd, 4, x->shape, x->storage->device, &gx));
   if (need_w || need_b) {
-    KNND_CHECK(alloc(KNND_F32, 4, w->shape, w->storage->device, &gw));
-    if (bias) KNND_CHECK(alloc(KNND_F32, 1, bias->shape, bias->storage->device, &gb));
+    KNND_CHECK(alloc(wd, 4, w->shape, w->storage->device, &gw));
+    if (bias) KNND_CHECK(alloc(wd, 1, bias->shape, bias->storage->device, &gb));
   }
   if (!conv_is_empty(&k)) { /* both passes in one call: the output gradient is reordered once */
     int passes[2], n = 0;
-    void *ptrs[2][N_ROLES];
+    knnd_tensor *ts[2][N_ROLES] = {{NULL}};
     if (need_x) {
-      KNND_CHECK(knnd_contig_f32(w, &wc));
+      KNND_CHECK(contig_work(w, wd, &wc));
       passes[n] = PASS_BWD_DATA;
-      memcpy(ptrs[n++], (void *const[]){knnd_tensor_data(gx), knnd_tensor_data(wc), NULL, knnd_tensor_data(gc)},
-             sizeof ptrs[0]);
+      memcpy(ts[n++], (knnd_tensor *const[]){gx, wc, NULL, gc}, sizeof ts[0]);
     }
     if (need_w || need_b) {
-      KNND_CHECK(knnd_contig_f32(x, &xc));
+      KNND_CHECK(contig_work(x, wd, &xc));
       passes[n] = PASS_BWD_WEIGHTS;
-      memcpy(ptrs[n++], (void *const[]){knnd_tensor_data(xc), knnd_tensor_data(gw), gb ? knnd_tensor_data(gb) : NULL,
-                                        knnd_tensor_data(gc)},
-             sizeof ptrs[0]);
+      memcpy(ts[n++], (knnd_tensor *const[]){xc, gw, gb, gc}, sizeof ts[0]);
     }
-    KNND_CHECK(conv_run(&k, n, passes, ptrs));
+    KNND_CHECK(conv_exec(&k, node->ip, n, passes, ts));
   } else if (gb && k.n && k.o) { /* no input channels: the output is the bias alone */
     knnd_tensor_release(gb);
     gb = NULL;
     KNND_CHECK(knnd_sum(gc, 3, (const int[]){0, 2, 3}, false, &gb));
   }
   if (need_x) {
-    KNND_CHECK(knnd_f32_to_dtype(gx, x->dtype, &gi[0]));
+    KNND_CHECK(from_work(gx, x->dtype, &gi[0]));
     gx = NULL;
   }
   if (need_w) {
-    KNND_CHECK(knnd_f32_to_dtype(gw, w->dtype, &gi[1]));
+    KNND_CHECK(from_work(gw, w->dtype, &gi[1]));
     gw = NULL;
   }
   if (need_b) {
-    KNND_CHECK(knnd_f32_to_dtype(gb, bias->dtype, &gi[2]));
+    KNND_CHECK(from_work(gb, bias->dtype, &gi[2]));
     gb = NULL;
   }
 cleanup:
@@ -457,6 +503,15 @@ static knnd_status check_conv_args(knnd_tensor *x, knnd_tensor *w, knnd_tensor *
 
 knnd_status knnd_conv2d(knnd_tensor *x, knnd_tensor *weight, knnd_tensor *bias, const knnd_conv2d_opts *opts,
                         knnd_tensor **out) {
+  {
+    knnd_tensor *in_[3] = {x, weight, bias}, *c_[3];
+    knnd_status ac_;
+    if (knnd_autocast_begin(3, in_, c_, &ac_)) {
+      if (!ac_) ac_ = knnd_conv2d(c_[0], c_[1], c_[2], opts, out);
+      knnd_autocast_end(3, c_);
+      return ac_;
+    }
+  }
   knnd_conv2d_opts o = opts ? *opts : (knnd_conv2d_opts){{1, 1}, {0, 0}, {1, 1}, 1};
   int64_t ip[7] = {o.stride[0] ? o.stride[0] : 1,     o.stride[1] ? o.stride[1] : 1,     o.padding[0],
                    o.padding[1],                      o.dilation[0] ? o.dilation[0] : 1, o.dilation[1] ? o.dilation[1] : 1,
@@ -465,23 +520,26 @@ knnd_status knnd_conv2d(knnd_tensor *x, knnd_tensor *weight, knnd_tensor *bias, 
   conv_key k;
   key_from(x, weight, bias != NULL, ip, &k);
   int64_t shape[4] = {k.n, k.o, out_size(k.h, k.kh, k.sh, k.ph, k.dh), out_size(k.w, k.kw, k.sw, k.pw, k.dw)};
-  knnd_tensor *xc = NULL, *wc = NULL, *bc = NULL, *res = NULL;
+  knnd_tensor *xc = NULL, *wc = NULL, *bc = NULL, *bv = NULL, *res = NULL;
   knnd_status st = KNND_OK;
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, 4, shape, x->storage->device, &res));
-  if (bias) KNND_CHECK(knnd_contig_f32(bias, &bc));
-  if (conv_is_empty(&k)) { /* an empty sum: the bias alone */
-    float *p = knnd_tensor_data(res);
-    int64_t plane = shape[2] * shape[3];
-    for (int64_t i = 0; i < knnd_tensor_numel(res); i++) p[i] = bc ? ((float *)knnd_tensor_data(bc))[(i / plane) % k.o] : 0.0f;
+  knnd_dtype wd = work_dtype(x);
+  KNND_CHECK(knnd_tensor_empty(wd, 4, shape, x->storage->device, &res));
+  if (bias) KNND_CHECK(contig_work(bias, wd, &bc));
+  if (conv_is_empty(&k)) { /* an empty sum: the bias alone (a broadcast copy, on either device) */
+    if (bc) {
+      KNND_CHECK(knnd_view(bc, 4, (const int64_t[]){1, k.o, 1, 1}, &bv));
+      KNND_CHECK(knnd_copy_(res, bv));
+    } else {
+      KNND_CHECK(knnd_fill_(res, 0.0));
+    }
   } else {
-    KNND_CHECK(knnd_contig_f32(x, &xc));
-    KNND_CHECK(knnd_contig_f32(weight, &wc));
-    void *ptrs[1][N_ROLES] = {{knnd_tensor_data(xc), knnd_tensor_data(wc), bc ? knnd_tensor_data(bc) : NULL,
-                               knnd_tensor_data(res)}};
-    KNND_CHECK(conv_run(&k, 1, (const int[]){PASS_FWD}, ptrs));
+    KNND_CHECK(contig_work(x, wd, &xc));
+    KNND_CHECK(contig_work(weight, wd, &wc));
+    knnd_tensor *ts[1][N_ROLES] = {{xc, wc, bc, res}};
+    KNND_CHECK(conv_exec(&k, ip, 1, (const int[]){PASS_FWD}, ts));
   }
   knnd_tensor *converted;
-  st = knnd_f32_to_dtype(res, x->dtype, &converted);
+  st = from_work(res, x->dtype, &converted);
   res = st ? NULL : converted;
   if (st) goto cleanup;
   knnd_node *node;
@@ -497,6 +555,7 @@ cleanup:
   knnd_tensor_release(xc);
   knnd_tensor_release(wc);
   knnd_tensor_release(bc);
+  knnd_tensor_release(bv);
   knnd_tensor_release(res);
   return st;
 }

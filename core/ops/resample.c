@@ -5,6 +5,9 @@
 #include <stdlib.h>
 
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_resample.h"
+#endif
 
 /* A [N,C,H,W] input as N·C planes: every kernel here maps one input plane to one output plane,
  * so planes run in parallel and the backward scatter-adds never race. */
@@ -22,6 +25,19 @@ static knnd_status check_image(knnd_tensor *x, const char *op) {
   }
   return KNND_OK;
 }
+
+/* a new buffer for a kernel's output: zeroed for the CPU's scatter-adds (adjoints), left empty
+ * when the kernel writes every element (the GPU's gathers write all of theirs) */
+static knnd_status new_output(bool accumulates, const int64_t *shape, knnd_device dev, knnd_tensor **out) {
+  if (accumulates && dev.type != KNND_DEVICE_CUDA) return knnd_tensor_zeros(KNND_F32, 4, shape, dev, out);
+  return knnd_tensor_empty(KNND_F32, 4, shape, dev, out);
+}
+
+#ifdef KNND_HAVE_CUDA
+static knnd_cuda_planes cuda_planes(const plane_geom *g) {
+  return (knnd_cuda_planes){g->planes, g->ih, g->iw, g->oh, g->ow};
+}
+#endif
 
 /* ---- interpolate ----------------------------------------------------------------------------- */
 /* Source taps of one output axis: out index i reads in[i0[i]]·l0[i] + in[i1[i]]·l1[i]. */
@@ -130,13 +146,20 @@ static knnd_status interp_run(knnd_tensor *src, const int64_t *in_shape, const i
   axis_taps th = {0}, tw = {0};
   knnd_tensor *sc = NULL, *res = NULL;
   knnd_status st = KNND_OK;
-  KNND_CHECK(taps_init(g.ih, g.oh, (knnd_interp_mode)ip[2], ip[3] != 0, &th));
-  KNND_CHECK(taps_init(g.iw, g.ow, (knnd_interp_mode)ip[2], ip[3] != 0, &tw));
   KNND_CHECK(knnd_contig_f32(src, &sc));
   int64_t shape[4] = {in_shape[0], in_shape[1], adjoint ? g.ih : g.oh, adjoint ? g.iw : g.ow};
-  if (adjoint) KNND_CHECK(knnd_tensor_zeros(KNND_F32, 4, shape, src->storage->device, &res));
-  else KNND_CHECK(knnd_tensor_empty(KNND_F32, 4, shape, src->storage->device, &res));
-  interp_planes(&g, &th, &tw, ip[2] == KNND_INTERP_NEAREST, knnd_tensor_data(sc), knnd_tensor_data(res), adjoint);
+  KNND_CHECK(new_output(adjoint, shape, src->storage->device, &res));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(sc)) { /* the kernels compute the taps themselves, with the same maths */
+    knnd_cuda_planes cg = cuda_planes(&g);
+    KNND_CHECK(knnd_cuda_interpolate(&cg, ip[2] == KNND_INTERP_NEAREST, ip[3] != 0, sc, res, adjoint));
+  } else
+#endif
+  {
+    KNND_CHECK(taps_init(g.ih, g.oh, (knnd_interp_mode)ip[2], ip[3] != 0, &th));
+    KNND_CHECK(taps_init(g.iw, g.ow, (knnd_interp_mode)ip[2], ip[3] != 0, &tw));
+    interp_planes(&g, &th, &tw, ip[2] == KNND_INTERP_NEAREST, knnd_tensor_data(sc), knnd_tensor_data(res), adjoint);
+  }
   st = knnd_f32_to_dtype(res, dt, out);
   res = NULL;
 cleanup:
@@ -294,9 +317,14 @@ static knnd_status avg_pool_run(knnd_tensor *src, const int64_t *in_shape, const
   knnd_tensor *sc = NULL, *res = NULL;
   knnd_status st = KNND_OK;
   KNND_CHECK(knnd_contig_f32(src, &sc));
-  if (adjoint) KNND_CHECK(knnd_tensor_zeros(KNND_F32, 4, in_shape, src->storage->device, &res));
-  else KNND_CHECK(knnd_tensor_empty(KNND_F32, 4, out_shape, src->storage->device, &res));
-  avg_pool_planes(&g, &pp, knnd_tensor_data(sc), knnd_tensor_data(res), adjoint);
+  KNND_CHECK(new_output(adjoint, adjoint ? in_shape : out_shape, src->storage->device, &res));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(sc)) {
+    knnd_cuda_planes cg = cuda_planes(&g);
+    KNND_CHECK(knnd_cuda_avg_pool2d(&cg, ip, sc, res, adjoint));
+  } else
+#endif
+    avg_pool_planes(&g, &pp, knnd_tensor_data(sc), knnd_tensor_data(res), adjoint);
   st = knnd_f32_to_dtype(res, dt, out);
   res = NULL;
 cleanup:
@@ -354,14 +382,22 @@ static knnd_status max_pool2d_backward(knnd_node *node, knnd_tensor *g, knnd_ten
   knnd_tensor *x = node->inputs[0], *arg = node->saved[0], *gc = NULL, *res = NULL;
   knnd_status st = KNND_OK;
   KNND_CHECK(knnd_contig_f32(g, &gc));
-  KNND_CHECK(knnd_tensor_zeros(KNND_F32, 4, x->shape, x->storage->device, &res));
+  KNND_CHECK(new_output(true, x->shape, x->storage->device, &res));
   int64_t planes = x->shape[0] * x->shape[1], in_plane = x->shape[2] * x->shape[3], out_plane = g->shape[2] * g->shape[3];
-  const float *gp = knnd_tensor_data(gc);
-  const int64_t *ap = knnd_tensor_data(arg);
-  float *rp = knnd_tensor_data(res);
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(gc)) {
+    knnd_cuda_planes cg = {planes, x->shape[2], x->shape[3], g->shape[2], g->shape[3]};
+    KNND_CHECK(knnd_cuda_max_pool2d_backward(&cg, node->ip, gc, arg, res));
+  } else
+#endif
+  {
+    const float *gp = knnd_tensor_data(gc);
+    const int64_t *ap = knnd_tensor_data(arg);
+    float *rp = knnd_tensor_data(res);
 #pragma omp parallel for num_threads(knnd_threads_for(planes * out_plane))
-  for (int64_t p = 0; p < planes; p++)
-    for (int64_t o = 0; o < out_plane; o++) rp[p * in_plane + ap[p * out_plane + o]] += gp[p * out_plane + o];
+    for (int64_t p = 0; p < planes; p++)
+      for (int64_t o = 0; o < out_plane; o++) rp[p * in_plane + ap[p * out_plane + o]] += gp[p * out_plane + o];
+  }
   st = knnd_f32_to_dtype(res, x->dtype, &gi[0]);
   res = NULL;
 cleanup:
@@ -381,7 +417,13 @@ knnd_status knnd_max_pool2d(knnd_tensor *x, const knnd_pool2d_opts *opts, knnd_t
   KNND_CHECK(knnd_contig_f32(x, &xc));
   KNND_CHECK(knnd_tensor_empty(KNND_F32, 4, shape, x->storage->device, &res));
   KNND_CHECK(knnd_tensor_empty(KNND_I64, 4, shape, x->storage->device, &arg));
-  max_pool_planes(&g, &pp, knnd_tensor_data(xc), knnd_tensor_data(res), knnd_tensor_data(arg));
+#ifdef KNND_HAVE_CUDA
+  if (knnd_on_cuda(xc)) {
+    knnd_cuda_planes cg = cuda_planes(&g);
+    KNND_CHECK(knnd_cuda_max_pool2d(&cg, ip, xc, res, arg));
+  } else
+#endif
+    max_pool_planes(&g, &pp, knnd_tensor_data(xc), knnd_tensor_data(res), knnd_tensor_data(arg));
   knnd_tensor *converted;
   st = knnd_f32_to_dtype(res, x->dtype, &converted);
   res = NULL;

@@ -33,7 +33,8 @@ for b in bench_gpu_models bench_gpu_kernels; do
   fi
 done
 echo "== $(basename "$peer")" >&2
-timeout 1500 python3 "$peer" --iters "$iters" 2>&1 | tee -a "$log" >&2
+# PEER_ARGS: more peer options, e.g. "--compile-dtypes bf16" to halve the compile time
+timeout 1500 python3 "$peer" --iters "$iters" ${PEER_ARGS:-} 2>&1 | tee -a "$log" >&2
 python3 - "$log" <<'PY'
 import re, sys
 rows = [dict(kv.split("=", 1) for kv in l.split()[1:]) for l in open(sys.argv[1]) if l.startswith("RESULT ")]

@@ -5,7 +5,8 @@ backward, AdamW lr 1e-4) and sampling forward, eager and torch.compile, f32 (TF3
 autocast, median ms of N after warm-up and torch.cuda.max_memory_allocated; then torch.matmul,
 F.conv2d and F.scaled_dot_product_attention on bench_gpu_kernels' shapes. Prints RESULT lines
 in the knnd benches' format (impl=torch_eager / torch_compile / torch).
-    python3 tests/bench/gpu/torch_models_peer.py [--iters 10] [--no-compile] [--models-only|--kernels-only]"""
+    python3 tests/bench/gpu/torch_models_peer.py [--iters 10] [--no-compile] [--compile-dtypes bf16]
+        [--models-only|--kernels-only]"""
 import argparse
 import os
 import statistics
@@ -130,6 +131,8 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--models-only", action="store_true")
     ap.add_argument("--kernels-only", action="store_true")
+    ap.add_argument("--compile-dtypes", default="f32,bf16",
+                    help="dtypes to time under torch.compile (each compile costs a minute or more)")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -137,7 +140,8 @@ def main():
     if not a.kernels_only:
         for unet, name in ((True, "unet"), (False, "transformer")):
             for dtype in ("f32", "bf16"):
-                for impl in ("torch_eager",) + (() if a.no_compile else ("torch_compile",)):
+                compiled = not a.no_compile and dtype in a.compile_dtypes.split(",")
+                for impl in ("torch_eager",) + (("torch_compile",) if compiled else ()):
                     bench_model(name, unet, impl, dtype, a.iters)
     if not a.models_only:
         bench_kernels(max(a.iters, 20))
