@@ -239,8 +239,11 @@ static knnd_status binary_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **g
           if (!st) st = knnd_pow(a, t, &t2);
           if (!st) st = knnd_mul(t2, b, &t3);
           if (!st) st = knnd_mul(g, t3, &d);
-        } else { /* g·y·log(a) */
-          st = knnd_log(a, &t);
+        } else { /* g·y·log(a); an integer base is read as the gradient's dtype */
+          knnd_tensor *af = NULL;
+          st = knnd_dtype_is_float(a->dtype) ? KNND_OK : knnd_to_dtype(a, g->dtype, &af);
+          if (!st) st = knnd_log(af ? af : a, &t);
+          knnd_tensor_release(af);
           if (!st) st = knnd_mul(y, t, &t2);
           if (!st) st = knnd_mul(g, t2, &d);
         }

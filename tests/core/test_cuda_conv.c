@@ -49,7 +49,10 @@ static void tolerances(knnd_dtype dt, int64_t terms, double *atol, double *rtol)
   bool tf32 = knnd_cuda_allow_tf32();
   double scale = sqrt((double)terms) / 8.0;
   if (scale < 1.0) scale = 1.0;
-  *atol = (dt == KNND_F32 ? (tf32 ? 3e-2 : 1e-4) : 2e-2) * scale;
+  /* f32 without TF32: cuDNN may pick Winograd/FFT-class algorithms under FMA math, whose
+   * per-element error is a few times a direct convolution's (seen on an H200: 1e-3 relative
+   * on one weight-gradient element, relative norm error 3e-6) */
+  *atol = (dt == KNND_F32 ? (tf32 ? 3e-2 : 4e-4) : 2e-2) * scale;
   *rtol = dt == KNND_F32 ? (tf32 ? 3e-3 : 1e-4) : 2e-2;
 }
 

@@ -139,7 +139,10 @@ static void check_training(const model_case *c) {
   for (int i = 0; i < cpu.params->n; i++) {
     char what[256];
     snprintf(what, sizeof what, "%s after one AdamW step", cpu.params->names[i]);
-    kt_cuda_assert_close(what, gpu.params->tensors[i], cpu.params->tensors[i], 1e-6, 1e-4);
+    /* atol 2% of one step (lr 1e-3): an element whose gradient is near eps moves by
+     * lr·g/(|g|+eps), which carries the last bits of g (summation order differs by device);
+     * the relative-norm check inside stays at 1e-4 */
+    kt_cuda_assert_close(what, gpu.params->tensors[i], cpu.params->tensors[i], 2e-5, 1e-4);
   }
   /* steps 2 and 3 */
   for (int s = 2; s <= 3; s++) {

@@ -101,6 +101,10 @@ static void test_sgemm_transposes_and_leading_dims(void **state) {
   float c[4] = {NAN, 1, 2, 3}, a = 0, b = 0;
   KT_OK(knnd_sgemm(false, false, 2, 2, 0, 1.0f, &a, 1, &b, 2, 0.0f, c, 2));
   for (int i = 0; i < 4; i++) assert_true(c[i] == 0.0f);
+  /* n = 0 (attention over zero keys): nothing to write, any leading dim of C */
+  c[0] = 7;
+  KT_OK(knnd_sgemm(false, true, 2, 0, 1, 1.0f, &a, 1, &b, 1, 0.0f, c, 0));
+  assert_true(c[0] == 7.0f);
   KT_FAILS(knnd_sgemm(false, false, 3, 4, 5, 1.0f, c, 4, c, 4, 0.0f, c, 4), KNND_ERR_ARG, "lda");
   KT_FAILS(knnd_sgemm(false, true, 3, 4, 5, 1.0f, c, 5, c, 4, 0.0f, c, 4), KNND_ERR_ARG, "ldb");
   KT_FAILS(knnd_sgemm(false, false, 3, 4, 5, 1.0f, c, 5, c, 4, 0.0f, c, 3), KNND_ERR_ARG, "ldc");

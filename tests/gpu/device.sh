@@ -10,6 +10,10 @@ filter="${2:-.}"
 out="${OUT:-/tmp/knnd-gpu-out}"
 mkdir -p "$out" /tmp/knnd-gpu
 tar -C /tmp/knnd-gpu -xJf .gpu/bundle.tar.xz
+# the tests were built elsewhere: their fixture and scratch paths must exist here
+. /tmp/knnd-gpu/paths
+[ -e "$root/tests" ] || { mkdir -p "$root" && ln -s "$PWD/tests" "$root/tests"; }
+mkdir -p "$build/tests/tmp"
 libs=/tmp/knnd-gpu/lib
 for pat in 'libcublas.so.1*' 'libcublasLt.so.1*' 'libcudnn.so.9*'; do
   f=$(find /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu /opt /usr/local/lib -name "$pat" 2>/dev/null | head -1)
@@ -25,7 +29,7 @@ run_tests() { # $1: prefix command (empty or compute-sanitizer ...)
     echo "$name" | grep -Eq "$filter" || continue
     log="$out/${2:-}$name.log"
     start=$(date +%s%N)
-    if timeout 300 $1 "$t" >"$log" 2>&1; then pass=$((pass + 1)); r=ok; else fail=$((fail + 1)); r=FAIL; failed="$failed ${2:-}$name"; fi
+    if timeout "${KNND_GPU_TEST_TIMEOUT:-240}" $1 "$t" >"$log" 2>&1; then pass=$((pass + 1)); r=ok; else fail=$((fail + 1)); r=FAIL; failed="$failed ${2:-}$name"; fi
     printf '%-28s %-4s %6.1fs  %s\n' "${2:-}$name" "$r" "$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN{print (b-a)/1e9}')" \
       "$(grep -cE '^\[       OK \]' "$log") ok, $(grep -cE '^\[  FAILED  \] [a-z_]+$' "$log") failed, $(grep -cE '^\[  SKIPPED \] [a-z_]+$' "$log") skipped"
     if [ $r = FAIL ]; then grep -E 'FAILED|Failure|error|Error|differs|ERROR' "$log" | head -20; fi

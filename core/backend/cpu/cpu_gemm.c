@@ -49,11 +49,13 @@ static knnd_status check_gemm_args(bool trans_a, bool trans_b, int64_t m, int64_
   if (m < 0 || n < 0 || k < 0)
     return knnd_error(KNND_ERR_ARG, "sgemm: negative size m=%" PRId64 " n=%" PRId64 " k=%" PRId64, m, n, k);
   int64_t a_cols = trans_a ? m : k, b_cols = trans_b ? k : n;
-  if (lda < (a_cols > 1 ? a_cols : 1))
+  /* leading dims matter only for matrices that hold elements (an attention over 0 keys is a
+   * [Lq,0] x [0,Dv] product: BLAS rules would refuse its ld of 0) */
+  if (m && k && lda < (a_cols > 1 ? a_cols : 1))
     return knnd_error(KNND_ERR_ARG, "sgemm: argument 'lda' is %" PRId64 " (expected at least %" PRId64 ")", lda, a_cols);
-  if (ldb < (b_cols > 1 ? b_cols : 1))
+  if (k && n && ldb < (b_cols > 1 ? b_cols : 1))
     return knnd_error(KNND_ERR_ARG, "sgemm: argument 'ldb' is %" PRId64 " (expected at least %" PRId64 ")", ldb, b_cols);
-  if (ldc < (n > 1 ? n : 1))
+  if (m && n && ldc < (n > 1 ? n : 1))
     return knnd_error(KNND_ERR_ARG, "sgemm: argument 'ldc' is %" PRId64 " (expected at least %" PRId64 ")", ldc, n);
   if (m && n && (!c || (k && (!a || !b)))) return knnd_error(KNND_ERR_ARG, "sgemm: a matrix pointer is NULL");
   return KNND_OK;
