@@ -3,9 +3,14 @@
  * mask), self attention at lengths 1, 7, 64, 257, 1024 and cross attention (Lq != Lk, Dv != D),
  * head dims 1 .. 256, causal, u8 and float masks of every broadcast rank (fully hidden rows
  * included), multi-head views (head split) and transposed operands, f32/f16/bf16 and mixed
- * dtypes, more blocks than one grid pass, and argument errors on CUDA tensors. Every case is
- * skipped (never passed) without a CUDA device. */
+ * dtypes, more blocks than one grid pass, and argument errors on CUDA tensors; the tensor-core
+ * forward (f16/bf16, head dims multiples of 16 up to 128) at ragged lengths, with masks, causal,
+ * cross attention, strided operands, and KNND_ATTENTION_TC=0 forcing the FMA kernels. Every case
+ * is skipped (never passed) without a CUDA device. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testutil.h"
+
+#include <stdlib.h>
 
 #include <math.h>
 #include <string.h>
@@ -17,6 +22,7 @@ typedef struct attn_ctx {
   double scale;     /* <= 0: 1/sqrt(D) */
   bool head_split;  /* q, k, v leaves are [B,L,H,X]; f permutes them to [B,H,L,X] (MHA's view) */
   bool k_transposed; /* k's leaf is [B,H,D,Lk]; f transposes it (a non-unit last stride: copied) */
+  int q_pad;         /* q's leaf is [B,H,Lq,D+q_pad]; f narrows it to D (row stride not a multiple of 8) */
 } attn_ctx;
 
 static knnd_status attn_fn(knnd_tensor *const *in, void *ctx, knnd_tensor **out) {
@@ -26,6 +32,7 @@ static knnd_status attn_fn(knnd_tensor *const *in, void *ctx, knnd_tensor **out)
   for (int i = 0; i < 3; i++) {
     if (c->head_split) KNND_CHECK(knnd_transpose(in[i], 1, 2, &v4[i]));
     else if (i == 1 && c->k_transposed) KNND_CHECK(knnd_transpose(in[i], 2, 3, &v4[i]));
+    else if (i == 0 && c->q_pad) KNND_CHECK(knnd_narrow(in[i], 3, 0, in[i]->shape[3] - c->q_pad, &v4[i]));
     else v4[i] = knnd_tensor_retain(in[i]);
   }
   st = knnd_scaled_dot_product_attention(v4[0], v4[1], v4[2], in[3], c->causal, c->scale, out);
@@ -83,6 +90,8 @@ static void run(const attn_ctx *c, const knnd_dtype *dts, int64_t B, int64_t H, 
     } else if (i == 1 && c->k_transposed) {
       shape[2] = cols[i];
       shape[3] = rows[i];
+    } else if (i == 0) {
+      shape[3] += c->q_pad;
     }
     in[i] = leaf(dts[i], 4, shape);
   }
@@ -225,6 +234,89 @@ static void empty_extents(void **state) {
   run1(&c, KNND_F16, 0, 2, 5, 5, 8, 8, NULL);
 }
 
+/* ---- the tensor-core forward: q, k, v all f16 or all bf16, D and Dv multiples of 16 <= 128 ---- */
+static const knnd_dtype half_dtypes[2] = {KNND_F16, KNND_BF16};
+static const int64_t tc_lengths[6] = {1, 17, 64, 100, 257, 1024};
+static const int64_t tc_dims[3] = {16, 64, 128};
+
+/* self attention at ragged lengths (not multiples of the 64-row/64-key tiles), causal or not */
+static void tc_self_attention(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(611);
+  for (int id = 0; id < 2; id++)
+    for (int idim = 0; idim < 3; idim++)
+      for (int il = 0; il < 6; il++) {
+        const int64_t L = tc_lengths[il], D = tc_dims[idim];
+        const int64_t B = L >= 257 ? 1 : kt_randint(1, 2), H = L >= 257 ? 2 : kt_randint(1, 3);
+        attn_ctx c = {.causal = (il + idim + id) % 2 == 0};
+        run1(&c, half_dtypes[id], B, H, L, L, D, D, NULL);
+      }
+}
+
+/* cross attention (Lq != Lk, Dv != D), causal with unequal lengths, an explicit scale */
+static void tc_cross_attention(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(612);
+  static const int64_t pairs[6][2] = {{17, 100}, {100, 17}, {1, 1024}, {257, 64}, {64, 257}, {1024, 17}};
+  static const int64_t dims[6][2] = {{64, 16}, {16, 128}, {128, 64}, {64, 64}, {32, 96}, {128, 128}};
+  for (int id = 0; id < 2; id++)
+    for (int it = 0; it < 6; it++) {
+      attn_ctx c = {.causal = (it + id) % 2 == 1, .scale = it == 3 ? 0.2 : 0};
+      run1(&c, half_dtypes[id], 1, 2, pairs[it][0], pairs[it][1], dims[it][0], dims[it][1], NULL);
+    }
+}
+
+/* u8 masks (fully hidden rows included) and float masks (-inf entries, with a gradient), causal */
+static void tc_masks(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(613);
+  for (int it = 0; it < 8; it++) {
+    const int64_t B = 2, H = 2, Lq = tc_lengths[1 + it % 5], Lk = tc_lengths[1 + (it + 2) % 5], D = tc_dims[it % 3];
+    knnd_tensor *m;
+    switch (it % 4) {
+      case 0: m = u8_mask(4, (const int64_t[]){B, 1, 1, Lk}, 0.3, true); break;
+      case 1: m = u8_mask(4, (const int64_t[]){B, H, Lq, Lk}, 0.4, false); break;
+      case 2: m = float_mask(2, (const int64_t[]){Lq, Lk}, 0.3, false); break;
+      default: m = float_mask(4, (const int64_t[]){B, H, Lq, Lk}, 0, true); break;
+    }
+    attn_ctx c = {.causal = it >= 4};
+    run1(&c, half_dtypes[it % 2], B, H, Lq, Lk, D, D, m);
+  }
+}
+
+/* strided operands: multi-head views (16-byte loads), a q row stride that is not a multiple of 8
+ * elements (element loads), a transposed k (copied) */
+static void tc_strided(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(614);
+  for (int it = 0; it < 4; it++) {
+    const knnd_dtype dt = half_dtypes[it % 2];
+    const int64_t L = tc_lengths[1 + it], D = tc_dims[it % 3];
+    attn_ctx split = {.head_split = true, .causal = it % 2 == 0};
+    run1(&split, dt, 2, 3, L, L + 5, D, D, NULL);
+    attn_ctx pad = {.q_pad = 3, .causal = it % 2 == 1};
+    run1(&pad, dt, 1, 2, L, 70, D, D, NULL);
+    attn_ctx kt = {.k_transposed = true};
+    run1(&kt, dt, 1, 2, L, 33, D, 2 * D <= 128 ? 2 * D : 16, NULL);
+  }
+}
+
+/* KNND_ATTENTION_TC=0 forces the FMA kernels for the same inputs */
+static void tc_switched_off(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(615);
+  assert_int_equal(setenv("KNND_ATTENTION_TC", "0", 1), 0);
+  attn_ctx c = {.causal = true};
+  run1(&c, KNND_F16, 1, 2, 100, 100, 64, 64, NULL);
+  run1(&c, KNND_BF16, 1, 2, 257, 64, 128, 64, NULL);
+  assert_int_equal(unsetenv("KNND_ATTENTION_TC"), 0);
+}
+
 static void errors_on_the_gpu(void **state) {
   (void)state;
   KT_REQUIRE_CUDA();
@@ -251,6 +343,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(odd_head_dims),             cmocka_unit_test(u8_masks),
     cmocka_unit_test(float_masks),               cmocka_unit_test(views_and_dtypes),
     cmocka_unit_test(more_blocks_than_one_grid), cmocka_unit_test(empty_extents),
-    cmocka_unit_test(errors_on_the_gpu),
+    cmocka_unit_test(tc_self_attention),         cmocka_unit_test(tc_cross_attention),
+    cmocka_unit_test(tc_masks),                  cmocka_unit_test(tc_strided),
+    cmocka_unit_test(tc_switched_off),           cmocka_unit_test(errors_on_the_gpu),
 };
 KT_CUDA_MAIN(tests)

@@ -6,10 +6,14 @@
 // (FlashAttention-2's): Δ_i = dO_i·O_i, then P is recomputed tile by tile from the log-sum-exp:
 // one kernel walks the keys per query row for dQ (and dS when a mask wants its gradient), one
 // walks the queries per key row for dK and dV, so neither needs atomics.
+// f16/bf16 with head dims that are multiples of 16 up to 128 take a tensor-core (WMMA) forward
+// instead (attention_forward_tc_kernel; KNND_ATTENTION_TC=0 forces the FMA kernels).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <type_traits>
 
 #include "backend/cuda/cuda_attention.h"
@@ -134,6 +138,221 @@ __global__ void __launch_bounds__(kThreads)
       if (lane == 0) lse[bh * a.Lq + i] = l > 0.0f ? m + logf(l) : -INFINITY;
     }
   }
+}
+
+// ---- forward on tensor cores (f16/bf16, head dims multiples of 16 up to 128) ---------------------
+// FlashAttention-2's forward (Dao 2023) with WMMA 16×16×16 fragments (f32 accumulators): a block
+// of kTcWarps warps owns kTcRows query rows (16 per warp, held as matrix_a fragments); K/V tiles
+// of kTcKeys keys go through shared memory; each warp computes its 16×kTcKeys scores S = Q·Kᵀ
+// into shared memory, runs the online softmax there (two lanes per row, f32), writes P in the
+// 16-bit dtype and accumulates O += P·V in registers. The accumulator layout is unspecified, so
+// each warp learns which row every accumulator element holds by loading a matrix of row indices
+// once; O's rows are then rescaled in registers.
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
+constexpr int kTcKeys = 64;             // keys per shared-memory tile
+constexpr int kTcThreads = 32 * kTcWarps;
+constexpr int kTcPad = 8;               // 16-bit elements added to each staged row (bank spread)
+constexpr int kTcSld = kTcKeys + 4;     // f32 score row stride
+constexpr int kTcPld = kTcKeys + 8;     // 16-bit probability row stride
+
+// the shared memory of the tensor-core forward for head dims D, Dv
+size_t tc_smem_bytes(int64_t D, int64_t Dv) {
+  return 2 * (size_t)kTcKeys * (size_t)(D + kTcPad) + 2 * (size_t)kTcKeys * (size_t)(Dv + kTcPad) +
+         (size_t)kTcWarps * 16 * (kTcSld * 4 + kTcPld * 2 + 4);
+}
+
+// rows row0 .. row0+n of m (cols wide, a multiple of 8) into sh[r·ld + x]; rows n .. kTcKeys
+// become zeros (V's padding rows meet zero probabilities: they must not hold NaN garbage). vec:
+// m's pointer and strides allow 16-byte loads.
+template <typename T>
+__device__ void tc_load_tile(T *sh, int ld, const knnd_cuda_bh &m, int64_t b, int64_t h, int64_t row0, int n,
+                             int rows, int cols, bool vec) {
+  if (vec) {
+    const int per_row = cols / 8;
+    for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
+      const int r = e / per_row, x = (e - r * per_row) * 8;
+      uint4 val = make_uint4(0, 0, 0, 0);
+      if (r < n) val = *(const uint4 *)(row_ptr<T>(m, b, h, row0 + r) + x);
+      *(uint4 *)(sh + r * ld + x) = val;
+    }
+  } else {
+    const T zero = knnd_cuda_from_float<T>(0.0f);
+    for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
+      const int r = e / cols, x = e - r * cols;
+      sh[r * ld + x] = r < n ? row_ptr<T>(m, b, h, row0 + r)[x] : zero;
+    }
+  }
+}
+
+// DMAX: the head dims' bound (64 or 128): fragment arrays are sized by it, D and Dv are runtime
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(kTcThreads)
+    attention_forward_tc_kernel(knnd_cuda_attention_args a, knnd_cuda_bh o, float *lse, int64_t q_tiles,
+                                int64_t blocks, int vec_q, int vec_k, int vec_v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // the host dispatches here only on compute capability 8.0 and later
+#else
+  namespace wm = nvcuda::wmma;
+  constexpr int NF = DMAX / 16;
+  extern __shared__ __align__(32) unsigned char smem_tc[];
+  const int D = (int)a.D, Dv = (int)a.Dv, nd = D / 16, nv = Dv / 16, ldk = D + kTcPad, ldv = Dv + kTcPad;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  T *ks = (T *)smem_tc;                            // [kTcKeys][ldk]; first holds the Q tile
+  T *vs = ks + kTcKeys * ldk;                      // [kTcKeys][ldv]
+  float *sw = (float *)(vs + kTcKeys * ldv) + warp * 16 * kTcSld;  // this warp's [16][kTcSld] scores
+  T *pw = (T *)((float *)(vs + kTcKeys * ldv) + kTcWarps * 16 * kTcSld) + warp * 16 * kTcPld;  // [16][kTcPld]
+  float *cw = (float *)((T *)((float *)(vs + kTcKeys * ldv) + kTcWarps * 16 * kTcSld) + kTcWarps * 16 * kTcPld) +
+              warp * 16;  // [16]: per-row factor (rescale, then 1/sum)
+
+  // which row each accumulator element holds
+  int row_of[wm::fragment<wm::accumulator, 16, 16, 16, float>::num_elements];
+  {
+    for (int e = lane; e < 16 * 16; e += 32) sw[(e / 16) * kTcSld + e % 16] = (float)(e / 16);
+    __syncwarp();
+    wm::fragment<wm::accumulator, 16, 16, 16, float> rf;
+    wm::load_matrix_sync(rf, sw, kTcSld, wm::mem_row_major);
+#pragma unroll
+    for (int t = 0; t < rf.num_elements; t++) row_of[t] = (int)rf.x[t];
+    __syncwarp();
+  }
+
+  // softmax lane layout: row r, columns half·32 .. half·32+31 (visited from a per-lane offset so
+  // the 32 lanes hit 32 different banks)
+  const int r = lane & 15, half = lane >> 4, stagger = (r >> 3) + 2 * half;
+  const bool has_mask = a.mask != nullptr;
+  for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+    const int64_t bh = blk / q_tiles, q0 = (blk % q_tiles) * kTcRows, b = bh / a.H, h = bh % a.H;
+    const int64_t w0 = q0 + warp * 16, i = w0 + r;  // this warp's first row; this lane's row
+    const int nq = (int)min((int64_t)kTcRows, a.Lq - q0);
+    __syncthreads();  // the previous block's tiles are consumed
+    tc_load_tile<T>(ks, ldk, a.q, b, h, q0, nq, kTcRows, D, vec_q != 0);
+    __syncthreads();
+    wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> qf[NF];
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+      if (f < nd) wm::load_matrix_sync(qf[f], ks + warp * 16 * ldk + f * 16, ldk);
+    wm::fragment<wm::accumulator, 16, 16, 16, float> of[NF];
+#pragma unroll
+    for (int f = 0; f < NF; f++) wm::fill_fragment(of[f], 0.0f);
+    float m = -INFINITY, l = 0.0f;  // the row's running max and sum (both lanes of a row agree)
+    const int64_t k_end = a.causal ? min(a.Lk, q0 + kTcRows) : a.Lk;
+    for (int64_t k0 = 0; k0 < k_end; k0 += kTcKeys) {
+      const int n = (int)min((int64_t)kTcKeys, a.Lk - k0);
+      __syncthreads();  // Q (first tile) or the previous K/V tile is consumed
+      tc_load_tile<T>(ks, ldk, a.k, b, h, k0, n, kTcKeys, D, vec_k != 0);
+      tc_load_tile<T>(vs, ldv, a.v, b, h, k0, n, kTcKeys, Dv, vec_v != 0);
+      __syncthreads();
+      if (w0 >= a.Lq || (a.causal && k0 > w0 + 15)) continue;  // nothing of this warp's rows here
+      // S = Q·Kᵀ: Kᵀ(d, key) = ks[key·ldk + d] is K read column-major (not unrolled: keeps the
+      // bf16 D=128 instance within 255 registers)
+#pragma unroll 1
+      for (int c = 0; c < kTcKeys / 16; c++) {
+        wm::fragment<wm::accumulator, 16, 16, 16, float> sf;
+        wm::fill_fragment(sf, 0.0f);
+#pragma unroll
+        for (int f = 0; f < NF; f++)
+          if (f < nd) {
+            wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::col_major> kf;
+            wm::load_matrix_sync(kf, ks + c * 16 * ldk + f * 16, ldk);
+            wm::mma_sync(sf, qf[f], kf, sf);
+          }
+        wm::store_matrix_sync(sw + c * 16, sf, kTcSld, wm::mem_row_major);
+      }
+      __syncwarp();
+      // online softmax of the row's 64 scores (the existing kernel's masked_score semantics)
+      const bool row_ok = i < a.Lq;
+      float *srow = sw + r * kTcSld + half * 32;
+      float s_max = -INFINITY;
+      // pass 1: scaled, masked scores back into the lane's own cells, and their max
+#pragma unroll 8
+      for (int t = 0; t < 32; t++) {
+        const int cc = (t + stagger) & 31;
+        const int64_t j = k0 + half * 32 + cc;
+        float s = -INFINITY;
+        if (row_ok && half * 32 + cc < n && !(a.causal && j > i)) {
+          s = srow[cc] * a.scale;
+          if (has_mask) {
+            const int64_t off =
+                b * a.mask_stride[0] + h * a.mask_stride[1] + i * a.mask_stride[2] + j * a.mask_stride[3];
+            if (a.mask_u8) {
+              if (!((const uint8_t *)a.mask)[off]) s = -INFINITY;
+            } else {
+              s += ((const float *)a.mask)[off];
+            }
+          }
+        }
+        srow[cc] = s;
+        s_max = fmaxf(s_max, s);
+      }
+      s_max = fmaxf(s_max, __shfl_xor_sync(kFull, s_max, 16));
+      const float m_new = fmaxf(m, s_max);
+      // a row that has seen no visible key keeps m = -inf, p = 0 and its (zero) accumulator
+      const float corr = m_new == -INFINITY ? 1.0f : expf(m - m_new);
+      float psum = 0.0f;
+      T *prow = pw + r * kTcPld + half * 32;
+      // pass 2: P in the 16-bit dtype
+#pragma unroll 8
+      for (int t = 0; t < 32; t++) {
+        const int cc = (t + stagger) & 31;
+        const float p = m_new == -INFINITY ? 0.0f : expf(srow[cc] - m_new);
+        const T pt = knnd_cuda_from_float<T>(p);
+        psum += knnd_cuda_to_float<T>(pt);  // the sum of the probabilities P·V actually uses
+        prow[cc] = pt;
+      }
+      psum += __shfl_xor_sync(kFull, psum, 16);
+      l = l * corr + psum;
+      m = m_new;
+      if (half == 0) cw[r] = corr;
+      __syncwarp();
+#pragma unroll
+      for (int f = 0; f < NF; f++)
+#pragma unroll
+        for (int t = 0; t < of[f].num_elements; t++) of[f].x[t] *= cw[row_of[t]];
+      // O += P·V
+#pragma unroll
+      for (int c = 0; c < kTcKeys / 16; c++) {
+        wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> pf;
+        wm::load_matrix_sync(pf, pw + c * 16, kTcPld);
+#pragma unroll
+        for (int f = 0; f < NF; f++)
+          if (f < nv) {
+            wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::row_major> vf;
+            wm::load_matrix_sync(vf, vs + c * 16 * ldv + f * 16, ldv);
+            wm::mma_sync(of[f], pf, vf, of[f]);
+          }
+      }
+      __syncwarp();  // cw and pw are rewritten by the next tile
+    }
+    if (w0 >= a.Lq) continue;
+    // O /= l (a row with every key hidden is zeros), written through the score buffer 64 columns
+    // at a time
+    if (half == 0) {
+      cw[r] = l > 0.0f ? 1.0f / l : 0.0f;
+      if (i < a.Lq) lse[bh * a.Lq + i] = l > 0.0f ? m + logf(l) : -INFINITY;
+    }
+    __syncwarp();
+    const int nrows = (int)min((int64_t)16, a.Lq - w0);
+#pragma unroll
+    for (int f0 = 0; f0 < NF; f0 += kTcKeys / 16) {
+      if (f0 >= nv) break;
+#pragma unroll
+      for (int f = f0; f < f0 + kTcKeys / 16 && f < NF; f++)
+        if (f < nv) {
+#pragma unroll
+          for (int t = 0; t < of[f].num_elements; t++) of[f].x[t] *= cw[row_of[t]];
+          wm::store_matrix_sync(sw + (f - f0) * 16, of[f], kTcSld, wm::mem_row_major);
+        }
+      __syncwarp();
+      const int cols = min(kTcKeys, Dv - f0 * 16);
+      for (int e = lane; e < nrows * cols; e += 32) {
+        const int rr = e / cols, x = e - rr * cols;
+        row_ptr<T>(o, b, h, w0 + rr)[f0 * 16 + x] = knnd_cuda_from_float<T>(sw[rr * kTcSld + x]);
+      }
+      __syncwarp();
+    }
+  }
+#endif
 }
 
 // ---- backward ------------------------------------------------------------------------------
@@ -316,6 +535,48 @@ template <typename F> knnd_status with_types(const knnd_cuda_attention_args *a, 
   }
 }
 
+
+// KNND_ATTENTION_TC=0 forces the FMA kernels (read at each call: a switch to rule the tensor-core
+// path out at once, and for tests comparing the two)
+bool tc_switched_off() {
+  const char *e = getenv("KNND_ATTENTION_TC");
+  return e && e[0] == '0' && e[1] == '\0';
+}
+
+// the tensor-core forward takes q, k, v of one 16-bit dtype, head dims multiples of 16 up to 128,
+// on compute capability 8.0 or later (bf16 WMMA)
+bool tc_forward_applies(const knnd_tensor *on, const knnd_cuda_attention_args *a) {
+  if (a->dtype != KNND_F16 && a->dtype != KNND_BF16) return false;
+  if (a->D % 16 || a->Dv % 16 || a->D < 16 || a->Dv < 16 || a->D > 128 || a->Dv > 128) return false;
+  if (tc_switched_off()) return false;
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, on->storage->device.index) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major >= 8;
+}
+
+// 16-byte loads of an operand's rows need an aligned base and strides of whole 8-element groups
+int tc_vec(const knnd_cuda_bh &m) {
+  return ((uintptr_t)m.data % 16 == 0 && m.sb % 8 == 0 && m.sh % 8 == 0 && m.sl % 8 == 0) ? 1 : 0;
+}
+
+knnd_status tc_forward(const knnd_cuda_attention_args *a, knnd_cuda_bh o, float *lse, cudaStream_t s) {
+  const int64_t q_tiles = (a->Lq + kTcRows - 1) / kTcRows, blocks = a->B * a->H * q_tiles;
+  const size_t smem = tc_smem_bytes(a->D, a->Dv);
+  const int dmax = (int)(a->D > a->Dv ? a->D : a->Dv);
+  auto launch = [&](auto kernel) -> knnd_status {
+    KNND_TRY(allow_smem(kernel, smem, "scaled_dot_product_attention"));
+    kernel<<<grid_for(blocks), kTcThreads, smem, s>>>(*a, o, lse, q_tiles, blocks, tc_vec(a->q), tc_vec(a->k),
+                                                      tc_vec(a->v));
+    return knnd_cuda_launched("scaled_dot_product_attention forward (tensor cores)");
+  };
+  if (a->dtype == KNND_F16)
+    return dmax <= 64 ? launch(attention_forward_tc_kernel<__half, 64>) : launch(attention_forward_tc_kernel<__half, 128>);
+  return dmax <= 64 ? launch(attention_forward_tc_kernel<__nv_bfloat16, 64>)
+                    : launch(attention_forward_tc_kernel<__nv_bfloat16, 128>);
+}
 }  // namespace
 
 extern "C" knnd_status knnd_cuda_attention_forward(const knnd_tensor *on, const knnd_cuda_attention_args *a,
@@ -324,6 +585,7 @@ extern "C" knnd_status knnd_cuda_attention_forward(const knnd_tensor *on, const 
   if (blocks == 0) return KNND_OK;
   cudaStream_t s;
   KNND_TRY(knnd_cuda_prepare(on, &s));
+  if (tc_forward_applies(on, a)) return tc_forward(a, o, lse, s);
   const size_t smem = sizeof(float) * (size_t)(kTile * (a->D + 1) + kTile * a->Dv + kWarps * a->D);
   return with_types(a, [&](auto t, auto nc) -> knnd_status {
     auto kernel = attention_forward_kernel<decltype(t), decltype(nc)::value>;
