@@ -10,6 +10,7 @@
  *   local tokens = idx:cond("knn", q, {k = 10})         -- retrieval + tokens in one call
  *   -- database swap: another index over another store, in one line
  *   local other = knnd.index.load("stickers.index", {store = "stickers.h5"})
+ *   local g = knnd.index.gpu{dim = 512, dtype = "f16"}; g:add(x)  -- exact search on a CUDA device
  *
  * An index keeps the store it was built or loaded with (idx:store()); tensors that hold rows or
  * ids are 0-based, as every index tensor of knnd. */
@@ -407,11 +408,19 @@ static int index_add(lua_State *L) {
   return 0;
 }
 
-/* idx:search(q, k) -> scores f32 [Q,k], labels i64 [Q,k] (0-based rows; -1 where none); a
+/* a search of either index kind, behind one signature for push_search */
+typedef knnd_status (*search_fn)(const void *index, const knnd_tensor *q, int64_t k, knnd_tensor **scores,
+                                 knnd_tensor **labels);
+static knnd_status faiss_search(const void *index, const knnd_tensor *q, int64_t k, knnd_tensor **s, knnd_tensor **l) {
+  return knnd_index_search(index, q, k, s, l);
+}
+static knnd_status gpu_search(const void *index, const knnd_tensor *q, int64_t k, knnd_tensor **s, knnd_tensor **l) {
+  return knnd_gpu_index_search(index, q, k, s, l);
+}
+
+/* q at 2, k at 3: pushes scores f32 [Q,k], labels i64 [Q,k] (0-based rows; -1 where none); a
  * single query [D] gives [k] and [k] */
-static int index_search(lua_State *L) {
-  static const char *fname = "Index:search";
-  knnd_index *idx = check_index(L, "search");
+static int push_search(lua_State *L, const char *fname, search_fn search, const void *index) {
   knnd_tensor *q = knnd_lua_check_tensor(L, 2, fname), *q2 = NULL, *s = NULL, *l = NULL;
   lua_Integer k = knnd_lua_check_int(L, 3, fname, "k");
   bool single = q->ndim == 1;
@@ -419,7 +428,7 @@ static int index_search(lua_State *L) {
     CHECK(L, fname, knnd_unsqueeze(q, 0, &q2));
     knnd_lua_push_tensor(L, q2); /* owned by Lua from here, also if the search fails */
   }
-  CHECK(L, fname, knnd_index_search(idx, single ? q2 : q, (int64_t)k, &s, &l));
+  CHECK(L, fname, search(index, single ? q2 : q, (int64_t)k, &s, &l));
   if (single) {
     knnd_tensor *s1 = NULL, *l1 = NULL;
     knnd_status st = knnd_select(s, 0, 0, &s1);
@@ -436,6 +445,12 @@ static int index_search(lua_State *L) {
   knnd_lua_push_tensor(L, s);
   knnd_lua_push_tensor(L, l);
   return 2;
+}
+
+/* idx:search(q, k) -> scores, labels */
+static int index_search(lua_State *L) {
+  knnd_index *idx = check_index(L, "search");
+  return push_search(L, "Index:search", faiss_search, idx);
 }
 
 /* idx:set{nprobe = 16, efSearch = 64, ...}: FAISS search parameters by name */
@@ -721,6 +736,79 @@ static int cache_gc(lua_State *L) {
   return 0;
 }
 
+/* ---- exact GPU index ----------------------------------------------------------------------
+ *   local g = knnd.index.gpu{dim = 512, dtype = "f16", device = 0}  -- "f16" (default) or "bf16"
+ *   g:add(x); local scores, labels = g:search(q, 10); g:ntotal()
+ * Labels are 0-based rows in the order added. Without CUDA (or without a device) the
+ * constructor fails with the reason. */
+#define GPU_INDEX_MT "knnd.GpuIndex"
+typedef struct lua_gpu_index {
+  knnd_gpu_index *g;
+} lua_gpu_index;
+
+static knnd_gpu_index *check_gpu_index(lua_State *L, const char *method) {
+  lua_gpu_index *u = luaL_testudata(L, 1, GPU_INDEX_MT);
+  if (!u || !u->g)
+    luaL_error(L, "knnd.GpuIndex:%s: argument 1 (self) expected a GPU index, got %s (call it as idx:%s(...))", method,
+               u ? "a freed index" : luaL_typename(L, 1), method);
+  return u->g;
+}
+
+/* knnd.index.gpu{dim=, dtype="f16"|"bf16", device=0, block_rows=65536, query_rows=1024} */
+static int gpu_index_new(lua_State *L) {
+  static const char *fname = "index.gpu";
+  static const char *const allowed[] = {"dim", "dtype", "device", "block_rows", "query_rows", NULL};
+  luaL_checktype(L, 1, LUA_TTABLE);
+  knnd_lua_check_opts(L, 1, fname, allowed);
+  lua_Integer dim = knnd_lua_opt_int(L, 1, fname, "dim", 0);
+  if (dim <= 0 || dim > INT32_MAX) luaL_error(L, "knnd.%s: option 'dim' is required (an integer > 0)", fname);
+  knnd_gpu_index_opts o = {0};
+  o.dtype = knnd_lua_opt_dtype(L, 1, fname, "dtype", KNND_F16);
+  if (o.dtype != KNND_F16 && o.dtype != KNND_BF16)
+    luaL_error(L, "knnd.%s: option 'dtype' is %s (expected \"f16\" or \"bf16\")", fname, knnd_dtype_name(o.dtype));
+  lua_Integer device = knnd_lua_opt_int(L, 1, fname, "device", 0);
+  if (device < 0 || device > INT32_MAX) luaL_error(L, "knnd.%s: option 'device' is %I (expected >= 0)", fname, device);
+  o.device = (int)device;
+  o.block_rows = knnd_lua_opt_int(L, 1, fname, "block_rows", 0);
+  o.query_rows = knnd_lua_opt_int(L, 1, fname, "query_rows", 0);
+  lua_gpu_index *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->g = NULL;
+  luaL_setmetatable(L, GPU_INDEX_MT);
+  CHECK(L, fname, knnd_gpu_index_new((int)dim, &o, &u->g));
+  return 1;
+}
+
+static int gpu_index_gc(lua_State *L) {
+  lua_gpu_index *u = luaL_checkudata(L, 1, GPU_INDEX_MT);
+  knnd_gpu_index_free(u->g);
+  u->g = NULL;
+  return 0;
+}
+
+static int gpu_index_tostring(lua_State *L) {
+  lua_gpu_index *u = luaL_checkudata(L, 1, GPU_INDEX_MT);
+  if (!u->g) lua_pushliteral(L, "knnd.GpuIndex(freed)");
+  else lua_pushfstring(L, "knnd.GpuIndex(ntotal=%I)", (lua_Integer)knnd_gpu_index_ntotal(u->g));
+  return 1;
+}
+
+static int gpu_index_add(lua_State *L) {
+  knnd_gpu_index *g = check_gpu_index(L, "add");
+  CHECK(L, "GpuIndex:add", knnd_gpu_index_add(g, knnd_lua_check_tensor(L, 2, "GpuIndex:add")));
+  return 0;
+}
+
+/* g:search(q, k) -> scores, labels (as Index:search) */
+static int gpu_index_search(lua_State *L) {
+  knnd_gpu_index *g = check_gpu_index(L, "search");
+  return push_search(L, "GpuIndex:search", gpu_search, g);
+}
+
+static int gpu_index_ntotal(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)knnd_gpu_index_ntotal(check_gpu_index(L, "ntotal")));
+  return 1;
+}
+
 /* ---- registration ---------------------------------------------------------------------------- */
 static void new_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods) {
   luaL_newmetatable(L, name);
@@ -756,10 +844,15 @@ void knnd_lua_open_retrieval(lua_State *L) {
   new_class(L, EMBSTORE_MT, store_meta, store_methods);
   new_class(L, INDEX_MT, index_meta, index_methods);
   new_class(L, CACHE_MT, cache_meta, cache_methods);
+  static const luaL_Reg gpu_meta[] = {{"__gc", gpu_index_gc}, {"__tostring", gpu_index_tostring}, {NULL, NULL}};
+  static const luaL_Reg gpu_methods[] = {
+      {"add", gpu_index_add}, {"search", gpu_index_search}, {"ntotal", gpu_index_ntotal}, {NULL, NULL}};
+  new_class(L, GPU_INDEX_MT, gpu_meta, gpu_methods);
 
   static const luaL_Reg embeddings[] = {
       {"create", embeddings_create}, {"save", embeddings_save}, {"open", embeddings_open}, {NULL, NULL}};
-  static const luaL_Reg index[] = {{"new", index_new}, {"build", index_build}, {"load", index_load}, {NULL, NULL}};
+  static const luaL_Reg index[] = {{"new", index_new}, {"build", index_build}, {"load", index_load},
+                                   {"gpu", gpu_index_new}, {NULL, NULL}};
   static const luaL_Reg cache[] = {{"build", cache_build}, {"open", cache_open}, {NULL, NULL}};
   static const luaL_Reg cond[] = {{"build", cond_build}, {"modes", cond_modes}, {"tokens", cond_tokens}, {NULL, NULL}};
   add_table(L, "embeddings", embeddings);

@@ -1,7 +1,8 @@
 /* test_gpu_search.c — exact GPU search (knnd_gpu_index_*, knnd_gpu_exact_search) against the CPU
  * Flat index: same neighbours (f16/bf16 rounding of near-ties aside), same scores to the
  * rounding of the inputs, several database blocks and query batches, k up to the limit, fewer
- * vectors than k. The parity tests are skipped where no CUDA device is present; the argument
+ * vectors than k, every k bucket with blocks and batches that do not divide the sizes, and
+ * duplicate vectors (ties). The parity tests are skipped where no CUDA device is present; the argument
  * checks and the answer of a build or machine without CUDA run everywhere. */
 #include <math.h>
 #include <stdio.h>
@@ -164,6 +165,64 @@ static void test_large_k_and_small_index(void **state) {
   knnd_tensor_release(b);
 }
 
+/* every k bucket of the selection (one candidate, a warp, a warp and one, shared-memory merges
+ * of the largest lists), blocks and batches that do not divide N = 10000 and Q = 300 */
+static void test_k_sweep(void **state) {
+  (void)state;
+  require_device();
+  const int64_t ks[] = {1, 7, 32, 33, 100, 256, 1000};
+  for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++)
+    parity(KNND_F16, 1536, 64, ks[i], 2e-3, ks[i] < 10 ? 0.93 : 0.97);
+  parity(KNND_BF16, 4099, 33, 33, 1.5e-2, 0.85);
+}
+
+/* duplicate vectors: every copy of the query's vector comes first, each label once, and equal
+ * scores in increasing label order (the selection's tie rule), across blocks and batches */
+static void test_duplicates(void **state) {
+  (void)state;
+  require_device();
+  enum { DISTINCT = 30, ROWS = 1000 };
+  knnd_test_seed(21);
+  knnd_tensor *base = kt_randn(2, (int64_t)DISTINCT, (int64_t)DIM), *db = kt_randn(2, (int64_t)ROWS, (int64_t)DIM);
+  const float *b = knnd_tensor_data(base);
+  float *d = knnd_tensor_data(db);
+  for (int i = 0; i < ROWS; i++) memcpy(d + (size_t)i * DIM, b + (size_t)(i % DISTINCT) * DIM, DIM * sizeof(float));
+  knnd_gpu_index_opts o = {.dtype = KNND_F16, .block_rows = 128, .query_rows = 8};
+  knnd_gpu_index *g;
+  KT_OK(knnd_gpu_index_new(DIM, &o, &g));
+  KT_OK(knnd_gpu_index_add(g, db));
+  const int64_t ks[] = {1, 7, 33, 40};
+  for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+    const int64_t k = ks[ki];
+    knnd_tensor *s, *l;
+    KT_OK(knnd_gpu_index_search(g, base, k, &s, &l));
+    const float *sp = knnd_tensor_data(s);
+    const int64_t *lp = knnd_tensor_data(l);
+    for (int v = 0; v < DISTINCT; v++) {
+      const int64_t copies = (ROWS - v + DISTINCT - 1) / DISTINCT;
+      const float *rs = sp + v * k;
+      const int64_t *rl = lp + v * k;
+      for (int64_t j = 0; j < k; j++) {
+        assert_true(rl[j] >= 0 && rl[j] < ROWS);
+        for (int64_t m = 0; m < j; m++) assert_true(rl[m] != rl[j]);
+        if (j) assert_true(rs[j] <= rs[j - 1]);
+        if (j && rs[j] == rs[j - 1]) assert_true(rl[j] > rl[j - 1]);
+        if (j < copies) { /* a copy of the query, cosine 1 */
+          assert_int_equal(rl[j] % DISTINCT, v);
+          assert_true(fabs(rs[j] - 1.0) <= 2e-3);
+        } else {
+          assert_true(rl[j] % DISTINCT != v);
+        }
+      }
+    }
+    knnd_tensor_release(s);
+    knnd_tensor_release(l);
+  }
+  knnd_gpu_index_free(g);
+  knnd_tensor_release(base);
+  knnd_tensor_release(db);
+}
+
 /* argument checks everywhere; without a device, a clear status instead of a crash */
 static void test_arguments_and_availability(void **state) {
   (void)state;
@@ -204,6 +263,8 @@ int main(void) {
       cmocka_unit_test(test_parity_f16),
       cmocka_unit_test(test_parity_bf16),
       cmocka_unit_test(test_large_k_and_small_index),
+      cmocka_unit_test(test_k_sweep),
+      cmocka_unit_test(test_duplicates),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   if (!kt_cuda()) {

@@ -1,6 +1,6 @@
 /* cuda_knn.h — the raw interface of the CUDA exact search (knn_search.cu) for its C wrapper
- * core/retrieval/gpu_search.c: plain pointers and an error text, no knnd tensors (nvcc compiles
- * the .cu as C++ and never sees the C11 headers). Functions return 0 on success. */
+ * core/retrieval/gpu_search.c: plain pointers and an error text, no knnd tensors. Functions
+ * return 0 on success. */
 #ifndef KNND_CUDA_KNN_H
 #define KNND_CUDA_KNN_H
 

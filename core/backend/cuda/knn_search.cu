@@ -1,6 +1,8 @@
 // knn_search.cu — exact inner-product kNN on one GPU: the database in f16/bf16, queries scored
 // against blocks of it by cuBLAS GEMM (f32 accumulate), and a per-query top-k selection kernel
-// (radix select + bitonic sort) that merges each block into the running k best.
+// (threshold filter, then a bitonic merge in shared memory) that merges each block into the
+// running k best. All work goes on the device's knnd stream; scratch comes from the caching
+// allocator.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cuda_internal.h"
 #include "cuda_knn.h"
 
 struct knnd_cuda_knn {
@@ -57,92 +60,23 @@ __global__ void fill_best(float *s, int64_t *l, int64_t n) {
 }
 
 // ---- top-k selection ------------------------------------------------------------------------
-// float -> unsigned with the same order (the radix-sort trick: flip all bits of negatives,
-// only the sign bit of positives)
-__device__ __forceinline__ unsigned order_key(float f) {
-  unsigned u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 // a ranks before b: higher score, then lower label (so ties come out in a fixed order)
 __device__ __forceinline__ bool better(float sa, int64_t la, float sb, int64_t lb) {
   return sa > sb || (sa == sb && la < lb);
 }
 
-// One block per query row: the k best of (this block's n scores, labels base + i) and the
-// row's running best k, sorted best first, written back over the running best.
-// Radix select finds the k-th largest key (4 passes of 8 bits over the candidates), then those
-// above it and enough of those equal to it are gathered and bitonic-sorted in shared memory.
-__global__ void select_topk(const float *scores, int64_t ld, int n, int64_t label_base, float *best_s,
-                            int64_t *best_l, int k, int p2) {
-  extern __shared__ unsigned char smem[];
-  float *cs = reinterpret_cast<float *>(smem);
-  int64_t *cl = reinterpret_cast<int64_t *>(smem + ((size_t)p2 * sizeof(float) + 7) / 8 * 8);
-  __shared__ int hist[256];
-  __shared__ unsigned s_prefix;
-  __shared__ int s_remaining, n_above, n_equal;
+constexpr int kSelectThreads = 256;
+constexpr int kTile = kSelectThreads * 4; // scores scanned per block-wide step (one float4 a thread)
 
-  const float *row = scores + (int64_t)blockIdx.x * ld;
-  float *bs = best_s + (int64_t)blockIdx.x * k;
-  int64_t *bl = best_l + (int64_t)blockIdx.x * k;
-  const int total = n + k;
-  const int tid = threadIdx.x;
+// entries of the shared candidate list: the running k best followed by the candidates
+__host__ __device__ inline int select_capacity(int k) { return k <= 512 ? 2048 : 4096; }
+inline size_t select_smem(int k) { return (size_t)select_capacity(k) * (sizeof(float) + sizeof(int64_t)); }
 
-  unsigned prefix = 0, mask = 0;
-  int remaining = k; // how many of the candidates matching prefix still belong to the top k
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (int i = tid; i < total; i += blockDim.x) {
-      unsigned key = order_key(i < n ? row[i] : bs[i - n]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
-    }
-    __syncthreads();
-    if (tid == 0) {
-      int above = 0;
-      for (int b = 255; b >= 0; b--) {
-        if (above + hist[b] >= remaining) {
-          s_prefix = prefix | ((unsigned)b << shift);
-          s_remaining = remaining - above;
-          break;
-        }
-        above += hist[b];
-      }
-    }
-    __syncthreads();
-    prefix = s_prefix;
-    remaining = s_remaining;
-    mask |= 255u << shift;
-  }
-  // prefix is now the key of the k-th best; k - remaining candidates are strictly above it
-  if (tid == 0) {
-    n_above = 0;
-    n_equal = 0;
-  }
-  __syncthreads();
-  for (int i = tid; i < total; i += blockDim.x) {
-    float v = i < n ? row[i] : bs[i - n];
-    unsigned key = order_key(v);
-    int slot = -1;
-    if (key > prefix) slot = atomicAdd(&n_above, 1);
-    else if (key == prefix) {
-      int e = atomicAdd(&n_equal, 1);
-      if (e < remaining) slot = k - remaining + e;
-    }
-    if (slot >= 0) {
-      cs[slot] = v;
-      cl[slot] = i < n ? label_base + i : bl[i - n];
-    }
-  }
-  for (int i = k + tid; i < p2; i += blockDim.x) {
-    cs[i] = -INFINITY;
-    cl[i] = INT64_MAX;
-  }
-  __syncthreads();
-  // bitonic sort of p2 entries, best first
-  for (int size = 2; size <= p2; size <<= 1) {
+// bitonic sort of cs/cl[0, n) (n a power of two), best first; all threads of the block call it
+__device__ void sort_best_first(float *cs, int64_t *cl, int n) {
+  for (int size = 2; size <= n; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = tid; i < p2 / 2; i += blockDim.x) {
+      for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
         int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
         bool best_first = (lo & size) == 0;
         bool swap = best_first ? better(cs[hi], cl[hi], cs[lo], cl[lo]) : better(cs[lo], cl[lo], cs[hi], cl[hi]);
@@ -156,6 +90,97 @@ __global__ void select_topk(const float *scores, int64_t ld, int n, int64_t labe
         }
       }
       __syncthreads();
+    }
+  }
+}
+
+// Merges the `count` candidates at cs/cl[k, k+count) into the running best at [0, k) (sorted
+// best first on return). Block-wide; starts and ends synchronised.
+__device__ void merge_candidates(float *cs, int64_t *cl, int k, int count) {
+  const int total = k + count;
+  int n = 1;
+  while (n < total) n <<= 1;
+  for (int i = total + threadIdx.x; i < n; i += blockDim.x) {
+    cs[i] = -INFINITY;
+    cl[i] = INT64_MAX;
+  }
+  __syncthreads();
+  sort_best_first(cs, cl, n);
+}
+
+// One block per query row: merges this database block's n scores (labels label_base + i) into
+// the row's running k best (best_s/best_l, sorted best first, -inf/-1 padding).
+// The running list lives in shared memory while the row is scanned. A score enters the
+// candidate buffer only when it beats the current k-th best (threshold): equal scores lose,
+// since every label of the list is lower than those still to come. After the first few
+// thousand scores of a search almost everything is rejected, so the scan runs at the speed
+// of reading the scores. The buffer is merged (bitonic sort of list + candidates) whenever
+// the next step could overflow it, which also raises the threshold.
+// scores: rows of ld floats, ld a multiple of 4 and the rows 16-byte aligned.
+__global__ void __launch_bounds__(kSelectThreads) select_topk(const float *scores, int64_t ld, int n,
+                                                              int64_t label_base, float *best_s, int64_t *best_l,
+                                                              int k) {
+  extern __shared__ unsigned char smem[];
+  const int capacity = select_capacity(k);
+  int64_t *cl = reinterpret_cast<int64_t *>(smem);
+  float *cs = reinterpret_cast<float *>(smem + (size_t)capacity * sizeof(int64_t));
+  // candidates added per step, three rotating counters: the one zeroed during step s was last
+  // read during step s-2, so no thread can still be reading it (one barrier per step suffices)
+  __shared__ int s_added[3];
+
+  const float4 *row = reinterpret_cast<const float4 *>(scores + (int64_t)blockIdx.x * ld);
+  float *bs = best_s + (int64_t)blockIdx.x * k;
+  int64_t *bl = best_l + (int64_t)blockIdx.x * k;
+  const int tid = threadIdx.x, lane = tid & 31;
+  for (int i = tid; i < k; i += blockDim.x) {
+    cs[i] = bs[i];
+    cl[i] = bl[i];
+  }
+  if (tid < 3) s_added[tid] = 0;
+  __syncthreads();
+  float threshold = cs[k - 1];
+  int count = 0;
+  const int steps = (int)(((int64_t)n + kTile - 1) / kTile); // the same for every thread: the loop is block-uniform
+  const int n4 = (int)(((int64_t)n + 3) / 4);               // float4s in the row (the padding past n is masked)
+  float4 next = tid < n4 ? __ldcs(row + tid) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+  for (int step = 0; step < steps; step++) {
+    const float4 cur = next;
+    const int j4 = step * kSelectThreads + tid; // this thread's float4
+    const int nj = j4 + kSelectThreads;
+    next = nj < n4 ? __ldcs(row + nj) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+    const int64_t i0 = (int64_t)j4 * 4;
+    float v[4] = {cur.x, cur.y, cur.z, cur.w};
+    unsigned pass = 0;
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+      if (i0 + e < n && v[e] > threshold) pass |= 1u << e;
+    const int mine = __popc(pass);
+    if (__any_sync(0xffffffffu, mine)) {
+      int incl = mine; // inclusive prefix sum over the warp
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        int o = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += o;
+      }
+      int base = 0;
+      if (lane == 31) base = atomicAdd(&s_added[step % 3], incl);
+      base = count + __shfl_sync(0xffffffffu, base, 31) + incl - mine;
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        if (pass & (1u << e)) {
+          cs[k + base] = v[e];
+          cl[k + base] = label_base + i0 + e;
+          base++;
+        }
+    }
+    if (tid == 0) s_added[(step + 1) % 3] = 0;
+    __syncthreads();
+    count += s_added[step % 3];
+    // room for a whole step more? otherwise merge now (count is the same in every thread)
+    if (count > capacity - k - kTile || (step == steps - 1 && count > 0)) {
+      merge_candidates(cs, cl, k, count);
+      threshold = cs[k - 1];
+      count = 0;
     }
   }
   for (int i = tid; i < k; i += blockDim.x) {
@@ -181,12 +206,23 @@ int fail_blas(char *err, size_t len, const char *what, cublasStatus_t s) {
       goto done;                                             \
     }                                                        \
   } while (0)
+// scratch from the caching allocator (the error text is the allocator's)
+#define ALLOC(ptr, bytes)                                                                        \
+  do {                                                                                           \
+    void *p_ = nullptr;                                                                          \
+    if (knnd_cuda_malloc(g->device, (bytes), &p_) != KNND_OK) {                                  \
+      snprintf(err, err_len, "%s", knnd_last_error());                                           \
+      rc = 1;                                                                                    \
+      goto done;                                                                                 \
+    }                                                                                            \
+    (ptr) = reinterpret_cast<decltype(ptr)>(p_);                                                 \
+  } while (0)
 
 size_t elem_bytes(const knnd_cuda_knn *) { return 2; }
 
-void launch_normalize(const knnd_cuda_knn *g, const float *in, int64_t rows, void *out) {
-  if (g->use_bf16) normalize_rows<__nv_bfloat16><<<(unsigned)rows, kThreads>>>(in, g->dim, (__nv_bfloat16 *)out);
-  else normalize_rows<__half><<<(unsigned)rows, kThreads>>>(in, g->dim, (__half *)out);
+void launch_normalize(const knnd_cuda_knn *g, const float *in, int64_t rows, void *out, cudaStream_t st) {
+  if (g->use_bf16) normalize_rows<__nv_bfloat16><<<(unsigned)rows, kThreads, 0, st>>>(in, g->dim, (__nv_bfloat16 *)out);
+  else normalize_rows<__half><<<(unsigned)rows, kThreads, 0, st>>>(in, g->dim, (__half *)out);
 }
 
 } // namespace
@@ -213,7 +249,15 @@ extern "C" int knnd_cuda_knn_new(int dim, int use_bf16, int device, int64_t bloc
       rc = fail_blas(err, err_len, "cublasCreate", s);
       goto done;
     }
+    s = cublasSetStream(g->blas, knnd_cuda_stream(device));
+    if (s != CUBLAS_STATUS_SUCCESS) {
+      rc = fail_blas(err, err_len, "cublasSetStream", s);
+      goto done;
+    }
   }
+  // the selection kernel may use more than the default 48 KB of shared memory (k > 512)
+  CK(cudaFuncSetAttribute(select_topk, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)select_smem(1024)),
+     "select_topk shared memory");
   *out = g;
 done:
   if (rc) knnd_cuda_knn_free(g);
@@ -224,7 +268,7 @@ extern "C" void knnd_cuda_knn_free(knnd_cuda_knn *g) {
   if (!g) return;
   cudaSetDevice(g->device);
   if (g->blas) cublasDestroy(g->blas);
-  cudaFree(g->db);
+  cudaFree(g->db); // synchronises the device: no queued work still reads the database
   free(g);
 }
 
@@ -234,6 +278,7 @@ extern "C" int knnd_cuda_knn_add(knnd_cuda_knn *g, const float *x, int64_t n, ch
   int rc = 0;
   float *stage = nullptr;
   const size_t row_bytes = (size_t)g->dim * elem_bytes(g);
+  cudaStream_t st = knnd_cuda_stream(g->device);
   CK(cudaSetDevice(g->device), "cudaSetDevice");
   if (g->ntotal + n > g->capacity) { // grow geometrically so batch-by-batch adds stay linear
     int64_t cap = g->capacity ? g->capacity : 1024;
@@ -241,7 +286,8 @@ extern "C" int knnd_cuda_knn_add(knnd_cuda_knn *g, const float *x, int64_t n, ch
     void *grown = nullptr;
     CK(cudaMalloc(&grown, (size_t)cap * row_bytes), "cudaMalloc (database)");
     if (g->ntotal) {
-      cudaError_t e = cudaMemcpy(grown, g->db, (size_t)g->ntotal * row_bytes, cudaMemcpyDeviceToDevice);
+      cudaError_t e = cudaMemcpyAsync(grown, g->db, (size_t)g->ntotal * row_bytes, cudaMemcpyDeviceToDevice, st);
+      if (e == cudaSuccess) e = cudaStreamSynchronize(st);
       if (e != cudaSuccess) {
         cudaFree(grown);
         rc = fail_cuda(err, err_len, "cudaMemcpy (database grow)", e);
@@ -254,76 +300,92 @@ extern "C" int knnd_cuda_knn_add(knnd_cuda_knn *g, const float *x, int64_t n, ch
   }
   {
     int64_t stage_rows = n < kStageRows ? n : kStageRows;
-    if (stage_rows > 0) CK(cudaMalloc(&stage, (size_t)stage_rows * g->dim * sizeof(float)), "cudaMalloc (staging)");
+    if (stage_rows > 0) ALLOC(stage, (size_t)stage_rows * g->dim * sizeof(float));
     for (int64_t r0 = 0; r0 < n; r0 += stage_rows) {
       int64_t rows = n - r0 < stage_rows ? n - r0 : stage_rows;
-      CK(cudaMemcpy(stage, x + r0 * g->dim, (size_t)rows * g->dim * sizeof(float), cudaMemcpyHostToDevice),
+      // from pageable memory: returns once x is staged, so the stage buffer may be refilled
+      // next round (stream order keeps the normalisation of this round ahead of that copy)
+      CK(cudaMemcpyAsync(stage, x + r0 * g->dim, (size_t)rows * g->dim * sizeof(float), cudaMemcpyHostToDevice, st),
          "cudaMemcpy (vectors to the device)");
-      launch_normalize(g, stage, rows, (char *)g->db + (size_t)(g->ntotal + r0) * row_bytes);
+      launch_normalize(g, stage, rows, (char *)g->db + (size_t)(g->ntotal + r0) * row_bytes, st);
       CK(cudaGetLastError(), "normalize_rows");
     }
-    CK(cudaDeviceSynchronize(), "add");
+    CK(cudaStreamSynchronize(st), "add");
     g->ntotal += n;
   }
 done:
-  cudaFree(stage);
+  knnd_cuda_free(g->device, stage);
   return rc;
 }
 
+// Queries go in chunks: each chunk's queries are copied and normalised at once, its results
+// kept on the device and copied back at once (one synchronisation per chunk); inside a chunk,
+// batches of query_rows are scored block by block (GEMM into an f32 score buffer whose rows
+// are padded to 16 bytes) and merged into their running k best by select_topk.
 extern "C" int knnd_cuda_knn_search(knnd_cuda_knn *g, const float *q, int64_t nq, int k, float *scores,
                                     int64_t *labels, char *err, size_t err_len) {
   int rc = 0;
   float *q32 = nullptr, *block_scores = nullptr, *best_s = nullptr;
   void *qh = nullptr;
   int64_t *best_l = nullptr;
+  cudaStream_t st = knnd_cuda_stream(g->device);
   const int64_t qb_max = nq < g->query_rows ? nq : g->query_rows;
   const int64_t blk = g->ntotal < g->block_rows ? (g->ntotal > 0 ? g->ntotal : 1) : g->block_rows;
+  const int64_t ldc = (blk + 3) / 4 * 4;
   const cudaDataType_t in_type = g->use_bf16 ? CUDA_R_16BF : CUDA_R_16F;
   const size_t row_bytes = (size_t)g->dim * elem_bytes(g);
-  int p2 = 1;
-  while (p2 < k) p2 <<= 1;
-  const size_t smem = ((size_t)p2 * sizeof(float) + 7) / 8 * 8 + (size_t)p2 * sizeof(int64_t);
+  const size_t smem = select_smem(k);
   const float one = 1.0f, zero = 0.0f;
+  // rows per chunk: whole batches, about 256 MB of queries and results, at least one batch
+  const size_t per_query = (size_t)g->dim * (sizeof(float) + elem_bytes(g)) + (size_t)k * (sizeof(float) + sizeof(int64_t));
+  int64_t chunk = (int64_t)(((size_t)256 << 20) / per_query) / (qb_max ? qb_max : 1) * qb_max;
+  if (chunk < qb_max) chunk = qb_max;
+  if (chunk > nq) chunk = nq;
   if (nq == 0) return 0;
   CK(cudaSetDevice(g->device), "cudaSetDevice");
-  CK(cudaMalloc(&q32, (size_t)qb_max * g->dim * sizeof(float)), "cudaMalloc (queries)");
-  CK(cudaMalloc(&qh, (size_t)qb_max * row_bytes), "cudaMalloc (queries)");
-  CK(cudaMalloc(&block_scores, (size_t)qb_max * blk * sizeof(float)), "cudaMalloc (block scores)");
-  CK(cudaMalloc(&best_s, (size_t)qb_max * k * sizeof(float)), "cudaMalloc (top-k)");
-  CK(cudaMalloc(&best_l, (size_t)qb_max * k * sizeof(int64_t)), "cudaMalloc (top-k)");
-  if (smem > 48 * 1024)
-    CK(cudaFuncSetAttribute(select_topk, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "select_topk smem");
-  for (int64_t q0 = 0; q0 < nq; q0 += qb_max) {
-    const int64_t qb = nq - q0 < qb_max ? nq - q0 : qb_max;
-    CK(cudaMemcpy(q32, q + q0 * g->dim, (size_t)qb * g->dim * sizeof(float), cudaMemcpyHostToDevice),
+  ALLOC(q32, (size_t)chunk * g->dim * sizeof(float));
+  ALLOC(qh, (size_t)chunk * row_bytes);
+  if (g->ntotal > 0) ALLOC(block_scores, (size_t)qb_max * ldc * sizeof(float));
+  ALLOC(best_s, (size_t)chunk * k * sizeof(float));
+  ALLOC(best_l, (size_t)chunk * k * sizeof(int64_t));
+  for (int64_t c0 = 0; c0 < nq; c0 += chunk) {
+    const int64_t cq = nq - c0 < chunk ? nq - c0 : chunk;
+    CK(cudaMemcpyAsync(q32, q + c0 * g->dim, (size_t)cq * g->dim * sizeof(float), cudaMemcpyHostToDevice, st),
        "cudaMemcpy (queries to the device)");
-    launch_normalize(g, q32, qb, qh);
-    fill_best<<<(unsigned)((qb * k + kThreads - 1) / kThreads), kThreads>>>(best_s, best_l, qb * k);
+    launch_normalize(g, q32, cq, qh, st);
+    fill_best<<<(unsigned)((cq * k + kThreads - 1) / kThreads), kThreads, 0, st>>>(best_s, best_l, cq * k);
     CK(cudaGetLastError(), "normalize/fill");
-    for (int64_t b0 = 0; b0 < g->ntotal; b0 += blk) {
-      const int64_t nb = g->ntotal - b0 < blk ? g->ntotal - b0 : blk;
-      // column-major view: C [nb, qb] = DB_block^T [nb, D] x Q [D, qb], i.e. row-major [qb, nb]
-      cublasStatus_t s = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nb, (int)qb, g->dim, &one,
-                                      (const char *)g->db + (size_t)b0 * row_bytes, in_type, g->dim, qh, in_type,
-                                      g->dim, &zero, block_scores, CUDA_R_32F, (int)nb, CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT);
-      if (s != CUBLAS_STATUS_SUCCESS) {
-        rc = fail_blas(err, err_len, "cublasGemmEx", s);
-        goto done;
+    for (int64_t q0 = 0; q0 < cq; q0 += qb_max) {
+      const int64_t qb = cq - q0 < qb_max ? cq - q0 : qb_max;
+      const void *qb_rows = (const char *)qh + (size_t)q0 * row_bytes;
+      for (int64_t b0 = 0; b0 < g->ntotal; b0 += blk) {
+        const int64_t nb = g->ntotal - b0 < blk ? g->ntotal - b0 : blk;
+        // column-major view: C [nb, qb] = DB_block^T [nb, D] x Q [D, qb], i.e. row-major [qb, ldc]
+        cublasStatus_t s = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nb, (int)qb, g->dim, &one,
+                                        (const char *)g->db + (size_t)b0 * row_bytes, in_type, g->dim, qb_rows,
+                                        in_type, g->dim, &zero, block_scores, CUDA_R_32F, (int)ldc,
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+          rc = fail_blas(err, err_len, "cublasGemmEx", s);
+          goto done;
+        }
+        select_topk<<<(unsigned)qb, kSelectThreads, smem, st>>>(block_scores, ldc, (int)nb, b0, best_s + q0 * k,
+                                                                 best_l + q0 * k, k);
+        CK(cudaGetLastError(), "select_topk");
       }
-      select_topk<<<(unsigned)qb, kThreads, smem>>>(block_scores, nb, (int)nb, b0, best_s, best_l, k, p2);
-      CK(cudaGetLastError(), "select_topk");
     }
-    CK(cudaMemcpy(scores + q0 * k, best_s, (size_t)qb * k * sizeof(float), cudaMemcpyDeviceToHost),
+    // to pageable memory: returns once the copy (and so all the chunk's work) is done
+    CK(cudaMemcpyAsync(scores + c0 * k, best_s, (size_t)cq * k * sizeof(float), cudaMemcpyDeviceToHost, st),
        "cudaMemcpy (scores to the host)");
-    CK(cudaMemcpy(labels + q0 * k, best_l, (size_t)qb * k * sizeof(int64_t), cudaMemcpyDeviceToHost),
+    CK(cudaMemcpyAsync(labels + c0 * k, best_l, (size_t)cq * k * sizeof(int64_t), cudaMemcpyDeviceToHost, st),
        "cudaMemcpy (labels to the host)");
   }
+  CK(cudaStreamSynchronize(st), "search");
 done:
-  cudaFree(q32);
-  cudaFree(qh);
-  cudaFree(block_scores);
-  cudaFree(best_s);
-  cudaFree(best_l);
+  knnd_cuda_free(g->device, q32);
+  knnd_cuda_free(g->device, qh);
+  knnd_cuda_free(g->device, block_scores);
+  knnd_cuda_free(g->device, best_s);
+  knnd_cuda_free(g->device, best_l);
   return rc;
 }
