@@ -30,6 +30,40 @@ void knnd_node_release(knnd_node *n) {
   free(n);
 }
 
+static void no_data(void *data, void *ctx) {
+  (void)data;
+  (void)ctx;
+}
+
+/* What a node keeps of an input: a leaf itself (its .grad is filled; a leaf's data is the
+ * caller's anyway); of an intermediate result only its metadata and grad_fn (shape, strides,
+ * dtype, device; a storage without data), as PyTorch's edges do: its data lives on only if the
+ * op saved it (knnd_node_save), so activations nothing saves are freed during the forward.
+ * Backward functions read data from node->saved, never from node->inputs. */
+static knnd_status edge_to(knnd_tensor *in, knnd_tensor **out) {
+  if (!in || !in->grad_fn) {
+    *out = knnd_tensor_retain(in);
+    return KNND_OK;
+  }
+  knnd_tensor *e = calloc(1, sizeof *e);
+  knnd_storage *s = calloc(1, sizeof *s);
+  if (!e || !s) {
+    free(e);
+    free(s);
+    return knnd_error(KNND_ERR_NOMEM, "out of memory recording an autograd edge");
+  }
+  s->refcount = 1;
+  s->device = in->storage->device;
+  s->deleter = no_data; /* nbytes 0, data NULL: nothing to free or count */
+  *e = *in;
+  e->refcount = 1;
+  e->storage = s;
+  e->grad = NULL;
+  __atomic_add_fetch(&in->grad_fn->refcount, 1, __ATOMIC_RELAXED);
+  *out = e;
+  return KNND_OK;
+}
+
 knnd_status knnd_autograd_record(const char *op, knnd_tensor *out, int n_inputs, knnd_tensor *const *inputs,
                                  knnd_backward_fn backward, knnd_node **node) {
   *node = NULL;
@@ -46,7 +80,14 @@ knnd_status knnd_autograd_record(const char *op, knnd_tensor *out, int n_inputs,
   n->op = op;
   n->backward = backward;
   n->n_inputs = n_inputs;
-  for (int i = 0; i < n_inputs; i++) n->inputs[i] = knnd_tensor_retain(inputs[i]);
+  for (int i = 0; i < n_inputs; i++) {
+    knnd_status st = edge_to(inputs[i], &n->inputs[i]);
+    if (st) {
+      n->n_inputs = i;
+      knnd_node_release(n);
+      return st;
+    }
+  }
   knnd_node_release(out->grad_fn);
   out->grad_fn = n;
   out->requires_grad = true;
@@ -247,7 +288,13 @@ knnd_status knnd_backward(knnd_tensor *root, knnd_tensor *grad, bool retain_grap
       if (--in->grad_fn->pending == 0) KNND_CHECK(vec_push(&stack, in->grad_fn));
     }
     if (!retain_graph) {
+      /* the node has run and sent its gradients: what it holds (saved tensors, and its inputs,
+       * often intermediate activations nothing else holds) can go now, not at the end of backward */
       node_free_saved(n);
+      for (int i = 0; i < n->n_inputs; i++) {
+        knnd_tensor_release(n->inputs[i]);
+        n->inputs[i] = NULL;
+      }
       n->released = true;
     }
   }

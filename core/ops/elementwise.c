@@ -545,9 +545,13 @@ knnd_status knnd_unary(knnd_unary_op op, knnd_tensor *a, knnd_tensor **out) {
   knnd_node *n;
   knnd_status st = knnd_autograd_record(name, y, 1, &a, unary_backward, &n);
   if (!st && n) {
+    /* the backward formula reads x or y, never both: the slot it does not read aliases the one it
+     * does, so the other tensor is not kept alive for nothing (PyTorch saves only one too) */
     n->ip[0] = op;
-    st = knnd_node_save(n, 0, a);
-    if (!st) st = knnd_node_save(n, 1, y);
+    const bool from_y = op == KNND_UNARY_EXP || op == KNND_UNARY_SQRT || op == KNND_UNARY_RSQRT ||
+                        op == KNND_UNARY_TANH || op == KNND_UNARY_SIGMOID;
+    st = knnd_node_save(n, 0, from_y ? y : a);
+    if (!st) st = knnd_node_save(n, 1, from_y ? y : a);
   }
   if (st) {
     knnd_tensor_release(y);

@@ -85,8 +85,8 @@ static knnd_status mse_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **g
   loss_grad L = {0};
   knnd_status st = KNND_OK;
   KNND_CHECK(loss_grad_init(g, red, n, &L));
-  KNND_CHECK(knnd_contig_f32(node->inputs[0], &x));
-  KNND_CHECK(knnd_contig_f32(node->inputs[1], &t));
+  KNND_CHECK(knnd_contig_f32(node->saved[0], &x));
+  KNND_CHECK(knnd_contig_f32(node->saved[1], &t));
   const knnd_device dev = node->inputs[0]->storage->device;
   if (knnd_node_needs_grad(node, 0)) KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, dev, &dx));
   if (knnd_node_needs_grad(node, 1)) KNND_CHECK(knnd_tensor_empty(KNND_F32, x->ndim, x->shape, dev, &dt));
@@ -165,7 +165,11 @@ knnd_status knnd_mse_loss(knnd_tensor *input, knnd_tensor *target, knnd_reductio
   }
   knnd_node *node = NULL;
   if (!st) st = knnd_autograd_record("mse_loss", res, 2, ts, mse_backward, &node);
-  if (node) node->ip[0] = red;
+  if (node) {
+    node->ip[0] = red;
+    if (!st) st = knnd_node_save(node, 0, ts[0]);
+    if (!st) st = knnd_node_save(node, 1, ts[1]);
+  }
   free(per);
   knnd_tensor_release(x);
   knnd_tensor_release(t);
@@ -282,7 +286,7 @@ static KNND_CPU_CLONES void ce_backward_range(const ce_grad_args *B, int64_t p0,
 /* ip[0]: reduction, ip[1]: ignore_index, ip[2]: positions counted by `mean`; fp[0]: ε;
  * saved[0]: target (checked, i64), saved[1]: log-sum-exp per position (f32) */
 static knnd_status ce_backward(knnd_node *node, knnd_tensor *g, knnd_tensor **gi) {
-  knnd_tensor *logits = node->inputs[0], *x = NULL, *dx = NULL;
+  knnd_tensor *logits = node->saved[2], *x = NULL, *dx = NULL;
   loss_grad L = {0};
   knnd_status st = KNND_OK;
   KNND_CHECK(loss_grad_init(g, (knnd_reduction)node->ip[0], node->ip[2], &L));
@@ -409,6 +413,7 @@ record:;
     node->fp[0] = label_smoothing;
     KNND_CHECK(knnd_node_save(node, 0, y));
     KNND_CHECK(knnd_node_save(node, 1, lse));
+    KNND_CHECK(knnd_node_save(node, 2, logits));
   }
   *out = res;
   res = NULL;

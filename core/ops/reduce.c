@@ -347,7 +347,7 @@ static knnd_status moment_backward(knnd_node *n, knnd_tensor *g, knnd_tensor **g
   double *a = NULL, *c = NULL;
   knnd_status st = knnd_contig_f32(g, &gc);
   if (!st) st = knnd_tensor_empty(KNND_F32, in->ndim, in->shape, in->storage->device, &y);
-  if (!st && kind == MOMENT_VAR) st = knnd_contig_f32(in, &xc);
+  if (!st && kind == MOMENT_VAR) st = knnd_contig_f32(n->saved[1], &xc);
   if (!st && kind == MOMENT_VAR) st = knnd_contig_f32(n->saved[0], &mean);
   if (st) goto cleanup;
 #ifdef KNND_HAVE_CUDA
@@ -495,6 +495,7 @@ record:;
     if (kind == MOMENT_VAR) {
       if (!mean_t) KNND_CHECK(doubles_to_tensor(mean, &rd, KNND_F32, a->storage->device, &mean_t));
       KNND_CHECK(knnd_node_save(node, 0, mean_t));
+      KNND_CHECK(knnd_node_save(node, 1, a));
     }
   }
   *out = res;

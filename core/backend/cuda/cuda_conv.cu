@@ -196,7 +196,7 @@ cudnnStatus_t workspace_size(cudnnHandle_t h, knnd_cuda_conv_pass pass, const co
 
 // cuDNN's heuristic order (cudnnGet*Algorithm_v7, no timing runs: the same choice every run);
 // the first candidate whose workspace the allocator can give wins
-knnd_status choose(cudnnHandle_t h, knnd_cuda_conv_pass pass, const conv_descs &d, int dev, bool fma_only,
+knnd_status choose_heuristic(cudnnHandle_t h, knnd_cuda_conv_pass pass, const conv_descs &d, int dev, bool fma_only,
                    algo_entry *e) {
   candidate cand[kMaxAlgos];
   int returned = 0, n = 0;
@@ -237,6 +237,75 @@ knnd_status choose(cudnnHandle_t h, knnd_cuda_conv_pass pass, const conv_descs &
                     : pass == KNND_CUDA_CONV_BACKWARD_DATA ? "backward-data"
                                                            : "backward-filter",
                     returned, n, n ? ", none whose workspace could be allocated" : "");
+}
+
+// cuDNN's measured order (cudnnFind*AlgorithmEx: every algorithm timed once on this shape, as
+// PyTorch does under torch.backends.cudnn.benchmark). The timing runs write into a scratch output
+// (never the caller's tensor; the inputs are only read) and take at most kFindWorkspace of
+// workspace, less when the allocator cannot give that much. The fastest usable result wins.
+constexpr size_t kFindWorkspace = (size_t)256 << 20;
+
+// scratch memory from the caching allocator, freed on every return path
+struct scratch {
+  int dev;
+  void *p = nullptr;
+  explicit scratch(int d) : dev(d) {}
+  scratch(const scratch &) = delete;
+  scratch &operator=(const scratch &) = delete;
+  ~scratch() {
+    if (p) knnd_cuda_free(dev, p);
+  }
+};
+
+knnd_status choose_measured(cudnnHandle_t h, knnd_cuda_conv_pass pass, const conv_descs &d, int dev, bool fma_only,
+                            knnd_tensor *x, knnd_tensor *w, knnd_tensor *y, algo_entry *e) {
+  knnd_tensor *written = pass == KNND_CUDA_CONV_FORWARD ? y : pass == KNND_CUDA_CONV_BACKWARD_DATA ? x : w;
+  scratch out(dev), ws(dev);
+  KNND_TRY(knnd_cuda_malloc(dev, knnd_tensor_nbytes(written), &out.p));
+  size_t ws_bytes = kFindWorkspace;
+  while (ws_bytes && knnd_cuda_malloc(dev, ws_bytes, &ws.p) != KNND_OK) ws_bytes = ws_bytes >= ((size_t)1 << 20) ? ws_bytes / 4 : 0;
+  void *xp = pass == KNND_CUDA_CONV_BACKWARD_DATA ? out.p : knnd_tensor_data(x);
+  void *wp = pass == KNND_CUDA_CONV_BACKWARD_FILTER ? out.p : knnd_tensor_data(w);
+  void *yp = pass == KNND_CUDA_CONV_FORWARD ? out.p : knnd_tensor_data(y);
+  candidate cand[kMaxAlgos];
+  int returned = 0, n = 0;
+  if (pass == KNND_CUDA_CONV_FORWARD) {
+    cudnnConvolutionFwdAlgoPerf_t perf[kMaxAlgos];
+    CUDNN_TRY(cudnnFindConvolutionForwardAlgorithmEx(h, d.x, xp, d.w, wp, d.conv, d.y, yp, kMaxAlgos, &returned, perf,
+                                                     ws.p, ws_bytes),
+              "time the forward algorithms");
+    n = usable(perf, returned, fma_only, cand);
+  } else if (pass == KNND_CUDA_CONV_BACKWARD_DATA) {
+    cudnnConvolutionBwdDataAlgoPerf_t perf[kMaxAlgos];
+    CUDNN_TRY(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w, wp, d.y, yp, d.conv, d.x, xp, kMaxAlgos, &returned,
+                                                          perf, ws.p, ws_bytes),
+              "time the backward-data algorithms");
+    n = usable(perf, returned, fma_only, cand);
+  } else {
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[kMaxAlgos];
+    CUDNN_TRY(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x, xp, d.y, yp, d.conv, d.w, wp, kMaxAlgos, &returned,
+                                                            perf, ws.p, ws_bytes),
+              "time the backward-filter algorithms");
+    n = usable(perf, returned, fma_only, cand);
+  }
+  for (int i = 0; i < n; i++) {
+    if (cand[i].memory > ws_bytes) continue;  // timed with at most ws_bytes: should not happen
+    if (cudnnSetConvolutionMathType(d.conv, cand[i].math) != CUDNN_STATUS_SUCCESS) continue;
+    size_t bytes = 0;
+    if (workspace_size(h, pass, d, cand[i].algo, &bytes) != CUDNN_STATUS_SUCCESS) continue;
+    e->algo = cand[i].algo;
+    e->math = cand[i].math;
+    e->workspace = bytes > cand[i].memory ? bytes : cand[i].memory;
+    return KNND_OK;
+  }
+  return knnd_error(KNND_ERR_UNSUPPORTED, "conv2d: cuDNN timed %d algorithms, none usable", returned);
+}
+
+// measured first; cuDNN's heuristics when timing fails (e.g. no memory for the scratch output)
+knnd_status choose(cudnnHandle_t h, knnd_cuda_conv_pass pass, const conv_descs &d, int dev, bool fma_only,
+                   knnd_tensor *x, knnd_tensor *w, knnd_tensor *y, algo_entry *e) {
+  if (choose_measured(h, pass, d, dev, fma_only, x, w, y, e) == KNND_OK) return KNND_OK;
+  return choose_heuristic(h, pass, d, dev, fma_only, e);
 }
 
 // ---- bias ------------------------------------------------------------------------------------
@@ -364,7 +433,7 @@ extern "C" knnd_status knnd_cuda_conv2d(knnd_cuda_conv_pass pass, const int64_t 
     found = table_find(key, &e);
   }
   if (!found) {
-    KNND_TRY(choose(h, pass, d, dev, x->dtype == KNND_F32 && !tf32, &e));
+    KNND_TRY(choose(h, pass, d, dev, x->dtype == KNND_F32 && !tf32, x, w, y, &e));
     e.used = true;
     memcpy(e.key, key, sizeof key);
     std::lock_guard<std::mutex> guard(state_lock);

@@ -131,6 +131,8 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--models-only", action="store_true")
     ap.add_argument("--kernels-only", action="store_true")
+    ap.add_argument("--models", default="unet,transformer", help="which models to time")
+    ap.add_argument("--no-eager", action="store_true", help="torch.compile only (eager timed elsewhere)")
     ap.add_argument("--compile-dtypes", default="f32,bf16",
                     help="dtypes to time under torch.compile (each compile costs a minute or more)")
     a = ap.parse_args()
@@ -139,9 +141,11 @@ def main():
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
     if not a.kernels_only:
         for unet, name in ((True, "unet"), (False, "transformer")):
+            if name not in a.models.split(","):
+                continue
             for dtype in ("f32", "bf16"):
                 compiled = not a.no_compile and dtype in a.compile_dtypes.split(",")
-                for impl in ("torch_eager",) + (("torch_compile",) if compiled else ()):
+                for impl in (() if a.no_eager else ("torch_eager",)) + (("torch_compile",) if compiled else ()):
                     bench_model(name, unet, impl, dtype, a.iters)
     if not a.models_only:
         bench_kernels(max(a.iters, 20))
