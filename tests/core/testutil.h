@@ -67,7 +67,7 @@ void kt_gradcheck(kt_fn f, int n, knnd_tensor *const *inputs, void *ctx, double 
  * kt_cuda_parity runs f on the CPU inputs and on copies of them on cuda:0 (same values, same
  * requires_grad), then backward of sum(f(x)·w) with the same random w on both. It compares
  * the outputs and every input's gradient element-wise (|gpu - cpu| <= atol + rtol·|cpu|) and
- * by relative norm (‖gpu - cpu‖ / ‖cpu‖ <= rtol), naming the worst element. Non-contiguous and
+ * norm-wise (RMS(gpu - cpu) <= atol + rtol·RMS(cpu)), naming the worst element. Non-contiguous and
  * broadcast operands are made inside f (transpose, slice, expand of the inputs), so their
  * backward runs too. Tolerances per dtype: kt_tol_f32 ... */
 bool kt_cuda(void);
