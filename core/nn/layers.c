@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "knnd/nn.h"
+#include "nn/nn_internal.h"
 #include "tensor/internal.h"
 
 /* ---- helpers ------------------------------------------------------------------------------- */
@@ -51,32 +52,7 @@ static knnd_status first_input(const knnd_module *m, int n_in, knnd_tensor *cons
   return KNND_OK;
 }
 
-/* a module whose impl is a malloc'd copy of `size` bytes of cfg */
-static knnd_status new_module(const char *type, knnd_forward_fn fwd, const void *cfg, size_t size, knnd_module **out) {
-  KNND_TRY(knnd_module_new(type, fwd, out));
-  if (!cfg) return KNND_OK;
-  void *impl = malloc(size);
-  if (!impl) {
-    knnd_module_release(*out);
-    *out = NULL;
-    return knnd_error(KNND_ERR_NOMEM, "%s: out of memory", type);
-  }
-  memcpy(impl, cfg, size);
-  (*out)->impl = impl;
-  (*out)->impl_free = free;
-  return KNND_OK;
-}
 
-/* finish a constructor: on failure release the half-built module */
-static knnd_status built(knnd_status st, knnd_module *m, knnd_module **out) {
-  if (st) {
-    knnd_module_release(m);
-    *out = NULL;
-    return st;
-  }
-  *out = m;
-  return KNND_OK;
-}
 
 /* ---- Linear -------------------------------------------------------------------------------- */
 static knnd_status linear_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
@@ -89,9 +65,9 @@ knnd_status knnd_nn_linear(int64_t in_features, int64_t out_features, bool bias,
   KNND_TRY(check_size(in_features, "nn_linear", "in_features"));
   KNND_TRY(check_size(out_features, "nn_linear", "out_features"));
   knnd_module *m;
-  KNND_TRY(new_module("Linear", linear_forward, NULL, 0, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("Linear", linear_forward, NULL, 0, &m));
   const int64_t wshape[2] = {out_features, in_features};
-  return built(init_fan_in(m, 2, wshape, in_features, out_features, bias, g), m, out);
+  return knnd_nn_built(init_fan_in(m, 2, wshape, in_features, out_features, bias, g), m, out);
 }
 
 /* ---- Conv2d -------------------------------------------------------------------------------- */
@@ -122,9 +98,9 @@ knnd_status knnd_nn_conv2d(int64_t in_ch, int64_t out_ch, int64_t kh, int64_t kw
                       " and out_ch %" PRId64 ")",
                       op, o.groups, in_ch, out_ch);
   knnd_module *m;
-  KNND_TRY(new_module("Conv2d", conv2d_forward, &o, sizeof o, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("Conv2d", conv2d_forward, &o, sizeof o, &m));
   const int64_t wshape[4] = {out_ch, in_ch / o.groups, kh, kw};
-  return built(init_fan_in(m, 4, wshape, in_ch / o.groups * kh * kw, out_ch, bias, g), m, out);
+  return knnd_nn_built(init_fan_in(m, 4, wshape, in_ch / o.groups * kh * kw, out_ch, bias, g), m, out);
 }
 
 /* ---- GroupNorm and LayerNorm --------------------------------------------------------------- */
@@ -153,13 +129,13 @@ static knnd_status norm_module(const char *type, knnd_forward_fn fwd, norm_cfg c
   if (!(cfg.eps >= 0) || isinf(cfg.eps))
     return knnd_error(KNND_ERR_ARG, "nn_%s: argument 'eps' is %g (expected a finite value >= 0)", type, cfg.eps);
   knnd_module *m;
-  KNND_TRY(new_module(type, fwd, &cfg, sizeof cfg, &m));
+  KNND_TRY(knnd_nn_module_with_cfg(type, fwd, &cfg, sizeof cfg, &m));
   knnd_status st = KNND_OK;
   if (affine) {
     st = new_param(m, "weight", 1, &size, INIT_FILL, 1.0, 0.0, NULL);
     if (!st) st = new_param(m, "bias", 1, &size, INIT_FILL, 0.0, 0.0, NULL);
   }
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 knnd_status knnd_nn_group_norm(int64_t groups, int64_t channels, double eps, bool affine, knnd_module **out) {
@@ -190,9 +166,9 @@ knnd_status knnd_nn_embedding(int64_t num, int64_t dim, knnd_generator *g, knnd_
   KNND_TRY(check_size(num, "nn_embedding", "num"));
   KNND_TRY(check_size(dim, "nn_embedding", "dim"));
   knnd_module *m;
-  KNND_TRY(new_module("Embedding", embedding_forward, NULL, 0, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("Embedding", embedding_forward, NULL, 0, &m));
   const int64_t shape[2] = {num, dim};
-  return built(new_param(m, "weight", 2, shape, INIT_NORMAL, 0.0, 1.0, g), m, out);
+  return knnd_nn_built(new_param(m, "weight", 2, shape, INIT_NORMAL, 0.0, 1.0, g), m, out);
 }
 
 /* ---- MultiheadAttention -------------------------------------------------------------------- */
@@ -311,12 +287,12 @@ knnd_status knnd_nn_multihead_attention(int64_t embed_dim, int64_t num_heads, in
   if (kdim < 0) return knnd_error(KNND_ERR_ARG, "%s: argument 'kdim' is %" PRId64 " (expected >= 0)", op, kdim);
   mha_cfg cfg = {embed_dim, num_heads, kdim ? kdim : embed_dim};
   knnd_module *m;
-  KNND_TRY(new_module("MultiheadAttention", mha_forward, &cfg, sizeof cfg, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("MultiheadAttention", mha_forward, &cfg, sizeof cfg, &m));
   knnd_status st = add_linear(m, "q_proj", embed_dim, embed_dim, bias, g);
   if (!st) st = add_linear(m, "k_proj", cfg.kdim, embed_dim, bias, g);
   if (!st) st = add_linear(m, "v_proj", cfg.kdim, embed_dim, bias, g);
   if (!st) st = add_linear(m, "out_proj", embed_dim, embed_dim, bias, g);
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 /* ---- Sequential ---------------------------------------------------------------------------- */
@@ -341,12 +317,12 @@ knnd_status knnd_nn_sequential(int n, knnd_module *const *children, knnd_module 
   for (int i = 0; i < n; i++)
     if (!children[i]) return knnd_error(KNND_ERR_ARG, "nn_sequential: argument 'children[%d]' is NULL", i);
   knnd_module *m;
-  KNND_TRY(new_module("Sequential", sequential_forward, NULL, 0, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("Sequential", sequential_forward, NULL, 0, &m));
   knnd_status st = KNND_OK;
   for (int i = 0; i < n && !st; i++) {
     char name[16];
     snprintf(name, sizeof name, "%d", i);
     st = knnd_module_add_child(m, name, children[i]);
   }
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }

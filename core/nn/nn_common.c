@@ -2,6 +2,7 @@
  * (activations, dropout), the sinusoidal timestep embedding. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nn/nn_internal.h"
 #include "tensor/internal.h"
@@ -127,4 +128,30 @@ cleanup:
   knnd_tensor_release(args);
   knnd_nn_release(3, parts);
   return st;
+}
+
+knnd_status knnd_nn_module_with_cfg(const char *type, knnd_forward_fn fwd, const void *cfg, size_t size,
+                                    knnd_module **out) {
+  KNND_TRY(knnd_module_new(type, fwd, out));
+  if (!cfg) return KNND_OK;
+  void *impl = malloc(size);
+  if (!impl) {
+    knnd_module_release(*out);
+    *out = NULL;
+    return knnd_error(KNND_ERR_NOMEM, "%s: out of memory", type);
+  }
+  memcpy(impl, cfg, size);
+  (*out)->impl = impl;
+  (*out)->impl_free = free;
+  return KNND_OK;
+}
+
+knnd_status knnd_nn_built(knnd_status st, knnd_module *m, knnd_module **out) {
+  if (st) {
+    knnd_module_release(m);
+    *out = NULL;
+    return st;
+  }
+  *out = m;
+  return KNND_OK;
 }

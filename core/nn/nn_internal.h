@@ -1,4 +1,4 @@
-/* nn_internal.h — helpers shared by the model files of core/nn (unet.c, transformer.c). */
+/* nn_internal.h — helpers shared by the module files of core/nn (layers.c, unet.c, transformer.c). */
 #ifndef KNND_NN_INTERNAL_H
 #define KNND_NN_INTERNAL_H
 
@@ -22,6 +22,11 @@ knnd_status knnd_nn_child_forward(knnd_module *m, const char *name, knnd_tensor 
  * An odd dim gets a zero column, as guided-diffusion. On t's device. */
 knnd_status knnd_nn_sinusoid(knnd_tensor *t, int64_t dim, double t_scale, double freq_div, bool sin_first,
                              knnd_tensor **out);
+/* a module whose impl is a malloc'd copy of `size` bytes of cfg (none when cfg is NULL) */
+knnd_status knnd_nn_module_with_cfg(const char *type, knnd_forward_fn fwd, const void *cfg, size_t size,
+                                    knnd_module **out);
+/* finish a constructor: on failure release the half-built module and return st */
+knnd_status knnd_nn_built(knnd_status st, knnd_module *m, knnd_module **out);
 /* releases n tensors (NULLs fine) */
 void knnd_nn_release(int n, knnd_tensor **ts);
 

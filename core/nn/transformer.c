@@ -14,29 +14,7 @@ typedef struct block_cfg {
   knnd_transformer_opts o;
 } block_cfg;
 
-static knnd_status with_cfg(const char *type, knnd_forward_fn fwd, const knnd_transformer_opts *o, knnd_module **out) {
-  KNND_TRY(knnd_module_new(type, fwd, out));
-  block_cfg *c = malloc(sizeof *c);
-  if (!c) {
-    knnd_module_release(*out);
-    *out = NULL;
-    return knnd_error(KNND_ERR_NOMEM, "nn_transformer: out of memory");
-  }
-  c->o = *o;
-  (*out)->impl = c;
-  (*out)->impl_free = free;
-  return KNND_OK;
-}
 
-static knnd_status built(knnd_status st, knnd_module *m, knnd_module **out) {
-  if (st) {
-    knnd_module_release(m);
-    *out = NULL;
-    return st;
-  }
-  *out = m;
-  return KNND_OK;
-}
 
 static knnd_status add_linear(knnd_status st, knnd_module *m, const char *name, int64_t in, int64_t outf,
                               knnd_generator *g) {
@@ -96,13 +74,13 @@ cleanup:
 
 static knnd_status attention(const knnd_transformer_opts *o, bool cross, knnd_generator *g, knnd_module **out) {
   knnd_module *m;
-  KNND_TRY(with_cfg(cross ? "CrossAttention" : "FullAttention", attention_forward, o, &m));
+  KNND_TRY(knnd_nn_module_with_cfg(cross ? "CrossAttention" : "FullAttention", attention_forward, o, sizeof(knnd_transformer_opts), &m));
   const int64_t kv_dim = cross ? o->context_dim : o->dim;
   knnd_status st = add_linear(KNND_OK, m, "key", kv_dim, o->dim, g);
   st = add_linear(st, m, "query", o->dim, o->dim, g);
   st = add_linear(st, m, "value", kv_dim, o->dim, g);
   st = add_linear(st, m, "proj", o->dim, o->dim, g);
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 /* ---- AdaLayerNorm -------------------------------------------------------------------------- */
@@ -131,7 +109,7 @@ cleanup:
 static knnd_status ada_ln(const knnd_transformer_opts *o, knnd_generator *g, knnd_module **out) {
   knnd_module *m;
   KNND_TRY(knnd_module_new("AdaLayerNorm", NULL, &m));
-  return built(add_linear(KNND_OK, m, "linear", o->dim, 2 * o->dim, g), m, out);
+  return knnd_nn_built(add_linear(KNND_OK, m, "linear", o->dim, 2 * o->dim, g), m, out);
 }
 
 /* ---- the block ----------------------------------------------------------------------------- */
@@ -208,7 +186,7 @@ static knnd_status resolve_opts(const knnd_transformer_opts *opts, knnd_transfor
 
 static knnd_status make_block(const knnd_transformer_opts *o, knnd_generator *g, knnd_module **out) {
   knnd_module *m, *c = NULL;
-  KNND_TRY(with_cfg("Block", block_forward, o, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("Block", block_forward, o, sizeof(knnd_transformer_opts), &m));
   knnd_status st = ada_ln(o, g, &c);
   if (!st) st = knnd_nn_adopt(m, "ln1", c);
   if (!st) st = knnd_nn_layer_norm(o->dim, 1e-5, true, &c);
@@ -230,7 +208,7 @@ static knnd_status make_block(const knnd_transformer_opts *o, knnd_generator *g,
     for (int i = 0; i < 4; i++) knnd_module_release(mods[i]);
     if (!st) st = knnd_nn_adopt(m, "mlp", seq);
   }
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 knnd_status knnd_nn_transformer_block(const knnd_transformer_opts *opts, knnd_generator *g, knnd_module **out) {
@@ -263,7 +241,7 @@ knnd_status knnd_nn_transformer(const knnd_transformer_opts *opts, knnd_generato
   knnd_transformer_opts o;
   KNND_TRY(resolve_opts(opts, &o));
   knnd_module *m, *list = NULL;
-  KNND_TRY(with_cfg("TransformerStack", stack_forward, &o, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("TransformerStack", stack_forward, &o, sizeof(knnd_transformer_opts), &m));
   knnd_status st = knnd_module_new("ModuleList", NULL, &list);
   if (!st) st = knnd_nn_adopt(m, "blocks", list);
   for (int64_t i = 0; i < o.num_blocks && !st; i++) {
@@ -273,7 +251,7 @@ knnd_status knnd_nn_transformer(const knnd_transformer_opts *opts, knnd_generato
     st = make_block(&o, g, &b);
     if (!st) st = knnd_nn_adopt(list, name, b);
   }
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 knnd_status knnd_nn_transformer_forward(knnd_module *m, knnd_tensor *x, knnd_tensor *t, knnd_tensor *context,

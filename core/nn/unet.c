@@ -26,30 +26,7 @@ typedef struct attn_cfg {
   int64_t channels, heads;
 } attn_cfg;
 
-static knnd_status with_cfg(const char *type, knnd_forward_fn fwd, const void *cfg, size_t size, knnd_module **out) {
-  KNND_TRY(knnd_module_new(type, fwd, out));
-  void *c = malloc(size);
-  if (!c) {
-    knnd_module_release(*out);
-    *out = NULL;
-    return knnd_error(KNND_ERR_NOMEM, "nn_unet: out of memory");
-  }
-  memcpy(c, cfg, size);
-  (*out)->impl = c;
-  (*out)->impl_free = free;
-  return KNND_OK;
-}
 
-/* finish a constructor: on failure release the half-built module */
-static knnd_status built(knnd_status st, knnd_module *m, knnd_module **out) {
-  if (st) {
-    knnd_module_release(m);
-    *out = NULL;
-    return st;
-  }
-  *out = m;
-  return KNND_OK;
-}
 
 /* guided-diffusion's zero_module: the last layer of each residual branch starts at zero so
  * every block starts as the identity */
@@ -161,7 +138,7 @@ static knnd_status res_block(const knnd_unet_opts *o, int64_t ch, int64_t out_ch
                              knnd_module **out) {
   const res_cfg cfg = {out_ch, o->use_scale_shift_norm};
   knnd_module *m;
-  KNND_TRY(with_cfg("ResBlock", res_forward, &cfg, sizeof cfg, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("ResBlock", res_forward, &cfg, sizeof cfg, &m));
   knnd_module *mods[4] = {NULL};
   knnd_status st = knnd_nn_group_norm(o->norm_groups, ch, 1e-5, true, &mods[0]);
   if (!st) st = knnd_nn_activation(KNND_UNARY_SILU, &mods[1]);
@@ -183,7 +160,7 @@ static knnd_status res_block(const knnd_unet_opts *o, int64_t ch, int64_t out_ch
     st = knnd_nn_conv2d(ch, out_ch, 1, 1, NULL, true, g, &skip);
     if (!st) st = knnd_nn_adopt(m, "skip_connection", skip);
   }
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 /* ---- AttentionBlock ------------------------------------------------------------------------ */
@@ -286,7 +263,7 @@ static knnd_status attn_forward(knnd_module *m, int n_in, knnd_tensor *const *in
 static knnd_status attn_block(const knnd_unet_opts *o, int64_t ch, knnd_generator *g, knnd_module **out) {
   const attn_cfg cfg = {ch, o->num_head_channels > 0 ? ch / o->num_head_channels : o->num_heads};
   knnd_module *m;
-  KNND_TRY(with_cfg("AttentionBlock", attn_forward, &cfg, sizeof cfg, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("AttentionBlock", attn_forward, &cfg, sizeof cfg, &m));
   const bool zero = !o->skip_zero_init, ctx = o->context_dim > 0, sep = o->separate_cross_attention;
   knnd_module *norm = NULL;
   knnd_status st = knnd_nn_group_norm(o->norm_groups, ch, 1e-5, true, &norm);
@@ -301,7 +278,7 @@ static knnd_status attn_block(const knnd_unet_opts *o, int64_t ch, knnd_generato
     st = add_conv1x1(st, m, "cross_kv", o->context_dim, 2 * ch, false, g);
     st = add_conv1x1(st, m, "cross_proj_out", ch, ch, zero, g);
   }
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 /* ---- resampling ---------------------------------------------------------------------------- */
@@ -325,7 +302,7 @@ static knnd_status resample(bool up, int64_t ch, knnd_generator *g, knnd_module 
   KNND_TRY(knnd_module_new(up ? "Upsample" : "Downsample", up ? up_forward : down_forward, &m));
   knnd_status st = conv3x3(ch, ch, up ? 1 : 2, g, &conv);
   if (!st) st = knnd_nn_adopt(m, up ? "conv" : "op", conv);
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
 
 /* ---- TimestepEmbedSequential: each child gets (x, emb, context) ------------------------------ */
@@ -352,7 +329,7 @@ static knnd_status tes(knnd_status st, int n, knnd_module **mods, knnd_module **
     if (!st) st = knnd_module_add_child(s, name, mods[i]);
     knnd_module_release(mods[i]);
   }
-  return built(st, s, out);
+  return knnd_nn_built(st, s, out);
 }
 
 /* ... appended to the ModuleList `list` */
@@ -599,8 +576,8 @@ knnd_status knnd_nn_unet(const knnd_unet_opts *opts, knnd_generator *g, knnd_mod
     return knnd_error(KNND_ERR_ARG, "nn_unet: argument 'opts.num_res_blocks' is %" PRId64 " (too many blocks)",
                       cfg.o.num_res_blocks);
   knnd_module *m;
-  KNND_TRY(with_cfg("UNetModel", unet_forward, &cfg, sizeof cfg, &m));
+  KNND_TRY(knnd_nn_module_with_cfg("UNetModel", unet_forward, &cfg, sizeof cfg, &m));
   knnd_status st = build_unet(m, &cfg.o, cfg.levels, g);
   if (st) knnd_error_context("nn_unet: ");
-  return built(st, m, out);
+  return knnd_nn_built(st, m, out);
 }
