@@ -31,6 +31,7 @@ void knnd_lua_open_version(lua_State *L);  /* bind_module.c: knnd.version(), knn
 void knnd_lua_open_retrieval(lua_State *L); /* bind_retrieval.c: knnd.embeddings, knnd.index, knnd.cond, knnd.cache */
 void knnd_lua_open_clip(lua_State *L);      /* bind_clip.c: knnd.clip (models, tokenizer, preprocessing) */
 void knnd_lua_open_cuda(lua_State *L);      /* bind_cuda.c: knnd.cuda, knnd.autocast, t:pin_memory() */
+void knnd_lua_open_diffusion(lua_State *L); /* bind_diffusion.c: knnd.diffusion (schedules, loss, samplers) */
 
 /* ---- errors ------------------------------------------------------------------------------ */
 /* Raise a Lua error "knnd.<fname>: <knnd_last_error()>" (a leading "<op>: " of the message
