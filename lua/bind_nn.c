@@ -508,6 +508,7 @@ void knnd_lua_open_nn(lua_State *L) {
 
   lua_newtable(L);
   luaL_setfuncs(L, nn_functions, 0);
+  knnd_lua_add_models(L);
   lua_pushcfunction(L, nn_is_module);
   lua_setfield(L, -2, "is_module");
   lua_setfield(L, -2, "nn");
