@@ -65,26 +65,25 @@ static int diffusion_tostring(lua_State *L) {
   return 1;
 }
 
-static int diffusion_q_sample(lua_State *L) {
-  knnd_diffusion *d = check_diffusion(L, 1, "q_sample");
+/* d:q_sample(x0, t, noise) and d:target(x0, t, noise): one tensor from three */
+typedef knnd_status (*x0_t_noise_fn)(const knnd_diffusion *, knnd_tensor *, knnd_tensor *, knnd_tensor *,
+                                     knnd_tensor **);
+static int x0_t_noise(lua_State *L, const char *method, const char *fname, x0_t_noise_fn fn) {
+  knnd_diffusion *d = check_diffusion(L, 1, method);
   knnd_tensor *out = NULL;
-  KNND_LUA_CHECK(L, "diffusion:q_sample",
-                 knnd_diffusion_q_sample(d, knnd_lua_check_tensor(L, 2, "diffusion:q_sample"),
-                                         knnd_lua_check_tensor(L, 3, "diffusion:q_sample"),
-                                         knnd_lua_check_tensor(L, 4, "diffusion:q_sample"), &out));
+  KNND_LUA_CHECK(L, fname,
+                 fn(d, knnd_lua_check_tensor(L, 2, fname), knnd_lua_check_tensor(L, 3, fname),
+                    knnd_lua_check_tensor(L, 4, fname), &out));
   knnd_lua_push_tensor(L, out);
   return 1;
 }
 
+static int diffusion_q_sample(lua_State *L) {
+  return x0_t_noise(L, "q_sample", "diffusion:q_sample", knnd_diffusion_q_sample);
+}
+
 static int diffusion_target(lua_State *L) {
-  knnd_diffusion *d = check_diffusion(L, 1, "target");
-  knnd_tensor *out = NULL;
-  KNND_LUA_CHECK(L, "diffusion:target",
-                 knnd_diffusion_target(d, knnd_lua_check_tensor(L, 2, "diffusion:target"),
-                                       knnd_lua_check_tensor(L, 3, "diffusion:target"),
-                                       knnd_lua_check_tensor(L, 4, "diffusion:target"), &out));
-  knnd_lua_push_tensor(L, out);
-  return 1;
+  return x0_t_noise(L, "target", "diffusion:target", knnd_diffusion_target);
 }
 
 static int diffusion_loss(lua_State *L) {
