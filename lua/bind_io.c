@@ -1,5 +1,5 @@
 /* bind_io.c — knnd.io (HDF5 files, safetensors, checkpoints) and the picture helpers on knnd
- * (save_png, read_png, image_grid, save_grid, plot).
+ * (save_png, read_png, save_jpeg, read_jpeg, read_image, image_grid, save_grid, plot).
  *
  *   local f <close> = knnd.io.h5open("emb.h5", "w")  -- committed (renamed into place) when the
  *   f:write("emb", t); f:attr("/", "model", "ViT-B/32") -- block ends normally; abandoned when it
@@ -525,13 +525,34 @@ static int lua_save_png(lua_State *L) {
   return 0;
 }
 
-static int lua_read_png(lua_State *L) {
-  const char *path = knnd_lua_check_string(L, 1, "read_png", "path");
+/* knnd.save_jpeg(path, img, {range = {0, 1}, quality = 95}): img [C,H,W] (C = 1 or 3) or [H,W] */
+static int lua_save_jpeg(lua_State *L) {
+  static const char *fname = "save_jpeg";
+  static const char *const opts[] = {"range", "quality", NULL};
+  lua_settop(L, 3);
+  const char *path = knnd_lua_check_string(L, 1, fname, "path");
+  knnd_tensor *t = knnd_lua_check_tensor(L, 2, fname);
+  knnd_lua_check_opts(L, 3, fname, opts);
+  double lo, hi;
+  opt_range(L, 3, fname, &lo, &hi);
+  lua_Integer quality = knnd_lua_opt_int(L, 3, fname, "quality", 95);
+  if (quality < 1 || quality > 100)
+    return luaL_error(L, "knnd.%s: option 'quality' expected 1 to 100, got %d", fname, (int)quality);
+  KNND_LUA_CHECK(L, fname, knnd_jpeg_write(path, t, lo, hi, (int)quality));
+  return 0;
+}
+
+/* knnd.read_png / read_jpeg / read_image(path) -> u8 [C,H,W] */
+static int read_picture(lua_State *L, const char *fname, knnd_status (*read)(const char *, knnd_tensor **)) {
+  const char *path = knnd_lua_check_string(L, 1, fname, "path");
   knnd_tensor *t = NULL;
-  KNND_LUA_CHECK(L, "read_png", knnd_png_read(path, &t));
+  KNND_LUA_CHECK(L, fname, read(path, &t));
   knnd_lua_push_tensor(L, t);
   return 1;
 }
+static int lua_read_png(lua_State *L) { return read_picture(L, "read_png", knnd_png_read); }
+static int lua_read_jpeg(lua_State *L) { return read_picture(L, "read_jpeg", knnd_jpeg_read); }
+static int lua_read_image(lua_State *L) { return read_picture(L, "read_image", knnd_image_read); }
 
 /* grid options at idx for images t; captions (kept alive by the options table) in scratch */
 static knnd_grid_opts grid_opts(lua_State *L, int idx, const knnd_tensor *t, const char *fname) {
@@ -698,6 +719,9 @@ void knnd_lua_open_io(lua_State *L) {
   static const luaL_Reg top_functions[] = {
       {"save_png", lua_save_png},
       {"read_png", lua_read_png},
+      {"save_jpeg", lua_save_jpeg},
+      {"read_jpeg", lua_read_jpeg},
+      {"read_image", lua_read_image},
       {"image_grid", lua_image_grid},
       {"save_grid", lua_save_grid},
       {"plot", lua_plot},

@@ -14,4 +14,8 @@ bool knnd_io_write_all(int fd, const void *data, size_t n);
  * errno set for an error). */
 size_t knnd_io_pread_all(int fd, void *data, size_t n, int64_t off);
 
+/* An image tensor as u8 for a picture file (core/io/png.c): u8 as is (a contiguous CPU alias),
+ * floats mapped from [lo, hi] to 0..255 with rounding and clamping, NaN to 0. */
+knnd_status knnd_io_image_u8(const knnd_tensor *img, double lo, double hi, const char *op, knnd_tensor **out);
+
 #endif

@@ -25,8 +25,8 @@
 
 /* ---- value mapping ------------------------------------------------------------------------- */
 /* u8 as is; floats from [lo, hi] to 0..255 the way torchvision's save_image does
- * (mul(255).add_(0.5).clamp_(0, 255) then truncation), NaN to 0. */
-static knnd_status to_u8(const knnd_tensor *img, double lo, double hi, const char *op, knnd_tensor **out) {
+ * (mul(255).add_(0.5).clamp_(0, 255) then truncation), NaN to 0. Shared with jpeg.c. */
+knnd_status knnd_io_image_u8(const knnd_tensor *img, double lo, double hi, const char *op, knnd_tensor **out) {
   knnd_tensor *c;
   KNND_TRY(knnd_io_host_contig(img, op, "img", &c));
   if (c->dtype == KNND_U8) {
@@ -83,7 +83,7 @@ knnd_status knnd_png_write(const char *path, const knnd_tensor *img, double lo, 
     return knnd_error(KNND_ERR_SHAPE, "%s: argument 'img' is %" PRId64 "x%" PRId64 " pixels (expected 1 to %d a side)",
                       op, h, w, MAX_SIDE);
   knnd_tensor *u;
-  KNND_TRY(to_u8(img, lo, hi, op, &u));
+  KNND_TRY(knnd_io_image_u8(img, lo, hi, op, &u));
   knnd_status st = KNND_OK;
   /* PNG stores pixels interleaved (HWC); tensors are planar (CHW) */
   uint8_t *hwc = malloc((size_t)(h * w * c));
@@ -279,7 +279,7 @@ knnd_status knnd_image_grid(const knnd_tensor *images, const knnd_grid_opts *opt
   if (lo == 0 && hi == 0) hi = 1;
 
   knnd_tensor *u;
-  KNND_TRY(to_u8(images, lo, hi, op, &u));
+  KNND_TRY(knnd_io_image_u8(images, lo, hi, op, &u));
   knnd_status st = KNND_OK;
   cairo_surface_t *surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, gw, gh);
   cairo_t *cr = NULL;

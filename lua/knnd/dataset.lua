@@ -13,7 +13,8 @@
 --   /captions/bytes    u8  [total]        UTF-8 text of every caption, concatenated (HDF5 strings are
 --   /captions/offsets  i64 [N + 1]        not used here): caption r is bytes[offsets[r] .. offsets[r+1])
 --   root attributes: format, format_version, source, size, channels, count, classes (class names
---   joined by "\n", "" when none).
+--   joined by "\n", "" when none), and split ("train", "val", "test", "all") where the source has one.
+-- Importers of COCO, LN-COCO and CUB (lua/knnd/dataset_import.lua) write the same layout.
 -- Rows are 0-based everywhere (ds:caption(0) is the first), like every index tensor of knnd.
 local knnd = require "knnd"
 
@@ -172,25 +173,31 @@ function M.prepare_fashion_mnist(opts)
       append(w, img, labels:contiguous(), caps)
     end
     finish(w, { source = "fashion-mnist/" .. (opts.split or "train"), size = size, channels = channels,
-      classes = table.concat(classes, "\n") })
+      classes = table.concat(classes, "\n"), split = opts.split or "train" })
   end)
   return n
 end
 
--- the .png files of a directory, sorted
-local function list_pngs(dir)
+-- a picture's file name: .png, .jpg or .jpeg, any case
+local function is_image_name(name)
+  local ext = name:lower():match("%.(%w+)$")
+  return ext == "png" or ext == "jpg" or ext == "jpeg"
+end
+
+-- the image files (is_image_name) of a directory, sorted
+local function list_images(dir)
   local names = {}
   local ok, lfs = pcall(require, "lfs")
   if ok then
     local iter_ok, iter, state = pcall(lfs.dir, dir)
     if not iter_ok then error(("knnd.dataset.prepare_folder: cannot read the directory '%s'"):format(dir), 3) end
     for name in iter, state do
-      if name:lower():match("%.png$") then names[#names + 1] = name end
+      if is_image_name(name) then names[#names + 1] = name end
     end
   else
     local p = io.popen(("ls -1 -- '%s' 2>/dev/null"):format(dir:gsub("'", "'\\''")))
     for name in p:lines() do
-      if name:lower():match("%.png$") then names[#names + 1] = name end
+      if is_image_name(name) then names[#names + 1] = name end
     end
     p:close()
   end
@@ -237,17 +244,24 @@ local function square_rgb(img, size)
   return to_u8(x)
 end
 
---- knnd.dataset.prepare_folder{dir=, out=, size=64, captions="captions.tsv", progress=true}: every .png of
---- dir (sorted by name) -> RGB size x size; captions from the TSV (filename<TAB>caption, a path relative
---- to dir or absolute), else the file name without extension, '_' and '-' as spaces. Labels are -1.
+--- knnd.dataset.prepare_folder{dir=, out=, size=64, captions="captions.tsv", split=, progress=true}: every
+--- .png, .jpg and .jpeg of dir (sorted by name; read by content, knnd.read_image) -> RGB size x size;
+--- captions from the TSV (filename<TAB>caption, a path relative to dir or absolute), else the file name
+--- without extension, '_' and '-' as spaces. Labels are -1. split: a name ("train", ...) kept in the
+--- file's `split` attribute.
 function M.prepare_folder(opts)
   local fname = "prepare_folder"
-  opts = check_opts(fname, opts, { dir = 1, out = 1, size = 1, captions = 1, progress = 1 })
+  opts = check_opts(fname, opts, { dir = 1, out = 1, size = 1, captions = 1, split = 1, progress = 1 })
   if type(opts.dir) ~= "string" then error("knnd.dataset.prepare_folder: option 'dir' (a directory) is required", 2) end
   if type(opts.out) ~= "string" then error("knnd.dataset.prepare_folder: option 'out' (a file path) is required", 2) end
   local size = positive_int(fname, "size", opts.size, 64)
-  local names = list_pngs(opts.dir)
-  if #names == 0 then error(("knnd.dataset.prepare_folder: no .png files in '%s'"):format(opts.dir), 2) end
+  if opts.split ~= nil and (type(opts.split) ~= "string" or opts.split == "") then
+    error(("knnd.dataset.prepare_folder: option 'split' expected a name, got %s"):format(tostring(opts.split)), 2)
+  end
+  local names = list_images(opts.dir)
+  if #names == 0 then
+    error(("knnd.dataset.prepare_folder: no .png, .jpg or .jpeg files in '%s'"):format(opts.dir), 2)
+  end
   local caps = {}
   if opts.captions then
     local p = opts.captions
@@ -258,13 +272,13 @@ function M.prepare_folder(opts)
   with_writer(w, function()
     for _, name in ipairs(names) do
       local path = opts.dir .. "/" .. name
-      local ok, img = pcall(knnd.read_png, path)
+      local ok, img = pcall(knnd.read_image, path)
       if ok then ok, img = pcall(square_rgb, img, size) end
       if not ok then error(("knnd.dataset.prepare_folder: %s: %s"):format(path, tostring(img)), 0) end
-      local cap = caps[name] or (name:gsub("%.[Pp][Nn][Gg]$", ""):gsub("[_%-]+", " "))
+      local cap = caps[name] or (name:gsub("%.%w+$", ""):gsub("[_%-]+", " "))
       append(w, img, knnd.tensor({ -1 }, { dtype = "i64" }), { cap })
     end
-    finish(w, { source = "folder:" .. opts.dir, size = size, channels = 3, classes = "" })
+    finish(w, { source = "folder:" .. opts.dir, size = size, channels = 3, classes = "", split = opts.split })
   end)
   return #names
 end
@@ -303,6 +317,7 @@ function M.open(path, opts)
   end
   local ds = setmetatable({ path = path, f = f, n = n, shape = { ii.shape[2], ii.shape[3], ii.shape[4] } }, Dataset)
   ds.source = f:attr("/", "source") or ""
+  ds.split = f:attr("/", "split") -- nil when the source has none
   local classes = f:attr("/", "classes") or ""
   ds.classes = {}
   for c in classes:gmatch("[^\n]+") do ds.classes[#ds.classes + 1] = c end
@@ -504,4 +519,12 @@ function Loader:load_state(st)
 end
 
 M.Dataset, M.Loader = Dataset, Loader
+-- for the preparers in other files (dataset_*.lua): one writer, one way to square and round images
+M.writer = { new = new_writer, append = append, finish = finish, run = with_writer }
+M.square_rgb, M.to_u8, M.check_opts, M.positive_int = square_rgb, to_u8, check_opts, positive_int
+package.loaded["knnd.dataset"] = M -- those files require this module back while it loads
+local emoji = require "knnd.dataset_emoji"
+M.prepare_emoji, M.prepare_emojione, M.emoji_meta = emoji.prepare_emoji, emoji.prepare_emojione, emoji.emoji_meta
+local import = require "knnd.dataset_import"
+M.prepare_coco, M.prepare_lncoco, M.prepare_cub = import.prepare_coco, import.prepare_lncoco, import.prepare_cub
 return M

@@ -64,7 +64,7 @@ out=$("$knnd" data prepare folder pngs --out x.h5 --captions nope.tsv 2>&1); rc=
 [ $rc = 1 ] && contains "$out" "captions file 'nope.tsv' not found" && [ ! -e x.h5 ]; check "a missing captions file ($out)" $?
 mkdir -p empty
 out=$("$knnd" data prepare folder empty --out x.h5 2>&1); rc=$?
-[ $rc = 1 ] && contains "$out" "no .png files" && [ ! -e x.h5 ]; check "a folder without PNGs ($out)" $?
+[ $rc = 1 ] && contains "$out" "no .png, .jpg or .jpeg files" && [ ! -e x.h5 ]; check "a folder without images ($out)" $?
 out=$("$knnd" data prepare mnist --out x.h5 2>&1); rc=$?
 [ $rc = 2 ]; check "an unknown source is a usage error ($out)" $?
 out=$("$knnd" data 2>&1); rc=$?

@@ -1,4 +1,5 @@
-/* data.h — dataset readers: IDX (the MNIST / Fashion-MNIST format, gzipped or not). */
+/* data.h — dataset readers: IDX (the MNIST / Fashion-MNIST format, gzipped or not) and colour emoji
+ * rendered from a font. */
 #ifndef KNND_DATA_H
 #define KNND_DATA_H
 
@@ -15,6 +16,28 @@ knnd_status knnd_idx_read(const char *path, knnd_tensor **out);
 
 /* The default install location of Debian's dataset-fashion-mnist. */
 #define KNND_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+
+/* ---- emoji (data/emoji.c) ------------------------------------------------------------------ */
+/* Debian's fonts-noto-color-emoji, unicode-data's list of emoji sequences and names, and where
+ * tests/deps.sh unpacks the PNGs of ruby-gemojione (EmojiOne 2, 64 x 64). */
+#define KNND_EMOJI_FONT_PATH "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+#define KNND_EMOJI_TEST_PATH "/usr/share/unicode/emoji/emoji-test.txt"
+#define KNND_GEMOJIONE_DIR "/usr/local/share/knnd/gemojione/png"
+
+/* A colour bitmap emoji font (CBDT/sbix), opened once at its largest strike; not thread-safe. */
+typedef struct knnd_emoji_font knnd_emoji_font;
+/* path NULL: KNND_EMOJI_FONT_PATH. An IO error when the file is missing, a format error when it is
+ * not a font or has no colour bitmap strikes. */
+knnd_status knnd_emoji_font_open(const char *path, knnd_emoji_font **out);
+void knnd_emoji_font_free(knnd_emoji_font *font); /* NULL is fine */
+/* Shape the UTF-8 text (one emoji: a code point, a ZWJ sequence, a flag, a keycap ...) with
+ * HarfBuzz and render its glyph as u8 [3,size,size]: alpha composited on white, centred with its
+ * aspect kept, area-averaged down (knnd_resize_area). KNND_ERR_UNSUPPORTED when the font has no
+ * single glyph for the sequence (the caller may skip it); an argument error for bad UTF-8. */
+knnd_status knnd_emoji_render(knnd_emoji_font *font, const char *utf8, int64_t size, knnd_tensor **out);
+/* u8 [C,H,W] -> u8 [C,out_h,out_w]: each output pixel the mean of the source area it covers
+ * (partly covered pixels weighted by their share; PIL's Image.BOX), rounded. */
+knnd_status knnd_resize_area(knnd_tensor *img, int64_t out_h, int64_t out_w, knnd_tensor **out);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,4 @@
-/* io.h — files: named tensor collections (state dicts), safetensors, HDF5, checkpoints, PNG.
+/* io.h — files: named tensor collections (state dicts), safetensors, HDF5, checkpoints, PNG, JPEG.
  * Every write goes to a temporary file beside the target and is renamed into place, so a crash
  * leaves the previous good file. Every reader treats its file as untrusted input. */
 #ifndef KNND_IO_H
@@ -86,6 +86,17 @@ knnd_status knnd_h5_read_state_dict(knnd_h5 *f, const char *group, knnd_state_di
 knnd_status knnd_png_write(const char *path, const knnd_tensor *img, double lo, double hi);
 /* reads 8-bit gray/RGB/RGBA (palette and 16-bit converted) into u8 [C,H,W] */
 knnd_status knnd_png_read(const char *path, knnd_tensor **out);
+
+/* ---- JPEG (core/io/jpeg.c) ----------------------------------------------------------------- */
+/* reads baseline or progressive JPEG into u8 [C,H,W]: gray as C = 1, YCbCr/RGB/CMYK/YCCK as RGB
+ * (C = 3; Adobe's inverted CMYK as Pillow reads it). Truncated or corrupt data is an error
+ * (KNND_ERR_FORMAT naming the file), not grey rows. */
+knnd_status knnd_jpeg_read(const char *path, knnd_tensor **out);
+/* img [C,H,W] (C = 1 or 3) or [H,W], values as knnd_png_write; quality 1..100; colour is written
+ * without chroma subsampling (4:4:4) */
+knnd_status knnd_jpeg_write(const char *path, const knnd_tensor *img, double lo, double hi, int quality);
+/* a PNG or a JPEG, told apart by the first bytes of the file (not its name) */
+knnd_status knnd_image_read(const char *path, knnd_tensor **out);
 typedef struct knnd_grid_opts {
   int nrow;              /* images per row (0: ceil(sqrt(N))) */
   int padding;           /* pixels between images (default 2 when < 0) */
