@@ -417,10 +417,11 @@ local function epoch_gen(seed, epoch, stream)
   return knnd.Generator(seed + epoch * 1000003 + stream * 7919)
 end
 
---- ds:loader{batch=64, shuffle=true, seed=0, flip=false, device="cpu", drop_last=true}
+--- ds:loader{batch=64, shuffle=true, seed=0, flip=false, device="cpu", drop_last=true, rows=}
+--- rows: only these 0-based rows (a list or an i64 tensor), e.g. the images of the classes a model may see
 function Dataset:loader(opts)
   local fname = "loader"
-  opts = check_opts(fname, opts, { batch = 1, shuffle = 1, seed = 1, flip = 1, device = 1, drop_last = 1 })
+  opts = check_opts(fname, opts, { batch = 1, shuffle = 1, seed = 1, flip = 1, device = 1, drop_last = 1, rows = 1 })
   local batch = opts.batch or 64
   if math.type(batch) ~= "integer" or batch < 1 then
     error(("knnd.dataset.loader: option 'batch' expected a positive integer, got %s"):format(tostring(batch)), 2)
@@ -437,12 +438,28 @@ function Dataset:loader(opts)
     error(("knnd.dataset.loader: device '%s' asked for, but no CUDA device is available (knnd.cuda.available() is "
       .. "false: build with -DKNND_CUDA=ON on a machine with a GPU, or use device = \"cpu\")"):format(device), 2)
   end
+  -- rows: a subset (0-based rows, e.g. the images of some classes) that the loader goes through
+  local subset, n = nil, self.n
+  if opts.rows ~= nil then
+    subset = opts.rows
+    if type(subset) == "table" then subset = knnd.tensor(subset, { dtype = "i64" }) end
+    if not knnd.is_tensor(subset) or subset:dim() ~= 1 or subset:numel() == 0 then
+      error("knnd.dataset.loader: option 'rows' expected a non-empty list or 1-d tensor of 0-based rows", 2)
+    end
+    subset = subset:to("i64"):contiguous()
+    local outside = knnd.lt(subset, 0):to("f32"):sum():item() + knnd.ge(subset, self.n):to("f32"):sum():item()
+    if outside > 0 then
+      error(("knnd.dataset.loader: option 'rows' holds rows outside 0 .. %d"):format(self.n - 1), 2)
+    end
+    n = subset:numel()
+  end
   local drop_last = opts.drop_last ~= false
-  if drop_last and batch > self.n then
-    error(("knnd.dataset.loader: batch %d is larger than the dataset (%d rows) with drop_last"):format(batch, self.n), 2)
+  if drop_last and batch > n then
+    error(("knnd.dataset.loader: batch %d is larger than the dataset (%d rows) with drop_last"):format(batch, n), 2)
   end
   local it = setmetatable({ ds = self, batch = batch, shuffle = opts.shuffle ~= false, seed = seed,
-    flip = opts.flip == true, device = device, drop_last = drop_last, epoch = 0, position = 0 }, Loader)
+    flip = opts.flip == true, device = device, drop_last = drop_last, epoch = 0, position = 0, subset = subset,
+    n = n }, Loader)
   local c, w = self.shape[1], self.shape[3]
   it.reverse_w = knnd.arange(w - 1, -1, -1, { dtype = "i64" })
   it.c = c
@@ -452,7 +469,7 @@ end
 -- the order and flip draws of the current epoch (recomputed only when the epoch changes)
 function Loader:_epoch_plan()
   if self.plan_epoch == self.epoch then return end
-  local n = self.ds.n
+  local n = self.n
   if self.shuffle then
     self.perm = knnd.randperm(n, { gen = epoch_gen(self.seed, self.epoch, 1) })
   else
@@ -466,14 +483,14 @@ end
 
 --- the batches in one epoch
 function Loader:batches_per_epoch()
-  if self.drop_last then return self.ds.n // self.batch end
-  return (self.ds.n + self.batch - 1) // self.batch
+  if self.drop_last then return self.n // self.batch end
+  return (self.n + self.batch - 1) // self.batch
 end
 
 --- the next batch {x = f32 [B,C,H,W] in [-1,1], rows = i64 [B] (0-based), labels = i64 [B],
 --- flipped = u8 [B] (1 where the image was mirrored), epoch =, index = (0-based batch of the epoch)}
 function Loader:next()
-  local n = self.ds.n
+  local n = self.n
   if self.position >= n or (self.drop_last and self.position + self.batch > n) then
     self.epoch = self.epoch + 1
     self.position = 0
@@ -481,6 +498,7 @@ function Loader:next()
   self:_epoch_plan()
   local b = math.min(self.batch, n - self.position)
   local rows = self.perm:narrow(1, self.position + 1, b):contiguous()
+  if self.subset then rows = self.subset:index_select(1, rows) end
   local index = self.position // self.batch
   self.position = self.position + b
   local x = self.ds:images(rows):float() * (2 / 255) - 1
@@ -510,9 +528,9 @@ function Loader:load_state(st)
         tostring(st[k])), 2)
     end
   end
-  if st.position > self.ds.n then
+  if st.position > self.n then
     error(("knnd.dataset Loader:load_state: position %d is past the end of the dataset (%d rows)"):format(st.position,
-      self.ds.n), 2)
+      self.n), 2)
   end
   self.epoch, self.position, self.seed = st.epoch, st.position, st.seed
   self.plan_epoch = nil

@@ -1,0 +1,699 @@
+-- knn_diffusion.lua — the method end to end on the continuous backbone (knnd.knn_diffusion):
+-- a UNet conditioned on CLIP embedding tokens (the image's or the text's embedding plus its k
+-- nearest image embeddings), trained without text, sampled from text.
+--
+--   local kd = knnd.knn_diffusion
+--   local m = kd.new{image_size = 28, channels = 1, cond = {mode = "knn", k = 10, dim = 64}}
+--   kd.train{model = m, dataset = "fm.h5", embeddings = "fm_emb.h5", cache = "fm_nn.h5",
+--            steps = 2000, batch = 64, out = "runs/knn"}          -- checkpoints, resumes, loss.png
+--   local m = kd.load("runs/knn/model.h5")                         -- the EMA weights, for sampling
+--   local r = kd.generate{model = m, clip = clip, index = idx, prompts = {"a photo of a bag"},
+--                         n = 8, grid = "samples.png"}            -- idx: any index (database swap)
+--
+-- Conditioning (PAPER.md, "Method"): training conditions on the image's own CLIP embedding h and
+-- its k nearest neighbours in the training index (the image itself excluded, from a precomputed
+-- neighbour cache); inference on the text's embedding and its k nearest image embeddings. The
+-- token set is built by knnd.cond (modes knn, no_knn, lafite_noise, knn_only); the UNet
+-- cross-attends to it (GLIDE's encoder_kv) and adds a projection of its first token to the time
+-- embedding (cond_embed). Classifier-free guidance: with probability p_uncond a sample's whole
+-- token set is replaced by a learned null token set (Ho & Salimans 2022); at sampling the
+-- guided output is uncond + s·(cond − uncond).
+local knnd = require "knnd"
+
+local M = {}
+local Model = {}
+Model.__index = Model
+M.Model = Model
+
+M.FORMAT = "knnd-knn-diffusion"
+
+-- ---- options ------------------------------------------------------------------------------
+local function fail(fname, fmt, ...)
+  error(("knnd.knn_diffusion.%s: " .. fmt):format(fname, ...), 0)
+end
+
+local function check_keys(fname, what, t, allowed)
+  if t == nil then return {} end
+  if type(t) ~= "table" then fail(fname, "%s expected a table, got %s", what, type(t)) end
+  for k in pairs(t) do
+    if allowed[k] == nil then
+      local names = {}
+      for n in pairs(allowed) do names[#names + 1] = n end
+      table.sort(names)
+      fail(fname, "unknown %s '%s' (expected %s)", what, tostring(k), table.concat(names, ", "))
+    end
+  end
+  return t
+end
+
+-- a copy of defaults with the given values (one level of nesting, checked)
+local function merged(fname, what, given, defaults)
+  check_keys(fname, what, given, defaults)
+  local out = {}
+  for k, v in pairs(defaults) do out[k] = v end
+  for k, v in pairs(given or {}) do
+    local d = defaults[k]
+    if d ~= false and d ~= "" and type(d) ~= type(v) and not (type(d) == "table" and type(v) == "table") then
+      fail(fname, "option '%s.%s' expected a %s, got %s", what, k, type(d), type(v))
+    end
+    out[k] = v
+  end
+  return out
+end
+
+local function positive_int(fname, name, v)
+  local n = math.tointeger(v)
+  if not n or n < 1 then fail(fname, "option '%s' expected a positive integer, got %s", name, tostring(v)) end
+  return n
+end
+
+-- The defaults: a small ADM/GLIDE UNet that trains on 2 CPU cores in minutes at 28x28.
+M.defaults = {
+  unet = { channels = 32, channel_mult = { 1, 2, 2 }, num_res_blocks = 1, attention_resolutions = { 7 },
+    num_head_channels = 32, dropout = 0.0, use_scale_shift_norm = true, norm_groups = 32 },
+  cond = { mode = "knn", k = 10, dim = 512, p_uncond = 0.1, xi = 3.0 },
+  diffusion = { schedule = "cosine", T = 1000, prediction = "eps", min_snr_gamma = 5.0 },
+}
+
+local function resolve_config(fname, cfg)
+  check_keys(fname, "option", cfg, { image_size = 1, channels = 1, unet = 1, cond = 1, diffusion = 1, seed = 1 })
+  local r = {
+    image_size = positive_int(fname, "image_size", cfg.image_size),
+    channels = positive_int(fname, "channels", cfg.channels or 3),
+    seed = math.tointeger(cfg.seed or 0) or fail(fname, "option 'seed' expected an integer"),
+    unet = merged(fname, "unet", cfg.unet, M.defaults.unet),
+    cond = merged(fname, "cond", cfg.cond, M.defaults.cond),
+    diffusion = merged(fname, "diffusion", cfg.diffusion, M.defaults.diffusion),
+  }
+  local modes = {}
+  for _, m in ipairs(knnd.cond.modes()) do modes[m] = true end
+  if not modes[r.cond.mode] then
+    fail(fname, "option 'cond.mode' is '%s' (expected one of %s)", tostring(r.cond.mode),
+      table.concat(knnd.cond.modes(), ", "))
+  end
+  r.cond.k = math.tointeger(r.cond.k) or fail(fname, "option 'cond.k' expected an integer")
+  r.cond.dim = positive_int(fname, "cond.dim", r.cond.dim)
+  if r.cond.p_uncond < 0 or r.cond.p_uncond >= 1 then
+    fail(fname, "option 'cond.p_uncond' is %g (expected 0 <= p < 1)", r.cond.p_uncond)
+  end
+  local tokens, needs_nb = knnd.cond.tokens(r.cond.mode, r.cond.k)
+  r.cond.tokens, r.cond.needs_neighbors = tokens, needs_nb
+  return r
+end
+
+-- ---- the model ----------------------------------------------------------------------------
+--- knnd.knn_diffusion.new{image_size=, channels=3, unet={...}, cond={mode=, k=, dim=, p_uncond=, xi=},
+--- diffusion={schedule=, T=, prediction=, min_snr_gamma=}, seed=0} -> a model
+function M.new(cfg)
+  local fname = "new"
+  if type(cfg) ~= "table" then fail(fname, "expected a config table, got %s", type(cfg)) end
+  local c = resolve_config(fname, cfg)
+  local u = c.unet
+  local net = knnd.nn.unet {
+    in_channels = c.channels, out_channels = c.channels, channels = u.channels, channel_mult = u.channel_mult,
+    num_res_blocks = u.num_res_blocks, image_size = c.image_size, attention_resolutions = u.attention_resolutions,
+    num_head_channels = u.num_head_channels, dropout = u.dropout, use_scale_shift_norm = u.use_scale_shift_norm,
+    norm_groups = u.norm_groups, context_dim = c.cond.dim, cond_embed = true, seed = c.seed,
+  }
+  local d = c.diffusion
+  local diffusion = knnd.diffusion.new { schedule = d.schedule, T = d.T, prediction = d.prediction,
+    min_snr_gamma = d.min_snr_gamma }
+  -- the learned null condition: unit-norm random tokens, like the embeddings it stands in for
+  local null = knnd.randn(c.cond.tokens, c.cond.dim, { gen = knnd.Generator(c.seed + 1) })
+  null = (null / null:square():sum { dim = 2, keepdim = true }:sqrt()):contiguous()
+  null.requires_grad = true
+  return setmetatable({ net = net, null = null, diffusion = diffusion, config = c }, Model)
+end
+
+--- m:parameters() -> the UNet's parameters then the null tokens; m:parameter_names() their state-dict names
+function Model:parameters()
+  local p = {}
+  for i, np in ipairs(self.net:named_parameters()) do p[i] = np.tensor end
+  p[#p + 1] = self.null
+  return p
+end
+
+function Model:parameter_names()
+  local names = {}
+  for i, np in ipairs(self.net:named_parameters()) do names[i] = np.name end
+  names[#names + 1] = "null_cond"
+  return names
+end
+
+function Model:num_params()
+  local n = 0
+  for _, p in ipairs(self:parameters()) do n = n + p:numel() end
+  return n
+end
+
+function Model:state_dict()
+  local sd = self.net:state_dict()
+  sd.null_cond = self.null
+  return sd
+end
+
+function Model:load_state_dict(sd)
+  local null = sd.null_cond
+  if null == nil then fail("load", "the weights have no 'null_cond' tensor (not a knn_diffusion model?)") end
+  local rest = {}
+  for k, v in pairs(sd) do if k ~= "null_cond" then rest[k] = v end end
+  self.net:load_state_dict(rest)
+  if null:dim() ~= 2 or null:size(1) ~= self.null:size(1) or null:size(2) ~= self.null:size(2) then
+    fail("load", "'null_cond' is %s (expected %dx%d for mode %s, k=%d, dim=%d)", table.concat(null:shape(), "x"),
+      self.null:size(1), self.null:size(2), self.config.cond.mode, self.config.cond.k, self.config.cond.dim)
+  end
+  knnd.no_grad(function() self.null:copy_(null) end)
+end
+
+function Model:train() self.net:train() end
+function Model:eval() self.net:eval() end
+
+function Model:__tostring()
+  local c = self.config
+  return ("knnd.knn_diffusion (%dx%dx%d; UNet base %d, mults %s; cond %s k=%d dim=%d, %d tokens; %s/%s T=%d), %d parameters")
+    :format(c.channels, c.image_size, c.image_size, c.unet.channels, table.concat(c.unet.channel_mult, ","),
+      c.cond.mode, c.cond.k, c.cond.dim, c.cond.tokens, c.diffusion.schedule, c.diffusion.prediction, c.diffusion.T,
+      self:num_params())
+end
+
+local function l2_normalize(x)
+  return x / (x:square():sum { dim = -1, keepdim = true }:sqrt() + 1e-12)
+end
+
+--- m:condition(query [B,D], neighbors [B,k,D] or nil [, {drop = bool [B] tensor (u8), gen=}]) -> tokens [B,T,D]
+--- The token set of the model's mode; rows where drop is set get the learned null set instead.
+function Model:condition(query, neighbors, opts)
+  local c = self.config.cond
+  opts = opts or {}
+  if query:dim() ~= 2 or query:size(2) ~= c.dim then
+    fail("condition", "query is %s (expected [B, %d]: the model was built for %d-d embeddings)",
+      table.concat(query:shape(), "x"), c.dim, c.dim)
+  end
+  local B = query:size(1)
+  if c.needs_neighbors then
+    if neighbors == nil then fail("condition", "mode %s needs neighbours [B, k, D]", c.mode) end
+    if neighbors:dim() ~= 3 or neighbors:size(1) ~= B or neighbors:size(2) < c.k or neighbors:size(3) ~= c.dim then
+      fail("condition", "neighbors are %s (expected [%d, >= %d, %d])", table.concat(neighbors:shape(), "x"), B, c.k, c.dim)
+    end
+    if neighbors:size(2) > c.k then neighbors = neighbors:narrow(2, 1, c.k) end
+  else
+    neighbors = nil
+  end
+  local tokens
+  if neighbors then
+    tokens = knnd.cond.build(c.mode, l2_normalize(query), l2_normalize(neighbors), { xi = c.xi, gen = opts.gen })
+  else
+    tokens = knnd.cond.build(c.mode, l2_normalize(query), { xi = c.xi, gen = opts.gen })
+  end
+  if opts.drop then
+    local null = self.null:unsqueeze(1):expand(B, c.tokens, c.dim)
+    tokens = knnd.where(opts.drop:view(B, 1, 1), null, tokens)
+  end
+  return tokens
+end
+
+--- m:null_tokens(B) -> [B,T,D] the learned null condition
+function Model:null_tokens(B)
+  local c = self.config.cond
+  return self.null:unsqueeze(1):expand(B, c.tokens, c.dim)
+end
+
+--- m:forward(x_t, t, tokens) -> the network's prediction (eps, v or x0)
+function Model:forward(x, t, tokens)
+  return self.net(x, t, tokens)
+end
+Model.__call = Model.forward
+
+--- m:loss(x0 [B,C,H,W] in [-1,1], tokens [B,T,D] [, {gen=}]) -> the diffusion loss (a scalar)
+function Model:loss(x0, tokens, opts)
+  local gen = opts and opts.gen
+  local B = x0:size(1)
+  local d = self.diffusion
+  local t = knnd.randint(0, d:num_timesteps(), { B }, { gen = gen, dtype = "i64" })
+  local noise = knnd.randn_like(x0, { gen = gen })
+  local xt = d:q_sample(x0, t, noise)
+  return d:loss(self.net(xt, t, tokens), x0, noise, t)
+end
+
+--- m:sample{tokens = [B,T,D], sampler = "dpmpp"|"ddim"|"ddpm", steps = 25, guidance = 3,
+---   eta = 0 (ddim), seed = 0 | gen =, progress = false} -> images f32 [B,C,H,W] in [-1, 1]
+--- guidance = 1 is the conditional model alone; 0 the unconditional one (the null tokens).
+function Model:sample(opts)
+  local fname = "Model:sample"
+  check_keys(fname, "option", opts, { tokens = 1, sampler = 1, steps = 1, guidance = 1, eta = 1, seed = 1, gen = 1,
+    progress = 1, noise = 1 })
+  local tokens = opts.tokens or fail(fname, "option 'tokens' ([B,T,D], from m:condition) is required")
+  local c = self.config
+  if tokens:dim() ~= 3 or tokens:size(2) ~= c.cond.tokens or tokens:size(3) ~= c.cond.dim then
+    fail(fname, "tokens are %s (expected [B, %d, %d] for mode %s)", table.concat(tokens:shape(), "x"), c.cond.tokens,
+      c.cond.dim, c.cond.mode)
+  end
+  local sampler = opts.sampler or "dpmpp"
+  if sampler ~= "dpmpp" and sampler ~= "ddim" and sampler ~= "ddpm" then
+    fail(fname, "option 'sampler' is '%s' (expected dpmpp, ddim or ddpm)", tostring(sampler))
+  end
+  local steps = positive_int(fname, "steps", opts.steps or 25)
+  local scale = opts.guidance or 3.0
+  local gen = opts.gen or knnd.Generator(opts.seed or 0)
+  local B = tokens:size(1)
+  local d = self.diffusion
+  local was_training = self.net.training
+  self.net:eval()
+  local prev = knnd.set_grad_enabled(false)
+  local ok, res = pcall(function()
+    local x = opts.noise or knnd.randn(B, c.channels, c.image_size, c.image_size, { gen = gen })
+    local ts = d:timesteps(steps, sampler == "dpmpp" and "dpmpp" or sampler)
+    local solver = sampler == "dpmpp" and knnd.diffusion.dpmpp(d) or nil
+    -- one batched call for the conditional and the unconditional halves when guiding
+    local guided = scale ~= 1
+    local ctx = guided and knnd.cat({ tokens, self:null_tokens(B) }, 1) or tokens
+    local bar = opts.progress and knnd.progress { total = #ts, desc = "sample", unit = "step" } or nil
+    for i, t in ipairs(ts) do
+      local xin = guided and knnd.cat({ x, x }, 1) or x
+      local tt = knnd.full({ xin:size(1) }, t, { dtype = "i64" })
+      local out = self.net(xin, tt, ctx)
+      if guided then
+        out = knnd.diffusion.cfg(out:narrow(1, B + 1, B), out:narrow(1, 1, B), scale)
+      end
+      local t_prev = ts[i + 1] or -1
+      if solver then
+        x = solver:step(out, t, t_prev, x)
+      else
+        x = d:step(sampler, out, t, t_prev, x, { eta = opts.eta or (sampler == "ddpm" and 1 or 0), generator = gen })
+      end
+      if bar then bar:update(1) end
+    end
+    if bar then bar:close() end
+    return knnd.clamp(x, -1, 1)
+  end)
+  knnd.set_grad_enabled(prev)
+  if was_training then self.net:train() end
+  if not ok then error(res, 0) end
+  return res
+end
+
+local function stored_config(m)
+  local c = m.config
+  local cond = {}
+  for k, v in pairs(c.cond) do if k ~= "tokens" and k ~= "needs_neighbors" then cond[k] = v end end
+  return { image_size = c.image_size, channels = c.channels, seed = c.seed, unet = c.unet, cond = cond,
+    diffusion = c.diffusion }
+end
+M.stored_config = stored_config
+
+-- ---- training -----------------------------------------------------------------------------
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- text written to path through a temporary file and a rename (a crash leaves the old file)
+local function write_atomic(path, text)
+  local tmp = ("%s.tmp.%d"):format(path, math.random(1 << 30))
+  local f, err = io.open(tmp, "wb")
+  if not f then error(("cannot write '%s': %s"):format(tmp, err), 0) end
+  local ok, werr = f:write(text)
+  local cok, cerr = f:close()
+  if not ok or not cok then
+    os.remove(tmp)
+    error(("cannot write '%s': %s"):format(tmp, tostring(werr or cerr)), 0)
+  end
+  local rok, rerr = os.rename(tmp, path)
+  if not rok then
+    os.remove(tmp)
+    error(("cannot rename '%s' to '%s': %s"):format(tmp, path, tostring(rerr)), 0)
+  end
+end
+M.write_atomic = write_atomic
+
+local function mkdir_p(dir)
+  os.execute(("mkdir -p '%s'"):format(dir:gsub("'", "'\\''")))
+end
+
+-- the log: one row per step {step, loss, lr, seconds}
+local function write_log(path, rows)
+  local lines = { "step,loss,lr,seconds" }
+  for _, r in ipairs(rows) do lines[#lines + 1] = ("%d,%.9g,%.9g,%.3f"):format(r[1], r[2], r[3], r[4]) end
+  write_atomic(path, table.concat(lines, "\n") .. "\n")
+end
+
+--- knnd.knn_diffusion.read_log(path) -> {steps = {...}, loss = {...}, lr = {...}, seconds = {...}}
+function M.read_log(path, upto)
+  local f = io.open(path, "rb")
+  local out = { steps = {}, loss = {}, lr = {}, seconds = {} }
+  if not f then return out end
+  local first = true
+  for line in f:lines() do
+    if first then
+      first = false
+    else
+      local st, l, lr, sec = line:match("^(%d+),([^,]+),([^,]+),([^,]+)$")
+      st = math.tointeger(tonumber(st))
+      if st and (not upto or st <= upto) then
+        local n = #out.steps + 1
+        out.steps[n], out.loss[n], out.lr[n], out.seconds[n] = st, tonumber(l), tonumber(lr), tonumber(sec)
+      end
+    end
+  end
+  f:close()
+  return out
+end
+
+--- knnd.knn_diffusion.plot_losses{path=, runs = {{name=, log=read_log(...)}, ...}, title=}: the loss
+--- curves (each smoothed with an exponential moving average; the raw curve faint) as a PNG
+function M.plot_losses(o)
+  local series = {}
+  for _, run in ipairs(o.runs) do
+    local xs, ys, sm, v = run.log.steps, run.log.loss, {}, nil
+    for i, y in ipairs(ys) do
+      v = v and (0.98 * v + 0.02 * y) or y
+      sm[i] = v
+    end
+    if #xs > 0 then series[#series + 1] = { name = run.name .. " (EMA 0.98)", x = xs, y = sm } end
+  end
+  if #series == 0 then return end
+  knnd.plot { path = o.path, title = o.title or "diffusion training loss", xlabel = "step", ylabel = "loss",
+    logy = true, series = series }
+end
+
+local function open_store(fname, what, v)
+  if type(v) == "string" then
+    if not exists(v) then fail(fname, "option '%s': '%s' not found", what, v) end
+    local ok, st = pcall(knnd.embeddings.open, v)
+    if not ok then fail(fname, "option '%s': %s", what, tostring(st)) end
+    return st
+  end
+  return v
+end
+
+-- all rows of an embedding store (or a tensor [N,D]) as f32 [N,D]
+local function all_embeddings(fname, what, v)
+  if knnd.is_tensor(v) then
+    if v:dim() ~= 2 then fail(fname, "option '%s' is a tensor of %d dims (expected [N, D])", what, v:dim()) end
+    return v:to("f32"):contiguous(), nil
+  end
+  local st = open_store(fname, what, v)
+  if st == nil then return nil end
+  return st:read(1, #st), st
+end
+
+-- the first differing key of two stored configs ("unet.channels: 32 vs 16"), nil when equal
+local function config_difference(a, b, prefix)
+  prefix = prefix or ""
+  if type(a) ~= "table" or type(b) ~= "table" then
+    if a == b or (type(a) == "number" and type(b) == "number" and math.abs(a - b) <= 1e-12 * math.max(1, math.abs(b))) then
+      return nil
+    end
+    return ("%s: %s vs %s"):format(prefix ~= "" and prefix or "config", tostring(a), tostring(b))
+  end
+  local seen, keys = {}, {}
+  for _, t in ipairs { a, b } do
+    for k in pairs(t) do
+      if not seen[k] then seen[k] = true keys[#keys + 1] = k end
+    end
+  end
+  table.sort(keys, function(x, y) return tostring(x) < tostring(y) end)
+  for _, k in ipairs(keys) do
+    local d = config_difference(a[k], b[k], prefix == "" and tostring(k) or (prefix .. "." .. tostring(k)))
+    if d then return d end
+  end
+  return nil
+end
+
+local train_keys = { model = 1, dataset = 1, embeddings = 1, cache = 1, database = 1, steps = 1, batch = 1, lr = 1,
+  min_lr = 1, warmup = 1, weight_decay = 1, ema = 1, grad_clip = 1, flip = 1, seed = 1, out = 1,
+  checkpoint_every = 1, resume = 1, progress = 1, until_step = 1, time_limit = 1, name = 1, rows = 1 }
+
+--- knnd.knn_diffusion.train{model=, dataset= (path or knnd.dataset), embeddings= (the CLIP image
+---   embeddings of the dataset's rows: a store, its path, or f32 [N,D]), cache= (neighbour cache
+---   or its path; modes knn and knn_only), database= (the store the cache's rows point into;
+---   default embeddings), steps=2000, batch=64, lr=2e-4, min_lr=lr/10, warmup=steps/50,
+---   weight_decay=0, ema=0.999, grad_clip=1, flip=false, seed=0, out= (run directory),
+---   checkpoint_every=250, resume=true, progress=true, until_step=, time_limit=, name=, rows= (train on
+---   these 0-based rows only, e.g. held-out classes left out; their neighbours still come from the cache)}
+--- -> {steps=, loss=, seconds=, resumed_from=, log=}
+--- Writes out/checkpoint.h5 (model, AdamW, EMA, step, generator, loader position: resuming from it
+--- continues exactly), out/model.h5 (the EMA weights, for knnd.knn_diffusion.load), out/log.csv
+--- and out/loss.png. Training sees no text: the condition is built from image embeddings.
+function M.train(o)
+  local fname = "train"
+  check_keys(fname, "option", o, train_keys)
+  local model = o.model
+  if getmetatable(model) ~= Model then fail(fname, "option 'model' expected a knnd.knn_diffusion model") end
+  local cfg = model.config
+  local out = o.out or fail(fname, "option 'out' (the run directory) is required")
+  if type(out) ~= "string" then fail(fname, "option 'out' expected a directory path") end
+  local ds = o.dataset or fail(fname, "option 'dataset' (a prepared dataset or its path) is required")
+  if type(ds) == "string" then
+    if not exists(ds) then fail(fname, "option 'dataset': '%s' not found", ds) end
+    ds = knnd.dataset.open(ds)
+  end
+  local n = ds:count()
+  local shape = ds:image_shape()
+  if shape[1] ~= cfg.channels or shape[2] ~= cfg.image_size or shape[3] ~= cfg.image_size then
+    fail(fname, "the dataset's images are %dx%dx%d but the model was built for %dx%dx%d (channels, size)", shape[1],
+      shape[2], shape[3], cfg.channels, cfg.image_size, cfg.image_size)
+  end
+  local emb, emb_store = all_embeddings(fname, "embeddings", o.embeddings
+    or fail(fname, "option 'embeddings' (the CLIP embeddings of the dataset's images) is required"))
+  if emb:size(1) ~= n then
+    fail(fname, "the embeddings have %d rows but the dataset has %d images (encode this dataset)", emb:size(1), n)
+  end
+  if emb:size(2) ~= cfg.cond.dim then
+    fail(fname, "the embeddings are %d-d but the model was built for cond.dim = %d", emb:size(2), cfg.cond.dim)
+  end
+  local cache, database
+  if cfg.cond.needs_neighbors then
+    cache = o.cache or fail(fname, "mode %s needs option 'cache' (a neighbour cache of the dataset)", cfg.cond.mode)
+    if type(cache) == "string" then
+      if not exists(cache) then fail(fname, "option 'cache': '%s' not found", cache) end
+      cache = knnd.cache.open(cache)
+    end
+    local info = cache:info()
+    if info.count ~= n then fail(fname, "the neighbour cache has %d rows but the dataset has %d", info.count, n) end
+    if info.k < cfg.cond.k then fail(fname, "the neighbour cache holds k = %d, the model needs k = %d", info.k, cfg.cond.k) end
+    database = o.database and all_embeddings(fname, "database", o.database) or emb
+    if database:size(2) ~= cfg.cond.dim then
+      fail(fname, "the database embeddings are %d-d, the model needs %d", database:size(2), cfg.cond.dim)
+    end
+  end
+  local steps = positive_int(fname, "steps", o.steps or 2000)
+  local batch = positive_int(fname, "batch", o.batch or 64)
+  local lr = o.lr or 2e-4
+  local every = positive_int(fname, "checkpoint_every", o.checkpoint_every or 250)
+  local seed = math.tointeger(o.seed or 0) or fail(fname, "option 'seed' expected an integer")
+  mkdir_p(out)
+  local ck_path, model_path, log_path = out .. "/checkpoint.h5", out .. "/model.h5", out .. "/log.csv"
+
+  -- everything random in a step (timesteps, noise, null-condition drops, LAFITE noise, dropout)
+  -- comes from the default generator, which the checkpoint saves and restores
+  knnd.manual_seed(seed)
+  local params = model:parameters()
+  local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = o.weight_decay or 0.0 })
+  local ema = knnd.optim.EMA(params, o.ema or 0.999)
+  local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
+    warmup_steps = math.min(o.warmup or math.max(1, steps // 50), steps - 1), total_steps = steps }
+  local loader = ds:loader { batch = math.min(batch, o.rows and (knnd.is_tensor(o.rows) and o.rows:numel() or #o.rows) or n),
+    shuffle = true, seed = seed, flip = o.flip == true, rows = o.rows }
+  local info = { encoder = emb_store and emb_store:info().encoder or nil,
+    encoder_hash = emb_store and emb_store:info().encoder_hash or nil, dataset = ds.path, name = o.name }
+  model.info = info
+
+  local start, resumed_from = 0, nil
+  local log = { steps = {}, loss = {}, lr = {}, seconds = {} }
+  if o.resume ~= false and exists(ck_path) then
+    local peek = knnd.io.load_checkpoint(ck_path, { gen = false })
+    local c = peek.config or {}
+    if c.format ~= M.FORMAT then fail(fname, "'%s' is not a knn_diffusion training checkpoint", ck_path) end
+    local differs = config_difference(c.model, stored_config(model))
+    if differs then
+      fail(fname, "'%s' holds a model of another configuration (%s): give another 'out' directory, or resume = false "
+        .. "to start over there", ck_path, differs)
+    end
+    local ck = knnd.io.load_checkpoint(ck_path, { model = model, optimizer = opt, ema = ema })
+    if c.loader then loader:load_state(c.loader) end
+    start, resumed_from = ck.step, ck.step
+    log = M.read_log(log_path, start)
+  end
+  local rows_log = {}
+  for i = 1, #log.steps do rows_log[i] = { log.steps[i], log.loss[i], log.lr[i], log.seconds[i] } end
+
+  local function save(step)
+    local c = { format = M.FORMAT, model = stored_config(model), info = info, loader = loader:state(),
+      ema_names = model:parameter_names(), train = { steps = steps, batch = batch, lr = lr, seed = seed } }
+    write_log(log_path, rows_log)
+    knnd.io.save_checkpoint(ck_path, { model = model, optimizer = opt, ema = ema, step = step, config = c })
+  end
+
+  local bar = o.progress ~= false and knnd.progress { total = steps, desc = "train " .. (o.name or cfg.cond.mode),
+    unit = "step" } or nil
+  if bar and start > 0 then bar:update(start) end
+  local t0 = knnd.wall_time()
+  local seconds0 = #rows_log > 0 and rows_log[#rows_log][4] or 0
+  local p_uncond = cfg.cond.p_uncond
+  local stop = math.min(steps, o.until_step or steps)
+  local step, loss_value = start, nil
+  local db_n = database and database:size(1) or 0
+  model:train()
+  while step < stop do
+    if o.time_limit and knnd.wall_time() - t0 > o.time_limit then break end
+    local b = loader:next()
+    local B = b.x:size(1)
+    local q = emb:index_select(1, b.rows)
+    local nb
+    if cache then
+      local nrows = cache:lookup(b.rows, cfg.cond.k)
+      local nf = nrows:to("f32")
+      if nf:min():item() < 0 or nf:max():item() >= db_n then
+        fail(fname, "the neighbour cache points outside the database (%d rows): was it built over another store?", db_n)
+      end
+      nb = database:index_select(1, nrows:reshape(-1)):view(B, cfg.cond.k, cfg.cond.dim)
+    end
+    local drop = p_uncond > 0 and knnd.lt(knnd.rand(B), p_uncond) or nil
+    opt:set_lr(sched(step))
+    opt:zero_grad()
+    local loss = model:loss(b.x, model:condition(q, nb, { drop = drop }))
+    loss:backward()
+    if o.grad_clip ~= false then knnd.optim.clip_grad_norm(params, o.grad_clip or 1.0) end
+    opt:step()
+    ema:update()
+    step = step + 1
+    loss_value = loss:item()
+    if loss_value ~= loss_value or loss_value == math.huge then
+      fail(fname, "the loss is %s at step %d (lower lr, or check the data)", tostring(loss_value), step)
+    end
+    rows_log[#rows_log + 1] = { step, loss_value, sched(step - 1), seconds0 + knnd.wall_time() - t0 }
+    if bar then bar:update(1, { loss = loss_value }) end
+    if step % every == 0 or step == steps then save(step) end
+  end
+  if step % every ~= 0 and step ~= steps then save(step) end
+  if bar then bar:close() end
+  model:eval()
+  -- the sampling model: the EMA weights, the live ones kept in the checkpoint
+  ema:swap()
+  model:save(model_path, info)
+  ema:swap()
+  log = M.read_log(log_path)
+  M.plot_losses { path = out .. "/loss.png", runs = { { name = o.name or cfg.cond.mode, log = log } },
+    title = ("training loss (%s)"):format(o.name or cfg.cond.mode) }
+  return { steps = step, loss = loss_value, seconds = knnd.wall_time() - t0, resumed_from = resumed_from, log = log,
+    checkpoint = ck_path, model_path = model_path }
+end
+
+-- ---- generation from text -----------------------------------------------------------------
+local generate_keys = { model = 1, clip = 1, index = 1, prompts = 1, query = 1, n = 1, sampler = 1, steps = 1,
+  guidance = 1, seed = 1, grid = 1, neighbor_grid = 1, images = 1, progress = 1, batch = 1, scale = 1, title = 1 }
+
+--- knnd.knn_diffusion.generate{model=, prompts={...}, clip= (a knnd.clip model) | query= f32 [P,D],
+---   index= (any index with its store: swapping it swaps the database), n=4 per prompt,
+---   sampler="dpmpp", steps=25, guidance=3, seed=0, batch=128, grid= PNG path, neighbor_grid= PNG
+---   path (needs images= the database's images), scale=2, title=, progress=true}
+--- -> {images = f32 [P*n,C,H,W] in [-1,1] (prompt-major), prompts = {P*n}, neighbors = {rows=, scores=}}
+--- The text's CLIP embedding and its k nearest image embeddings in the index give the condition.
+function M.generate(o)
+  local fname = "generate"
+  check_keys(fname, "option", o, generate_keys)
+  local model = o.model
+  if getmetatable(model) ~= Model then fail(fname, "option 'model' expected a knnd.knn_diffusion model") end
+  local cfg = model.config
+  local prompts = o.prompts or fail(fname, "option 'prompts' (a list of strings) is required")
+  if type(prompts) ~= "table" or #prompts == 0 then fail(fname, "option 'prompts' expected a non-empty list of strings") end
+  local P = #prompts
+  local q = o.query
+  local prev = knnd.set_grad_enabled(false)
+  local ok, err = pcall(function()
+    if q == nil then
+      if o.clip == nil then fail(fname, "give option 'clip' (to embed the prompts) or 'query' (their embeddings)") end
+      q = o.clip:encode_text(prompts, { normalize = true })
+    end
+  end)
+  knnd.set_grad_enabled(prev)
+  if not ok then error(err, 0) end
+  if q:dim() ~= 2 or q:size(1) ~= P or q:size(2) ~= cfg.cond.dim then
+    fail(fname, "the prompt embeddings are %s (expected [%d, %d]: is the CLIP the one the model was trained with?)",
+      table.concat(q:shape(), "x"), P, cfg.cond.dim)
+  end
+  local nb
+  if cfg.cond.needs_neighbors or o.neighbor_grid then
+    local idx = o.index or fail(fname, "mode %s needs option 'index' (an index over image embeddings)", cfg.cond.mode)
+    local info = idx:info()
+    if info.dim and info.dim ~= cfg.cond.dim then
+      fail(fname, "the index holds %d-d embeddings, the model was trained on %d-d", info.dim, cfg.cond.dim)
+    end
+    nb = idx:knn(q, { k = math.max(cfg.cond.k, 1) })
+  end
+  local n = positive_int(fname, "n", o.n or 4)
+  local rep = {}
+  for p = 0, P - 1 do for _ = 1, n do rep[#rep + 1] = p end end
+  local rep_t = knnd.tensor(rep, { dtype = "i64" })
+  local tokens = model:condition(q, cfg.cond.needs_neighbors and nb.embeddings or nil, { gen = knnd.Generator(o.seed or 0) })
+  tokens = tokens:index_select(1, rep_t)
+  local gen = knnd.Generator(o.seed or 0)
+  local total = P * n
+  local chunk = positive_int(fname, "batch", o.batch or 128)
+  local images = knnd.empty(total, cfg.channels, cfg.image_size, cfg.image_size)
+  local bar = o.progress ~= false and knnd.progress { total = total, desc = "generate", unit = "img" } or nil
+  for first = 1, total, chunk do
+    local m = math.min(chunk, total - first + 1)
+    images:narrow(1, first, m):copy_(model:sample { tokens = tokens:narrow(1, first, m), sampler = o.sampler,
+      steps = o.steps, guidance = o.guidance, gen = gen })
+    if bar then bar:update(m) end
+  end
+  if bar then bar:close() end
+  local caps = {}
+  for i, p in ipairs(rep) do caps[i] = ((i - 1) % n == 0) and prompts[p + 1] or "" end
+  if o.grid then
+    knnd.save_grid(o.grid, images, { nrow = n, range = { -1, 1 }, scale = o.scale or 2, captions = caps,
+      title = o.title })
+  end
+  if o.neighbor_grid then
+    if o.images == nil then fail(fname, "option 'neighbor_grid' needs 'images' (the database's images)") end
+    knnd.retrieval.neighbor_grid { path = o.neighbor_grid, images = o.images, neighbor_rows = nb.rows,
+      query_texts = prompts, scores = nb.scores, scale = o.scale or 2,
+      title = o.title and (o.title .. ": the prompts' nearest images") or nil }
+  end
+  local expanded = {}
+  for i, p in ipairs(rep) do expanded[i] = prompts[p + 1] end
+  return { images = images, prompts = expanded, prompt_index = rep_t, neighbors = nb and { rows = nb.rows,
+    scores = nb.scores } or nil }
+end
+
+-- ---- saving and loading -------------------------------------------------------------------
+
+--- m:save(path [, extra]): weights and config as a checkpoint file (atomic). extra: a table merged
+--- into the stored config under "info" (e.g. the encoder's identity).
+function Model:save(path, extra)
+  knnd.io.save_checkpoint(path, { model = self:state_dict(), step = 0,
+    config = { format = M.FORMAT, model = stored_config(self), info = extra or self.info or {} } })
+end
+
+--- knnd.knn_diffusion.load(path) -> the model saved by m:save (or the EMA weights of a training
+--- checkpoint written by train)
+function M.load(path)
+  if type(path) ~= "string" then fail("load", "argument 1 'path' expected a file path, got %s", type(path)) end
+  local f = io.open(path, "rb")
+  if not f then fail("load", "'%s' not found", path) end
+  f:close()
+  local ok, ck = pcall(knnd.io.load_checkpoint, path, {})
+  if not ok then fail("load", "%s", tostring(ck)) end
+  local cfg = ck.config
+  if type(cfg) ~= "table" or cfg.format ~= M.FORMAT or type(cfg.model) ~= "table" then
+    fail("load", "'%s' is not a knn_diffusion model (its config has no format '%s')", path, M.FORMAT)
+  end
+  local m = M.new(cfg.model)
+  local weights = ck.model
+  if ck.ema and cfg.ema_names then -- a training checkpoint: sample with the EMA weights
+    weights = {}
+    for k, v in pairs(ck.model) do weights[k] = v end
+    for i, name in ipairs(cfg.ema_names) do
+      weights[name] = ck.ema[("%d.shadow"):format(i - 1)] or fail("load", "'%s' has no EMA weight %d (%s)", path, i - 1, name)
+    end
+  end
+  m:load_state_dict(weights)
+  m.info = cfg.info
+  m:eval()
+  return m
+end
+
+return M
