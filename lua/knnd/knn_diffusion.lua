@@ -503,7 +503,11 @@ function M.train(o)
   local start, resumed_from = 0, nil
   local log = { steps = {}, loss = {}, lr = {}, seconds = {} }
   if o.resume ~= false and exists(ck_path) then
-    local peek = knnd.io.load_checkpoint(ck_path, { gen = false })
+    local ok, peek = pcall(knnd.io.load_checkpoint, ck_path, { gen = false })
+    if not ok then
+      fail(fname, "cannot resume from '%s' (%s): move it away, or give resume = false to start over",
+        ck_path, tostring(peek):gsub("^.-knnd%.io%.load_checkpoint: ", ""))
+    end
     local c = peek.config or {}
     if c.format ~= M.FORMAT then fail(fname, "'%s' is not a knn_diffusion training checkpoint", ck_path) end
     local differs = config_difference(c.model, stored_config(model))
