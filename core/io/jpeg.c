@@ -51,6 +51,13 @@ static void jpeg_err_init(jpeg_err *e) {
 }
 
 /* ---- reading --------------------------------------------------------------------------------- */
+/* the u8 [c,h,w] image, made outside knnd_jpeg_read: a KNND_CPU compound literal in a function
+ * that calls setjmp is a local that -Wclobbered (rightly) worries about */
+static knnd_status new_image(int64_t c, int64_t h, int64_t w, knnd_tensor **out) {
+  int64_t shape[3] = {c, h, w};
+  return knnd_tensor_empty(KNND_U8, 3, shape, KNND_CPU, out);
+}
+
 knnd_status knnd_jpeg_read(const char *path, knnd_tensor **out) {
   const char *op = "jpeg_read";
   if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
@@ -97,9 +104,8 @@ knnd_status knnd_jpeg_read(const char *path, knnd_tensor **out) {
     st = knnd_error(KNND_ERR_FORMAT, "%s: '%s': unexpected pixel layout (%d components)", op, path, in_c);
     goto done;
   }
-  int64_t shape[3] = {c, h, w};
   knnd_tensor *t;
-  if ((st = knnd_tensor_empty(KNND_U8, 3, shape, KNND_CPU, &t))) goto done;
+  if ((st = new_image(c, h, w, &t))) goto done;
   img = t;
   row = malloc((size_t)w * (size_t)in_c);
   if (!row) {
