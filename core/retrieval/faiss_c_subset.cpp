@@ -12,11 +12,13 @@
 
 #include <faiss/AutoTune.h>
 #include <faiss/Index.h>
+#include <faiss/IndexFlat.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexFlat_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -79,6 +81,16 @@ int faiss_Index_is_trained(const FaissIndex *obj) { return cpp(obj)->is_trained 
 idx_t faiss_Index_ntotal(const FaissIndex *obj) { return cpp(obj)->ntotal; }
 FaissMetricType faiss_Index_metric_type(const FaissIndex *obj) {
   return static_cast<FaissMetricType>(cpp(obj)->metric_type);
+}
+
+FaissIndexFlat *faiss_IndexFlat_cast(FaissIndex *index) {
+  return reinterpret_cast<FaissIndexFlat *>(dynamic_cast<faiss::IndexFlat *>(cpp(index)));
+}
+
+void faiss_IndexFlat_xb(FaissIndexFlat *index, float **p_xb, size_t *p_size) {
+  auto *flat = reinterpret_cast<faiss::IndexFlat *>(index);
+  *p_xb = flat->get_xb();
+  if (p_size) *p_size = flat->codes.size() / sizeof(float);
 }
 
 int faiss_Index_train(FaissIndex *index, idx_t n, const float *x) {

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE /* fopencookie */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include <zlib.h>
 
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexFlat_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -182,6 +184,23 @@ knnd_status knnd_index_add(knnd_index *idx, const knnd_tensor *x, const knnd_ten
   return KNND_OK;
 }
 
+const float *knnd_index_flat_vectors(const knnd_index *idx, int64_t *count) {
+  *count = 0;
+  if (!idx) return NULL;
+  /* the cast only reads: FAISS's C API has no const overload */
+  FaissIndexFlat *flat = faiss_IndexFlat_cast((FaissIndex *)idx->faiss);
+  if (!flat || faiss_Index_metric_type(idx->faiss) != METRIC_INNER_PRODUCT) return NULL;
+  float *xb = NULL;
+  size_t size = 0;
+  faiss_IndexFlat_xb(flat, &xb, &size);
+  *count = faiss_Index_ntotal(idx->faiss);
+  if ((size_t)*count * (size_t)idx->dim != size) { /* not the layout knnd reads: FAISS searches */
+    *count = 0;
+    return NULL;
+  }
+  return xb;
+}
+
 knnd_status knnd_index_search(const knnd_index *idx, const knnd_tensor *q, int64_t k, knnd_tensor **scores,
                               knnd_tensor **labels) {
   const char *op = "index_search";
@@ -191,13 +210,19 @@ knnd_status knnd_index_search(const knnd_index *idx, const knnd_tensor *q, int64
   if (k <= 0 || k > INT32_MAX) return knnd_error(KNND_ERR_ARG, "%s: argument 'k' is %" PRId64 " (expected > 0)", op, k);
   knnd_tensor *n, *s = NULL, *l = NULL;
   KNND_TRY(knnd_retrieval_normalized_rows(q, 2, idx->dim, op, "q", &n));
-  int64_t shape[2] = {n->shape[0], k};
+  int64_t shape[2] = {n->shape[0], k}, count;
   knnd_status st = knnd_tensor_empty(KNND_F32, 2, shape, KNND_CPU, &s);
   if (!st) st = knnd_tensor_empty(KNND_I64, 2, shape, KNND_CPU, &l);
-  if (!st && faiss_Index_search(idx->faiss, shape[0], knnd_tensor_data(n), k, knnd_tensor_data(s),
-                                knnd_tensor_data(l)) != 0)
+  const float *flat = st ? NULL : knnd_index_flat_vectors(idx, &count);
+  if (flat) {
+    if (knnd_flat_search(flat, count, idx->dim, knnd_tensor_data(n), shape[0], k, INFINITY, NULL, NULL,
+                         knnd_tensor_data(s), knnd_tensor_data(l)))
+      st = knnd_error_context("%s: ", op);
+  } else if (!st && faiss_Index_search(idx->faiss, shape[0], knnd_tensor_data(n), k, knnd_tensor_data(s),
+                                       knnd_tensor_data(l)) != 0) {
     st = knnd_error(KNND_ERR_STATE, "%s: FAISS could not search the \"%s\" index (FAISS: %s)", op, idx->factory,
                     faiss_reason());
+  }
   knnd_tensor_release(n);
   if (st) {
     knnd_tensor_release(s);

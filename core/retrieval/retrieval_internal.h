@@ -21,6 +21,22 @@ knnd_status knnd_retrieval_progress(knnd_progress_fn fn, void *ctx, const char *
 knnd_status knnd_retrieval_i64_values(const knnd_tensor *t, int64_t n, const char *op, const char *arg,
                                       int64_t **out);
 
+/* ---- exact search of Flat indexes (flat_search.c) ------------------------------------------ */
+/* the vectors (count x dim, L2-normalised when knnd added them) of idx when it is a plain Flat
+ * index with the inner-product metric, whose search knnd runs itself; NULL for every other
+ * index. Valid until the index changes. */
+const float *knnd_index_flat_vectors(const knnd_index *idx, int64_t *count);
+/* whether store row `row` may be a neighbour of query `query` (an index into the q passed to
+ * knnd_flat_search); called from several threads at once */
+typedef bool (*knnd_flat_admit_fn)(void *ctx, int64_t query, int64_t row);
+/* For each of the nq queries q [nq,d], the k rows of xb [nb,d] with the highest inner
+ * product, best first (equal scores: lower row first), into scores/labels [nq,k]; slots beyond
+ * the rows found hold -FLT_MAX and -1, as FAISS pads. A row scoring above `upper` is kept
+ * only when admit (NULL: never) says so: the k best then come from the rows scoring at most
+ * `upper` and the admitted ones (INFINITY: every row). */
+knnd_status knnd_flat_search(const float *xb, int64_t nb, int64_t d, const float *q, int64_t nq, int64_t k,
+                             float upper, knnd_flat_admit_fn admit, void *ctx, float *scores, int64_t *labels);
+
 /* ---- conditioning modes: one file each (cond_<name>.c), listed in cond.c's table ---------- */
 typedef struct knnd_cond_ctx {
   int64_t batch, dim;

@@ -5,7 +5,16 @@
  *
  * Usage: bench_retrieval OUTDIR [N [D [Q [NLIST]]]]   (defaults 100000 512 10000 1024)
  * Prints "ROW <name> <ms> <qps> <recall@10>" lines; times are the best of 2 searches of all Q
- * queries in one batch (k = 10), the way FAISS is used for batch retrieval. */
+ * queries in one batch (k = 10), the way FAISS is used for batch retrieval.
+ *
+ * Two more rows time training-time retrieval with its exclusions on a Flat index (best of 2):
+ *   cache_self  knnd_neighbor_cache_build of the first Q database rows (a query store) against
+ *               the whole database, each row's own entry excluded (k = 10);
+ *   knn_dups    knnd_knn_search of min(Q, 2000) rows of a second database in which many rows are
+ *               near-duplicates of each other (cosine > 0.99, what a weakly trained encoder
+ *               makes), excluding self and duplicates (k = 10).
+ * Their recall column is 1 (knnd's result is the reference): the peer reports its agreement
+ * with the rows saved in cache_rows.i64 and dups_rows.i64. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +73,107 @@ static double recall(const knnd_tensor *got, const knnd_tensor *exact, int64_t q
     for (int x = 0; x < K; x++)
       for (int y = 0; y < K; y++) hits += a[i * K + x] == e[i * K + y];
   return (double)hits / (double)(q * K);
+}
+
+static knnd_embstore *save_store(const char *dir, const char *name, const knnd_tensor *x) {
+  static const knnd_embstore_meta meta = {"bench", "bench-weights", "synthetic"};
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  knnd_tensor *ids;
+  knnd_embstore *s;
+  OK(knnd_arange(0, (double)x->shape[0], 1, KNND_I64, &ids));
+  OK(knnd_embstore_save(path, x, ids, KNND_F32, &meta));
+  OK(knnd_embstore_open(path, &s));
+  knnd_tensor_release(ids);
+  return s;
+}
+
+/* The database with near-duplicates: every other row lies close to its centre (noise 0.05 of
+ * the centre's scale: cosine ~0.997 to the others near it), the rest farther (noise 0.5:
+ * cosine ~0.8); the centre is drawn as 1000·u³ for uniform u, so a few centres have thousands
+ * of close rows, like the clumps of a weakly trained encoder. */
+static knnd_tensor *near_duplicates(int64_t n, int64_t d, const knnd_tensor *centres, knnd_generator *g) {
+  knnd_tensor *x, *u;
+  OK(knnd_randn(KNND_F32, 2, (int64_t[]){n, d}, g, &x));
+  OK(knnd_rand(KNND_F32, 1, (int64_t[]){n}, g, &u));
+  float *p = knnd_tensor_data(x);
+  const float *c = knnd_tensor_data(centres), *up = knnd_tensor_data(u);
+  int64_t nc = centres->shape[0];
+  for (int64_t i = 0; i < n; i++) {
+    int64_t ci = (int64_t)((double)nc * up[i] * up[i] * up[i]);
+    if (ci >= nc) ci = nc - 1;
+    float scale = i % 2 ? 0.5f : 0.05f;
+    for (int64_t j = 0; j < d; j++) p[i * d + j] = c[ci * d + j] + scale * p[i * d + j];
+  }
+  knnd_tensor_release(u);
+  return x;
+}
+
+static void exclusion_rows(const char *dir, const knnd_tensor *db, const knnd_tensor *centres, int64_t q,
+                           knnd_generator *g) {
+  int64_t n = db->shape[0], d = db->shape[1];
+  if (q > n) q = n;
+  knnd_knn_opts opts = {.k = K, .exclude_self = true};
+  knnd_tensor *part, *rows;
+  OK(knnd_narrow((knnd_tensor *)db, 0, 0, q, &part));
+  knnd_embstore *store = save_store(dir, "db.h5", db), *qstore = save_store(dir, "db_queries.h5", part);
+  knnd_index *idx;
+  OK(knnd_index_build(store, &(knnd_index_build_opts){.factory = "Flat"}, &idx));
+  char path[1024];
+  snprintf(path, sizeof path, "%s/cache.h5", dir);
+  double best = INFINITY;
+  for (int rep = 0; rep < 2; rep++) {
+    double t = now();
+    OK(knnd_neighbor_cache_build(path, idx, store, qstore, &opts, 0, NULL, NULL));
+    t = now() - t;
+    if (t < best) best = t;
+  }
+  knnd_neighbor_cache *cache;
+  knnd_tensor *all;
+  OK(knnd_neighbor_cache_open(path, idx, &cache));
+  OK(knnd_arange(0, (double)q, 1, KNND_I64, &all));
+  OK(knnd_neighbor_cache_lookup(cache, all, K, &rows));
+  write_raw(dir, "cache_rows.i64", rows);
+  printf("# cache_self: neighbour cache of %lld rows against %lld, k=%d, exclude_self\n", (long long)q, (long long)n, K);
+  printf("ROW cache_self %.2f %.0f 1\n", best * 1e3, (double)q / best);
+  fflush(stdout);
+  knnd_tensor_release(rows);
+  knnd_tensor_release(all);
+  knnd_tensor_release(part);
+  knnd_neighbor_cache_free(cache);
+  knnd_index_free(idx);
+  knnd_embstore_free(store);
+  knnd_embstore_free(qstore);
+
+  int64_t qd = q < 2000 ? q : 2000;
+  knnd_tensor *dups = near_duplicates(n, d, centres, g), *qids;
+  store = save_store(dir, "dups.h5", dups);
+  OK(knnd_index_build(store, &(knnd_index_build_opts){.factory = "Flat"}, &idx));
+  snprintf(path, sizeof path, "%s/dups.index", dir);
+  OK(knnd_index_save(idx, path));
+  OK(knnd_narrow(dups, 0, 0, qd, &part));
+  OK(knnd_arange(0, (double)qd, 1, KNND_I64, &qids));
+  opts.exclude_duplicates = true;
+  knnd_knn_result r = {0};
+  best = INFINITY;
+  for (int rep = 0; rep < 2; rep++) {
+    knnd_knn_result_clear(&r);
+    double t = now();
+    OK(knnd_knn_search(idx, store, part, qids, &opts, &r));
+    t = now() - t;
+    if (t < best) best = t;
+  }
+  write_raw(dir, "dups_rows.i64", r.rows);
+  printf("# knn_dups: %lld queries against %lld rows with near-duplicates, k=%d, exclude_self, exclude_duplicates "
+         "(cosine > 0.99)\n", (long long)qd, (long long)n, K);
+  printf("ROW knn_dups %.2f %.0f 1\n", best * 1e3, (double)qd / best);
+  fflush(stdout);
+  knnd_knn_result_clear(&r);
+  knnd_tensor_release(part);
+  knnd_tensor_release(qids);
+  knnd_tensor_release(dups);
+  knnd_index_free(idx);
+  knnd_embstore_free(store);
 }
 
 int main(int argc, char **argv) {
@@ -137,6 +247,7 @@ int main(int argc, char **argv) {
     knnd_tensor_release(labels);
     knnd_index_free(idx);
   }
+  exclusion_rows(dir, db, centres, q, &g);
   knnd_tensor_release(exact);
   knnd_tensor_release(centres);
   knnd_tensor_release(db);

@@ -1,14 +1,18 @@
 /* test_retrieval.c — embedding stores, FAISS indexes (exact Flat against a double-precision
  * brute force; recall@10 of IVF-Flat, HNSW and IVF-PQ against Flat on clustered vectors),
  * save/load round trips, identity mismatches, truncated and corrupt files, self-exclusion,
- * the conditioning modes (LAFITE's formula against a reference) and neighbour caches. */
+ * the conditioning modes (LAFITE's formula against a reference), neighbour caches, knnd's
+ * Flat search against FAISS's, and the exclusions on a store full of near-duplicates against a
+ * brute force. */
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "knnd/io.h"
@@ -521,6 +525,186 @@ static void test_self_exclusion(void **state) {
   knnd_tensor_release(qids);
 }
 
+/* knnd's own Flat search against FAISS's (an IDMap over a Flat runs FAISS's IndexFlat::search
+ * with labels = rows): the same labels but for ties, the same scores up to GEMM rounding, and
+ * FAISS's padding (-FLT_MAX, -1) when k exceeds the index */
+static void test_flat_search_matches_faiss(void **state) {
+  knnd_index *faiss_flat;
+  knnd_tensor *rows = arange_i64(0, N_DB), *sa, *la, *sb, *lb;
+  KT_OK(knnd_index_new("IDMap,Flat", DIM, NULL, &faiss_flat));
+  KT_OK(knnd_index_add(faiss_flat, db, rows));
+  KT_OK(knnd_index_search(flat, queries, K, &sa, &la));
+  KT_OK(knnd_index_search(faiss_flat, queries, K, &sb, &lb));
+  const float *a = knnd_tensor_data(sa), *b = knnd_tensor_data(sb);
+  const int64_t *al = knnd_tensor_data(la), *bl = knnd_tensor_data(lb);
+  for (int i = 0; i < N_QUERIES * K; i++) {
+    assert_true(fabsf(a[i] - b[i]) < 1e-5f);
+    assert_true(al[i] == bl[i] || fabsf(a[i] - b[i]) < 1e-5f);
+  }
+  knnd_tensor_release(sa);
+  knnd_tensor_release(la);
+  knnd_tensor_release(sb);
+  knnd_tensor_release(lb);
+  knnd_index_free(faiss_flat);
+  knnd_tensor_release(rows);
+
+  knnd_index *small, *small_faiss;
+  knnd_tensor *seven;
+  KT_OK(knnd_narrow(db, 0, 0, 7, &seven));
+  rows = arange_i64(0, 7);
+  KT_OK(knnd_index_new("Flat", DIM, NULL, &small));
+  KT_OK(knnd_index_new("IDMap,Flat", DIM, NULL, &small_faiss));
+  KT_OK(knnd_index_add(small, seven, NULL));
+  KT_OK(knnd_index_add(small_faiss, seven, rows));
+  KT_OK(knnd_index_search(small, queries, 10, &sa, &la));
+  KT_OK(knnd_index_search(small_faiss, queries, 10, &sb, &lb));
+  a = knnd_tensor_data(sa), b = knnd_tensor_data(sb), al = knnd_tensor_data(la), bl = knnd_tensor_data(lb);
+  for (int q = 0; q < N_QUERIES; q++)
+    for (int j = 0; j < 10; j++) {
+      assert_int_equal(al[q * 10 + j] < 0, j >= 7);
+      assert_int_equal(al[q * 10 + j] < 0, bl[q * 10 + j] < 0);
+      if (j >= 7) assert_true(a[q * 10 + j] == -FLT_MAX && b[q * 10 + j] == -FLT_MAX);
+    }
+  knnd_tensor_release(sa);
+  knnd_tensor_release(la);
+  knnd_tensor_release(sb);
+  knnd_tensor_release(lb);
+  knnd_tensor_release(seven);
+  knnd_tensor_release(rows);
+  knnd_index_free(small);
+  knnd_index_free(small_faiss);
+}
+
+/* A weakly trained encoder maps many images to nearly one point: with cosine > 0.99 excluded,
+ * a query may have to skip hundreds of candidates. The store: ND_GROUPS directions u, each with
+ * ND_DUPS rows at angle atan(0.05) from u (cosine >= 0.995 to each other: duplicates) and
+ * ND_NEAR rows at angle atan(0.3) (cosine <= 0.971 to the duplicates), plus random rows; so no
+ * cosine that decides an exclusion lies near the threshold. The result must equal a brute force
+ * in double (rows up to ties), on the Flat index (knnd's search keeps duplicates out of the
+ * fetch) and on an IVF index probing every list (FAISS's search, fetched again and again). */
+#define ND_DIM 32
+#define ND_GROUPS 30
+#define ND_DUPS 200
+#define ND_NEAR 40
+#define ND_RANDOM 2000
+#define ND_ROWS (ND_GROUPS * (ND_DUPS + ND_NEAR) + ND_RANDOM)
+#define ND_K 10
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* v scaled to norm r, after removing its component along the unit vector u */
+static void orthogonal_part(float *v, const float *u, double r, int d) {
+  double vu = 0, nn = 0;
+  for (int t = 0; t < d; t++) vu += (double)v[t] * u[t];
+  for (int t = 0; t < d; t++) {
+    v[t] -= (float)(vu * u[t]);
+    nn += (double)v[t] * v[t];
+  }
+  for (int t = 0; t < d; t++) v[t] = (float)(v[t] * r / sqrt(nn));
+}
+
+/* the k best rows by cosine (double) that are neither the query's row nor above threshold */
+static void brute_force_knn(const float *x, int64_t n, const float *q, int64_t self, double threshold, int k,
+                            double *cos, double *top) {
+  for (int j = 0; j < k; j++) top[j] = -INFINITY;
+  for (int64_t r = 0; r < n; r++) {
+    cos[r] = cosine(q, x + r * ND_DIM, ND_DIM);
+    /* the construction keeps every cosine away from the threshold: the exclusions are exact */
+    assert_true(fabs(cos[r] - threshold) > 1e-4);
+    if (r == self || cos[r] > threshold || cos[r] <= top[k - 1]) continue;
+    int j = k - 1;
+    for (; j > 0 && top[j - 1] < cos[r]; j--) top[j] = top[j - 1];
+    top[j] = cos[r];
+  }
+}
+
+static void test_many_near_duplicates(void **state) {
+  knnd_test_seed(11);
+  knnd_tensor *x = kt_randn(2, (int64_t)ND_ROWS, (int64_t)ND_DIM), *u = kt_randn(2, (int64_t)ND_GROUPS, (int64_t)ND_DIM);
+  float *xp = knnd_tensor_data(x), *up = knnd_tensor_data(u);
+  for (int g = 0; g < ND_GROUPS; g++) {
+    float *ug = up + g * ND_DIM;
+    double n = 0;
+    for (int t = 0; t < ND_DIM; t++) n += (double)ug[t] * ug[t];
+    for (int t = 0; t < ND_DIM; t++) ug[t] = (float)(ug[t] / sqrt(n));
+    for (int i = 0; i < ND_DUPS + ND_NEAR; i++) {
+      float *row = xp + ((int64_t)g * (ND_DUPS + ND_NEAR) + i) * ND_DIM;
+      orthogonal_part(row, ug, i < ND_DUPS ? 0.05 : 0.3, ND_DIM);
+      for (int t = 0; t < ND_DIM; t++) row[t] += ug[t];
+    }
+  }
+  knnd_tensor *ids = arange_i64(ID_OFFSET, ND_ROWS);
+  KT_OK(knnd_embstore_save(tmp_path("neardup.h5"), x, ids, KNND_F32, &META));
+  knnd_embstore *s;
+  KT_OK(knnd_embstore_open(tmp_path("neardup.h5"), &s));
+  /* queries: two duplicates and one near row of every group, and some random rows */
+  enum { NQ = ND_GROUPS * 3 + 30 };
+  int64_t qrow[NQ];
+  for (int g = 0; g < ND_GROUPS; g++) {
+    qrow[3 * g] = (int64_t)g * (ND_DUPS + ND_NEAR) + 3 * g;
+    qrow[3 * g + 1] = (int64_t)g * (ND_DUPS + ND_NEAR) + ND_DUPS - 1;
+    qrow[3 * g + 2] = (int64_t)g * (ND_DUPS + ND_NEAR) + ND_DUPS + g % ND_NEAR;
+  }
+  for (int i = 0; i < 30; i++) qrow[ND_GROUPS * 3 + i] = ND_GROUPS * (ND_DUPS + ND_NEAR) + 61 * i;
+  knnd_tensor *qidx, *q, *qids;
+  KT_OK(knnd_tensor_from_data(KNND_I64, 1, (int64_t[]){NQ}, qrow, &qidx));
+  KT_OK(knnd_index_select(x, 0, qidx, &q));
+  KT_OK(knnd_index_select(ids, 0, qidx, &qids));
+  double *cos = malloc(ND_ROWS * sizeof *cos), (*top)[ND_K] = malloc(NQ * sizeof *top);
+  for (int b = 0; b < NQ; b++)
+    brute_force_knn(xp, ND_ROWS, xp + qrow[b] * ND_DIM, qrow[b], 0.99, ND_K, cos, top[b]);
+
+  knnd_index *flat_idx, *ivf;
+  KT_OK(knnd_index_build(s, &(knnd_index_build_opts){.factory = "Flat"}, &flat_idx));
+  KT_OK(knnd_index_build(s, &(knnd_index_build_opts){.factory = "IVF8,Flat", .seed = 3}, &ivf));
+  KT_OK(knnd_index_set_nprobe(ivf, 8)); /* every list: exact, through FAISS */
+  knnd_index *indexes[2] = {flat_idx, ivf};
+  knnd_knn_opts o = {.k = ND_K, .exclude_self = true, .exclude_duplicates = true};
+  for (int i = 0; i < 2; i++) {
+    knnd_knn_result r;
+    double t0 = now_s();
+    KT_OK(knnd_knn_search(indexes[i], s, q, qids, &(knnd_knn_opts){.k = ND_K, .exclude_self = true}, &r));
+    double t_plain = now_s() - t0;
+    knnd_knn_result_clear(&r);
+    t0 = now_s();
+    KT_OK(knnd_knn_search(indexes[i], s, q, qids, &o, &r));
+    double t_dup = now_s() - t0;
+    print_message("near-duplicates, %s: exclude_self %.3f s, + exclude_duplicates %.3f s\n", i ? "IVF8,Flat" : "Flat",
+                  t_plain, t_dup);
+    /* generous: a Flat index needs one search, not one per doubling of the fetch */
+    if (i == 0) assert_true(t_dup < 4 * t_plain + 2.0);
+    const int64_t *rows = knnd_tensor_data(r.rows), *rids = knnd_tensor_data(r.ids);
+    const float *sc = knnd_tensor_data(r.scores);
+    for (int b = 0; b < NQ; b++) {
+      const float *qv = xp + qrow[b] * ND_DIM;
+      for (int j = 0; j < ND_K; j++) {
+        int64_t row = rows[b * ND_K + j];
+        double c = cosine(qv, xp + row * ND_DIM, ND_DIM);
+        assert_true(row != qrow[b] && rids[b * ND_K + j] == ID_OFFSET + row && c < 0.99);
+        assert_true(fabs(sc[b * ND_K + j] - top[b][j]) < 1e-5); /* the brute force's j-th score */
+        assert_true(fabs(c - top[b][j]) < 1e-5);                /* the same row, or a tie */
+        for (int j2 = 0; j2 < j; j2++) assert_true(rows[b * ND_K + j2] != row);
+      }
+    }
+    knnd_knn_result_clear(&r);
+  }
+  free(cos);
+  free(top);
+  knnd_index_free(flat_idx);
+  knnd_index_free(ivf);
+  knnd_embstore_free(s);
+  knnd_tensor_release(x);
+  knnd_tensor_release(u);
+  knnd_tensor_release(ids);
+  knnd_tensor_release(qidx);
+  knnd_tensor_release(q);
+  knnd_tensor_release(qids);
+}
+
 static void test_cond_modes(void **state) {
   enum { B = 3, KN = 4, D = 8 };
   knnd_tensor *h = kt_randn(2, (int64_t)B, (int64_t)D), *nb = kt_randn(3, (int64_t)B, (int64_t)KN, (int64_t)D);
@@ -726,6 +910,7 @@ int main(void) {
       cmocka_unit_test(test_store),                    cmocka_unit_test(test_corrupt_store_files),
       cmocka_unit_test(test_self_exclusion),           cmocka_unit_test(test_cond_modes),
       cmocka_unit_test(test_neighbor_cache),           cmocka_unit_test(test_argument_errors),
+      cmocka_unit_test(test_flat_search_matches_faiss), cmocka_unit_test(test_many_near_duplicates),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
