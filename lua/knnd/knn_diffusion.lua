@@ -236,12 +236,13 @@ function Model:loss(x0, tokens, opts)
 end
 
 --- m:sample{tokens = [B,T,D], sampler = "dpmpp"|"ddim"|"ddpm", steps = 25, guidance = 3,
----   eta = 0 (ddim), seed = 0 | gen =, progress = false} -> images f32 [B,C,H,W] in [-1, 1]
+---   eta = 0 (ddim), seed = 0 | gen =, progress = false, clip = true} -> images f32 [B,C,H,W] in [-1, 1]
+--- clip: each step's predicted x0 is clipped to [-1, 1] (guided-diffusion's clip_denoised).
 --- guidance = 1 is the conditional model alone; 0 the unconditional one (the null tokens).
 function Model:sample(opts)
   local fname = "Model:sample"
   check_keys(fname, "option", opts, { tokens = 1, sampler = 1, steps = 1, guidance = 1, eta = 1, seed = 1, gen = 1,
-    progress = 1, noise = 1 })
+    progress = 1, noise = 1, clip = 1 })
   local tokens = opts.tokens or fail(fname, "option 'tokens' ([B,T,D], from m:condition) is required")
   local c = self.config
   if tokens:dim() ~= 3 or tokens:size(2) ~= c.cond.tokens or tokens:size(3) ~= c.cond.dim then
@@ -267,6 +268,8 @@ function Model:sample(opts)
     -- one batched call for the conditional and the unconditional halves when guiding
     local guided = scale ~= 1
     local ctx = guided and knnd.cat({ tokens, self:null_tokens(B) }, 1) or tokens
+    local clip = opts.clip ~= false
+    local alphas = clip and d:alphas_cumprod() or nil
     local bar = opts.progress and knnd.progress { total = #ts, desc = "sample", unit = "step" } or nil
     for i, t in ipairs(ts) do
       local xin = guided and knnd.cat({ x, x }, 1) or x
@@ -274,6 +277,15 @@ function Model:sample(opts)
       local out = self.net(xin, tt, ctx)
       if guided then
         out = knnd.diffusion.cfg(out:narrow(1, B + 1, B), out:narrow(1, 1, B), scale)
+      end
+      if clip then
+        -- the predicted x0 clipped to the data range and the output rebuilt from it (guided-diffusion's
+        -- clip_denoised): near t = T the cosine schedule's alpha_bar is ~1e-9, and x0 = (x - sigma·eps)
+        -- / alpha turns a small error in eps into values of 1e3 that the first steps carry into x
+        local x0 = knnd.clamp(d:predict(out, t, x), -1, 1)
+        local ab = alphas[t + 1]
+        local eps = (x - x0 * math.sqrt(ab)) / math.sqrt(1 - ab)
+        out = d:target(x0, knnd.full({ B }, t, { dtype = "i64" }), eps)
       end
       local t_prev = ts[i + 1] or -1
       if solver then
