@@ -3,6 +3,7 @@
  * of backend/cuda/cuda_attention.cu (online softmax, backward recomputing from the log-sum-exp). */
 #include <inttypes.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,20 +326,26 @@ static knnd_status check_args(knnd_tensor *q, knnd_tensor *k, knnd_tensor *v, kn
   return KNND_OK;
 }
 
-/* CPU: the scores of each (b, h) by GEMM, the masked softmax in place (they are kept as P for
- * the backward), the output by GEMM. saved: see backward_cpu. */
+/* CPU: the scores of each (b, h) by GEMM, the masked softmax in place, the output by GEMM.
+ * With save_p the probabilities of every (b, h) are kept as P for the backward (saved: see
+ * backward_cpu); without (no node to record: no grad mode, or no input requires grad) each
+ * thread reuses one (b, h)'s worth, so that a no-grad forward holds threads·Lq·Lk floats
+ * rather than B·H·Lq·Lk (17 MiB per attention block of the reference UNet at 16x16, batch 32),
+ * and the scores stay in cache between the two GEMMs. */
 static knnd_status forward_cpu(knnd_tensor *q, knnd_tensor *k, knnd_tensor *v, knnd_tensor *mc, bool is_causal,
-                               float fscale, knnd_tensor **res, knnd_tensor **saved) {
+                               float fscale, bool save_p, knnd_tensor **res, knnd_tensor **saved) {
   static const char *op = "scaled_dot_product_attention";
   const int64_t B = q->shape[0], H = q->shape[1], Lq = q->shape[2], D = q->shape[3];
   const int64_t Lk = k->shape[2], Dv = v->shape[3], BH = B * H;
+  const bh_threads th = plan_threads(BH, BH * Lq * Lk * (D + Dv));
   knnd_tensor *qc = NULL, *kc = NULL, *vc = NULL, *p = NULL, *o = NULL;
   knnd_status st = KNND_OK;
   KNND_CHECK(gemm_operand(q, &qc));
   KNND_CHECK(gemm_operand(k, &kc));
   KNND_CHECK(gemm_operand(v, &vc));
-  const int64_t pshape[4] = {B, H, Lq, Lk};
-  KNND_CHECK(knnd_tensor_empty(KNND_F32, 4, pshape, KNND_CPU, &p));
+  const int64_t pshape[4] = {B, H, Lq, Lk}, scratch_shape[3] = {th.outer, Lq, Lk};
+  KNND_CHECK(save_p ? knnd_tensor_empty(KNND_F32, 4, pshape, KNND_CPU, &p)
+                    : knnd_tensor_empty(KNND_F32, 3, scratch_shape, KNND_CPU, &p));
   KNND_CHECK(empty_like_layout(q, KNND_F32, B, H, Lq, Dv, &o));
   {
     int64_t ms[4] = {0, 0, 0, 0};
@@ -348,10 +355,9 @@ static knnd_status forward_cpu(knnd_tensor *q, knnd_tensor *k, knnd_tensor *v, k
     bh_matrix mq = bh_of(qc), mk = bh_of(kc), mv = bh_of(vc), mo = bh_of(o);
     float *pp = knnd_tensor_data(p);
     worker_error err = {0};
-    const bh_threads th = plan_threads(BH, BH * Lq * Lk * (D + Dv));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(th.outer) if (th.outer > 1)
     for (int64_t bh = 0; bh < BH; bh++) {
-      float *s = pp + bh * Lq * Lk;
+      float *s = pp + (save_p ? bh : omp_get_thread_num()) * Lq * Lk;
       knnd_status gs =
           knnd_sgemm(false, true, Lq, Lk, D, fscale, bh_at(&mq, bh, H), mq.ld, bh_at(&mk, bh, H), mk.ld, 0.0f, s, Lk);
       if (gs) {
@@ -375,7 +381,8 @@ static knnd_status forward_cpu(knnd_tensor *q, knnd_tensor *k, knnd_tensor *v, k
   saved[0] = qc;
   saved[1] = kc;
   saved[2] = vc;
-  saved[3] = p;
+  saved[3] = save_p ? p : NULL;
+  if (!save_p) knnd_tensor_release(p);
   return KNND_OK;
 cleanup:
   knnd_tensor_release(qc);
@@ -451,13 +458,16 @@ knnd_status knnd_scaled_dot_product_attention(knnd_tensor *q, knnd_tensor *k, kn
   const float fscale = (float)scale;
   knnd_tensor *mc = NULL, *res = NULL, *saved[KNND_NODE_MAX_SAVED] = {NULL};
   knnd_status st = KNND_OK;
+  /* whether knnd_autograd_record below will make a node (its rule) */
+  const bool save_p = knnd_is_grad_enabled() && (q->requires_grad || k->requires_grad || v->requires_grad ||
+                                                 (mask && mask->requires_grad));
   /* a u8 mask is read as is; a float one as f32 */
   if (mask) KNND_CHECK(mask->dtype == KNND_U8 ? knnd_alias(mask, &mc) : knnd_contig_f32(mask, &mc));
 #ifdef KNND_HAVE_CUDA
   if (knnd_on_cuda(q)) st = forward_cuda(q, k, v, mc, is_causal, fscale, &res, saved);
   else
 #endif
-    st = forward_cpu(q, k, v, mc, is_causal, fscale, &res, saved);
+    st = forward_cpu(q, k, v, mc, is_causal, fscale, save_p, &res, saved);
   if (st) goto cleanup;
   knnd_tensor *inputs[4] = {q, k, v, mask};
   knnd_node *node = NULL;

@@ -27,11 +27,17 @@
  * convolution) measured 1.6x slower than blocked ones plus reorders. Primitives and reorders
  * are created once per shape and kept in a small LRU table. One mutex guards the table and
  * every execution: calls from several threads are safe but run one at a time (each already
- * uses all cores). */
+ * uses all cores).
+ *
+ * The blocked copies and each primitive's scratchpad (user mode) are tensors from knnd's
+ * allocator, alive only while the pass runs, so that they reuse the memory the activations
+ * free and hand it back to them. oneDNN's own buffers (DNNL_MEMORY_ALLOCATE) came from malloc,
+ * and its library-mode scratchpad stays for good at the largest size any conv asked for (29 MiB
+ * in the UNet: its first conv's forward, the weight gradients of the 3x3 convs). */
 
 enum { ROLE_X, ROLE_W, ROLE_B, ROLE_Y, N_ROLES };            /* the four tensors of a conv */
 enum { PASS_FWD, PASS_BWD_DATA, PASS_BWD_WEIGHTS, N_PASSES }; /* its three primitives */
-#define MAX_PASS_ARGS 4
+#define MAX_PASS_ARGS 4 /* and the scratchpad */
 
 /* oneDNN sizes a primitive's work split for the thread count at creation, and wants it run
  * with that count: a different OMP_NUM_THREADS / omp_set_num_threads makes a new entry */
@@ -51,6 +57,8 @@ typedef struct {
   dnnl_primitive_t prim;
   int n_args;
   pass_arg args[MAX_PASS_ARGS];
+  dnnl_memory_desc_t scratch_md; /* the primitive's scratchpad (user mode) */
+  size_t scratch_bytes;
 } conv_pass;
 
 typedef struct {
@@ -180,11 +188,21 @@ static knnd_status pass_create(conv_entry *e, int pass) {
   e->have[pass] = true; /* so that entry_destroy frees a half-made pass */
   dnnl_convolution_desc_t d;
   dnnl_primitive_desc_t pd = NULL;
+  dnnl_primitive_attr_t attr = NULL;
   KNND_TRY(pass_desc(e, pass, &d));
   if (pass != PASS_FWD && !e->fwd_pd) KNND_TRY(pass_create(e, PASS_FWD));
-  dnnl_status_t s = dnnl_primitive_desc_create(&pd, &d, NULL, engine, pass == PASS_FWD ? NULL : e->fwd_pd);
+  DNNL_TRY(dnnl_primitive_attr_create(&attr), "create primitive attributes");
+  dnnl_status_t s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+  if (s == dnnl_success)
+    s = dnnl_primitive_desc_create(&pd, &d, attr, engine, pass == PASS_FWD ? NULL : e->fwd_pd);
+  dnnl_primitive_attr_destroy(attr);
   if (s != dnnl_success) return dnnl_fail(s, "find a convolution implementation");
   knnd_status st = KNND_OK;
+  const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+  if (smd) {
+    p->scratch_md = *smd;
+    p->scratch_bytes = dnnl_memory_desc_get_size(smd);
+  }
   if (pass == PASS_FWD) {
     KNND_CHECK(pass_add_arg(e, p, pd, DNNL_ARG_SRC, ROLE_X, false, dnnl_query_src_md, 0));
     KNND_CHECK(pass_add_arg(e, p, pd, DNNL_ARG_WEIGHTS, ROLE_W, false, dnnl_query_weights_md, 0));
@@ -240,6 +258,18 @@ static knnd_status lookup_pass(const conv_key *k, int pass, conv_entry **out) {
   return KNND_OK;
 }
 
+/* A buffer of knnd's allocator for a memory of layout md (freed with the tensor) */
+static knnd_status buffer_new(const dnnl_memory_desc_t *md, knnd_tensor **buf, dnnl_memory_t *mem) {
+  const int64_t bytes = (int64_t)dnnl_memory_desc_get_size(md);
+  KNND_TRY(knnd_tensor_empty(KNND_U8, 1, &bytes, KNND_CPU, buf));
+  dnnl_status_t s = dnnl_memory_create(mem, md, engine, knnd_tensor_data(*buf));
+  if (s == dnnl_success) return KNND_OK;
+  knnd_tensor_release(*buf);
+  *buf = NULL;
+  *mem = NULL;
+  return dnnl_fail(s, "wrap a buffer");
+}
+
 /* Inputs already reordered during this conv call, so that the backward's two passes reorder
  * the output gradient once: keyed by the user buffer and the layout wanted. */
 #define REORDER_CACHE_SIZE 4
@@ -249,6 +279,7 @@ typedef struct {
     const void *ptr;
     dnnl_memory_desc_t md;
     dnnl_memory_t mem;
+    knnd_tensor *buf;
   } item[REORDER_CACHE_SIZE];
 } reorder_cache;
 
@@ -259,53 +290,68 @@ static dnnl_memory_t reorder_cache_find(const reorder_cache *c, const void *ptr,
 }
 
 static void reorder_cache_free(reorder_cache *c) {
-  for (int i = 0; i < c->n; i++) dnnl_memory_destroy(c->item[i].mem);
+  for (int i = 0; i < c->n; i++) {
+    dnnl_memory_destroy(c->item[i].mem);
+    knnd_tensor_release(c->item[i].buf);
+  }
   c->n = 0;
 }
 
 /* run one pass on plain f32 buffers (ptr[role]; NULL for an absent bias) */
 static knnd_status pass_run(conv_entry *e, int pass, void *const ptr[N_ROLES], reorder_cache *cache) {
   conv_pass *p = &e->pass[pass];
-  dnnl_memory_t user[MAX_PASS_ARGS] = {0}, inner[MAX_PASS_ARGS] = {0}; /* inner: owned here unless cached */
-  dnnl_exec_arg_t args[MAX_PASS_ARGS];
+  /* user: the knnd tensors' buffers; inner (buffers buf): the blocked copies and, last, the
+   * scratchpad; an inner copy taken over by the cache is NULL here */
+  dnnl_memory_t user[MAX_PASS_ARGS] = {0}, inner[MAX_PASS_ARGS + 1] = {0};
+  knnd_tensor *buf[MAX_PASS_ARGS + 1] = {0};
+  dnnl_exec_arg_t args[MAX_PASS_ARGS + 1];
   dnnl_status_t s = dnnl_success;
+  knnd_status st = KNND_OK;
   const char *what = "wrap a buffer";
-  for (int i = 0; i < p->n_args && s == dnnl_success; i++) {
+  int n_args = p->n_args;
+  for (int i = 0; i < p->n_args && s == dnnl_success && !st; i++) {
     pass_arg *a = &p->args[i];
     dnnl_memory_t reused = a->reorder && !a->output ? reorder_cache_find(cache, ptr[a->role], &a->md) : NULL;
     s = dnnl_memory_create(&user[i], &e->user[a->role], engine, ptr[a->role]);
-    if (s == dnnl_success && a->reorder && !reused)
-      s = dnnl_memory_create(&inner[i], &a->md, engine, DNNL_MEMORY_ALLOCATE);
-    if (s == dnnl_success && a->reorder && !a->output && !reused) {
+    if (s == dnnl_success && a->reorder && !reused) st = buffer_new(&a->md, &buf[i], &inner[i]);
+    if (s == dnnl_success && !st && a->reorder && !a->output && !reused) {
       what = "reorder an input";
       dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, user[i]}, {DNNL_ARG_TO, inner[i]}};
       s = dnnl_primitive_execute(a->reorder, stream, 2, r);
       if (s == dnnl_success && cache->n < REORDER_CACHE_SIZE) { /* the cache owns it from now on */
         cache->item[cache->n].ptr = ptr[a->role];
         cache->item[cache->n].md = a->md;
+        cache->item[cache->n].buf = buf[i];
         cache->item[cache->n++].mem = inner[i];
         reused = inner[i];
         inner[i] = NULL;
+        buf[i] = NULL;
       }
     }
     args[i] = (dnnl_exec_arg_t){a->arg, reused ? reused : inner[i] ? inner[i] : user[i]};
   }
-  if (s == dnnl_success) {
-    what = "run the convolution";
-    s = dnnl_primitive_execute(p->prim, stream, p->n_args, args);
+  if (s == dnnl_success && !st && p->scratch_bytes) {
+    st = buffer_new(&p->scratch_md, &buf[MAX_PASS_ARGS], &inner[MAX_PASS_ARGS]);
+    if (!st) args[n_args++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, inner[MAX_PASS_ARGS]};
   }
-  for (int i = 0; i < p->n_args && s == dnnl_success; i++) {
+  if (s == dnnl_success && !st) {
+    what = "run the convolution";
+    s = dnnl_primitive_execute(p->prim, stream, n_args, args);
+  }
+  for (int i = 0; i < p->n_args && s == dnnl_success && !st; i++) {
     pass_arg *a = &p->args[i];
     if (!a->reorder || !a->output) continue;
     what = "reorder an output";
     dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, inner[i]}, {DNNL_ARG_TO, user[i]}};
     s = dnnl_primitive_execute(a->reorder, stream, 2, r);
   }
-  if (s == dnnl_success) s = dnnl_stream_wait(stream);
-  for (int i = 0; i < p->n_args; i++) {
-    if (user[i]) dnnl_memory_destroy(user[i]);
+  if (s == dnnl_success && !st) s = dnnl_stream_wait(stream);
+  for (int i = 0; i <= MAX_PASS_ARGS; i++) {
+    if (i < MAX_PASS_ARGS && user[i]) dnnl_memory_destroy(user[i]);
     if (inner[i]) dnnl_memory_destroy(inner[i]);
+    knnd_tensor_release(buf[i]);
   }
+  if (st) return st;
   if (s != dnnl_success) return dnnl_fail(s, what);
   return KNND_OK;
 }

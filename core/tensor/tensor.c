@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <strings.h>
 
+#include "backend/cpu/cpu_alloc.h"
 #include "tensor/internal.h"
 #ifdef KNND_HAVE_CUDA
 #include "backend/cuda/cuda_internal.h"
@@ -82,85 +83,6 @@ static int64_t live_bytes;
 void knnd_live_bytes_add(int64_t delta) { __atomic_add_fetch(&live_bytes, delta, __ATOMIC_RELAXED); }
 int64_t knnd_live_bytes(void) { return __atomic_load_n(&live_bytes, __ATOMIC_RELAXED); }
 
-/* A small cache of large CPU blocks. A training loop allocates the same activation sizes every
- * step; glibc serves blocks this large with fresh mmaps, so every step would pay page faults and
- * kernel zeroing on every activation (measured: a 256 MiB elementwise op ran at half the memory
- * bandwidth). Freed blocks of >= 1 MiB are kept, by exact rounded size, up to a budget.
- * Disabled under the sanitizers so that use-after-free stays detectable. */
-#include <pthread.h>
-#define CACHE_MIN_BYTES ((size_t)1 << 20)
-#define CACHE_SLOTS 64
-static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-  void *p;
-  size_t size;
-} cache[CACHE_SLOTS];
-static int cache_n;
-static size_t cache_bytes;
-#ifndef KNND_SANITIZE
-static const size_t cache_budget = (size_t)1 << 30;
-#endif
-
-static size_t round_size(size_t nbytes) {
-  if (nbytes >= CACHE_MIN_BYTES) return (nbytes + 65535) & ~(size_t)65535;
-  size_t r = (nbytes + 63) & ~(size_t)63; /* 64-byte alignment for AVX-512 loads */
-  return r ? r : 64;                      /* never NULL for an empty tensor */
-}
-
-static void *cpu_alloc(size_t nbytes) {
-  size_t size = round_size(nbytes);
-#ifndef KNND_SANITIZE
-  if (size >= CACHE_MIN_BYTES) {
-    pthread_mutex_lock(&cache_lock);
-    for (int i = cache_n - 1; i >= 0; i--)
-      if (cache[i].size == size) {
-        void *p = cache[i].p;
-        cache[i] = cache[--cache_n];
-        cache_bytes -= size;
-        pthread_mutex_unlock(&cache_lock);
-        return p;
-      }
-    pthread_mutex_unlock(&cache_lock);
-  }
-#endif
-  void *p = aligned_alloc(64, size);
-  if (!p && size >= CACHE_MIN_BYTES) { /* memory is short: give the cache back and retry */
-    knnd_cpu_cache_clear();
-    p = aligned_alloc(64, size);
-  }
-  return p;
-}
-
-static void cpu_free(void *p, size_t nbytes) {
-#ifndef KNND_SANITIZE
-  size_t size = round_size(nbytes);
-  if (size >= CACHE_MIN_BYTES && size <= cache_budget) {
-    pthread_mutex_lock(&cache_lock);
-    while (cache_n > 0 && (cache_n == CACHE_SLOTS || cache_bytes + size > cache_budget)) {
-      free(cache[0].p); /* the oldest block goes first */
-      cache_bytes -= cache[0].size;
-      memmove(cache, cache + 1, sizeof cache[0] * (size_t)--cache_n);
-    }
-    cache[cache_n].p = p;
-    cache[cache_n++].size = size;
-    cache_bytes += size;
-    pthread_mutex_unlock(&cache_lock);
-    return;
-  }
-#else
-  (void)nbytes;
-#endif
-  free(p);
-}
-
-void knnd_cpu_cache_clear(void) {
-  pthread_mutex_lock(&cache_lock);
-  for (int i = 0; i < cache_n; i++) free(cache[i].p);
-  cache_n = 0;
-  cache_bytes = 0;
-  pthread_mutex_unlock(&cache_lock);
-}
-
 static knnd_status storage_new(knnd_device dev, size_t nbytes, knnd_storage **out) {
   if (dev.type != KNND_DEVICE_CPU) {
 #ifdef KNND_HAVE_CUDA
@@ -183,7 +105,7 @@ static knnd_status storage_new(knnd_device dev, size_t nbytes, knnd_storage **ou
   }
   knnd_storage *s = calloc(1, sizeof *s);
   if (!s) return knnd_error(KNND_ERR_NOMEM, "out of memory allocating a storage");
-  s->data = cpu_alloc(nbytes);
+  s->data = knnd_cpu_alloc(nbytes);
   if (!s->data) {
     free(s);
     return knnd_error(KNND_ERR_NOMEM, "out of memory allocating %zu bytes", nbytes);
@@ -203,7 +125,7 @@ static void storage_release(knnd_storage *s) {
     s->deleter(s->data, s->deleter_ctx);
   } else {
     knnd_live_bytes_add(-(int64_t)s->nbytes);
-    cpu_free(s->data, s->nbytes);
+    knnd_cpu_free(s->data, s->nbytes);
   }
   free(s);
 }

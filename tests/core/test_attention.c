@@ -124,6 +124,14 @@ static void check_forward(fwd_case c) {
   double *ref = ref_attention(q, k, v, mask, c.causal, c.scale);
   kt_assert_close_doubles(o, ref, 1e-5, 1e-4);
   free(ref);
+  /* with an input that requires grad the op keeps every (b, h)'s probabilities for the
+   * backward; without, each thread reuses one buffer: the same numbers either way */
+  knnd_tensor *og = NULL;
+  KT_OK(knnd_set_requires_grad(v, true));
+  KT_OK(knnd_scaled_dot_product_attention(q, k, v, mask, c.causal, c.scale, &og));
+  assert_non_null(og->grad_fn);
+  kt_assert_close(og, o, 1e-6, 1e-6);
+  knnd_tensor_release(og);
   /* the output keeps q's layout: contiguous, or a head split whose merge needs no copy */
   if (!c.strided) assert_true(knnd_tensor_is_contiguous(o));
   if (c.strided && c.H > 1 && c.Lq > 1) {
