@@ -13,6 +13,7 @@
 
 #define MIB ((size_t)1 << 20)
 
+#ifndef __SANITIZE_ADDRESS__ /* only the arena's tests use it; they skip under the sanitizers */
 /* resident memory of this process in bytes (Linux), 0 when unknown */
 static size_t rss_bytes(void) {
   long pages = 0, resident = 0;
@@ -22,6 +23,7 @@ static size_t rss_bytes(void) {
   fclose(f);
   return got == 2 ? (size_t)resident * 4096 : 0;
 }
+#endif
 
 /* Runs first, on an empty allocator, so that the addresses below are the first blocks cut. */
 static void test_first_fit_reuse_and_merge(void **state) {
