@@ -23,11 +23,7 @@ local opt = knnd.options {
     .. "woman technologist,soccer ball",
 }
 local src = opt.stickers
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = require("knnd.cliutil").exists
 for _, f in ipairs { "clip.safetensors", "clip.merges.txt", "data/emoji_emb.h5", "data/emoji.index" } do
   if not exists(src .. "/" .. f) then
     error(("db_swap: %s/%s not found: run experiments/stickers.lua first (or --set stickers=<its out folder>)")

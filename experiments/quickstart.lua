@@ -32,11 +32,7 @@ local opt = knnd.options {
 }
 local out = opt.out
 os.execute(("mkdir -p '%s/data'"):format(out))
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = require("knnd.cliutil").exists
 local function fmt_s(s) return ("%.0f s"):format(s) end
 local t_start = knnd.wall_time()
 local timings, metrics = {}, { config = opt }

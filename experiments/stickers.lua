@@ -26,11 +26,7 @@ local opt = knnd.options {
 }
 local out = opt.out
 os.execute(("mkdir -p '%s/data'"):format(out))
-local function exists(p)
-  local f = io.open(p, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = require("knnd.cliutil").exists
 local t_start = knnd.wall_time()
 local timings, metrics = {}, { config = opt }
 local function stage(name, fn)

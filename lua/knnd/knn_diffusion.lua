@@ -314,11 +314,7 @@ end
 M.stored_config = stored_config
 
 -- ---- training -----------------------------------------------------------------------------
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = require("knnd.cliutil").exists
 
 -- text written to path through a temporary file and a rename (a crash leaves the old file)
 local function write_atomic(path, text)
@@ -508,8 +504,8 @@ function M.train(o)
     warmup_steps = math.min(o.warmup or math.max(1, steps // 50), steps - 1), total_steps = steps }
   local loader = ds:loader { batch = math.min(batch, o.rows and (knnd.is_tensor(o.rows) and o.rows:numel() or #o.rows) or n),
     shuffle = true, seed = seed, flip = o.flip == true, rows = o.rows }
-  local info = { encoder = emb_store and emb_store:info().encoder or nil,
-    encoder_hash = emb_store and emb_store:info().encoder_hash or nil, dataset = ds.path, name = o.name }
+  local store_info = emb_store and emb_store:info() or {}
+  local info = { encoder = store_info.encoder, encoder_hash = store_info.encoder_hash, dataset = ds.path, name = o.name }
   model.info = info
 
   local start, resumed_from = 0, nil
