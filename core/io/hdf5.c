@@ -478,8 +478,22 @@ static knnd_status read_string_attr(hid_t obj, const char *key, const char *op, 
 /* ---- datasets ------------------------------------------------------------------------------ */
 /* A new dataset `name` of dtype dt (replacing a dataset of that name); maxdims/chunk NULL for
  * a fixed-size contiguous one. */
+static knnd_status create_dataset_typed(knnd_h5 *f, const char *op, const char *name, hid_t type, const char *tag,
+                                        int ndim, const int64_t *shape, const hsize_t *maxdims, const hsize_t *chunk,
+                                        hid_t *out);
 static knnd_status create_dataset(knnd_h5 *f, const char *op, const char *name, knnd_dtype dt, int ndim,
                                   const int64_t *shape, const hsize_t *maxdims, const hsize_t *chunk, hid_t *out) {
+  hid_t type = h5_type_of(dt);
+  knnd_status st = create_dataset_typed(f, op, name, type, dt == KNND_F16 || dt == KNND_BF16 ? knnd_dtype_name(dt) : NULL,
+                                        ndim, shape, maxdims, chunk, out);
+  close_id(type);
+  return st;
+}
+
+/* the same with an HDF5 type of the caller's (borrowed) and an optional DTYPE_ATTR tag */
+static knnd_status create_dataset_typed(knnd_h5 *f, const char *op, const char *name, hid_t type, const char *tag,
+                                        int ndim, const int64_t *shape, const hsize_t *maxdims, const hsize_t *chunk,
+                                        hid_t *out) {
   if (path_exists(f->file, name)) {
     hid_t o;
     KNND_TRY(open_object(f, op, name, H5I_DATASET, &o));
@@ -491,7 +505,6 @@ static knnd_status create_dataset(knnd_h5 *f, const char *op, const char *name, 
   knnd_status st = KNND_OK;
   hsize_t dims[KNND_MAX_DIMS];
   for (int i = 0; i < ndim; i++) dims[i] = (hsize_t)shape[i];
-  hid_t type = h5_type_of(dt);
   hid_t space = ndim == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(ndim, dims, maxdims);
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
   if (chunk && dcpl >= 0) H5Pset_chunk(dcpl, ndim, chunk);
@@ -500,14 +513,12 @@ static knnd_status create_dataset(knnd_h5 *f, const char *op, const char *name, 
                 : H5I_INVALID_HID;
   if (d < 0) {
     st = h5_error(KNND_ERR_IO, "%s: '%s': cannot create dataset '%s'", op, f->path, name);
-  } else if (dt == KNND_F16 || dt == KNND_BF16) {
+  } else if (tag) {
     hid_t stype = vlen_string_type();
-    const char *tag = knnd_dtype_name(dt);
     if (stype < 0 || write_attr(d, DTYPE_ATTR, stype, &tag) != KNND_OK)
       st = h5_error(KNND_ERR_IO, "%s: '%s': cannot tag dataset '%s' with its dtype", op, f->path, name);
     close_id(stype);
   }
-  close_id(type);
   close_id(space);
   close_id(dcpl);
   if (st) {
@@ -647,6 +658,71 @@ knnd_status knnd_h5_info(knnd_h5 *f, const char *name, knnd_dtype *dt, int *ndim
   if (dt) *dt = t;
   if (ndim) *ndim = n;
   if (shape) memcpy(shape, s, (size_t)n * sizeof *s);
+  return KNND_OK;
+}
+
+/* ---- raw float64 arrays -------------------------------------------------------------------- */
+/* knnd tensors have no f64 dtype; statistics that must keep float64 (eval/stats.c: FID mean and
+ * covariance) are written and read as plain double arrays. */
+knnd_status knnd_h5_write_f64(knnd_h5 *f, const char *name, int ndim, const int64_t *shape, const double *data) {
+  KNND_TRY(check_file(f, "h5_write_f64", true));
+  KNND_TRY(check_name(f, "h5_write_f64", "name", name, false));
+  if (ndim < 0 || ndim > KNND_MAX_DIMS || (ndim > 0 && !shape))
+    return knnd_error(KNND_ERR_ARG, "h5_write_f64: argument 'ndim' is %d (expected 0..%d with a shape)", ndim, KNND_MAX_DIMS);
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) return knnd_error(KNND_ERR_SHAPE, "h5_write_f64: argument 'shape' has a negative size in dim %d", i);
+    numel *= shape[i];
+  }
+  if (numel > 0 && !data) return knnd_error(KNND_ERR_ARG, "h5_write_f64: argument 'data' is NULL");
+  hid_t type = H5Tcopy(H5T_IEEE_F64LE);
+  hid_t d;
+  knnd_status st = create_dataset_typed(f, "h5_write_f64", name, type, NULL, ndim, shape, NULL, NULL, &d);
+  if (!st) {
+    if (numel > 0 && H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+      st = h5_error(KNND_ERR_IO, "h5_write_f64: '%s': writing dataset '%s' failed", f->path, name);
+    H5Dclose(d);
+  }
+  close_id(type);
+  return st;
+}
+
+knnd_status knnd_h5_read_f64(knnd_h5 *f, const char *name, int *ndim, int64_t *shape, double **data) {
+  const char *op = "h5_read_f64";
+  KNND_TRY(check_file(f, op, false));
+  KNND_TRY(check_name(f, op, "name", name, false));
+  if (!ndim || !shape || !data) return knnd_error(KNND_ERR_ARG, "%s: an output argument is NULL", op);
+  *data = NULL;
+  hid_t d;
+  KNND_TRY(open_object(f, op, name, H5I_DATASET, &d));
+  knnd_dtype dt;
+  int n;
+  int64_t s[KNND_MAX_DIMS];
+  knnd_status st = dataset_shape(f, op, name, d, &dt, &n, s, NULL);
+  if (!st && dt != KNND_F32 && dt != KNND_F16)
+    st = knnd_error(KNND_ERR_FORMAT, "%s: '%s': dataset '%s' holds %s (expected floats)", op, f->path, name,
+                    knnd_dtype_name(dt));
+  int64_t numel = 1;
+  for (int i = 0; !st && i < n; i++) {
+    if (s[i] > 0 && numel > INT64_MAX / 8 / s[i])
+      st = knnd_error(KNND_ERR_FORMAT, "%s: '%s': dataset '%s' is too large", op, f->path, name);
+    numel *= s[i];
+  }
+  double *buf = NULL;
+  if (!st) {
+    buf = malloc(numel > 0 ? (size_t)numel * sizeof *buf : 1);
+    if (!buf) st = knnd_error(KNND_ERR_NOMEM, "%s: '%s': out of memory for dataset '%s'", op, f->path, name);
+  }
+  if (!st && numel > 0 && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+    st = h5_error(KNND_ERR_FORMAT, "%s: '%s': reading dataset '%s' failed", op, f->path, name);
+  H5Dclose(d);
+  if (st) {
+    free(buf);
+    return st;
+  }
+  *ndim = n;
+  memcpy(shape, s, (size_t)n * sizeof *s);
+  *data = buf;
   return KNND_OK;
 }
 

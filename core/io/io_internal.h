@@ -18,4 +18,8 @@ size_t knnd_io_pread_all(int fd, void *data, size_t n, int64_t off);
  * floats mapped from [lo, hi] to 0..255 with rounding and clamping, NaN to 0. */
 knnd_status knnd_io_image_u8(const knnd_tensor *img, double lo, double hi, const char *op, knnd_tensor **out);
 
+/* The string under key in the metadata JSON text knnd_safetensors_load returned (*value
+ * malloc'd; NULL when absent or metadata_json is NULL). Malformed JSON is a format error. */
+knnd_status knnd_safetensors_meta_get(const char *metadata_json, const char *key, char **value);
+
 #endif

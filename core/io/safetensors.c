@@ -488,6 +488,26 @@ static knnd_status parse_metadata(const char *path, const jval *v, char **out) {
   return KNND_OK;
 }
 
+/* The string under key in metadata JSON as knnd_safetensors_load returns it (*value malloc'd,
+ * NULL when the key is absent or json is NULL); readers of converter metadata use it. */
+knnd_status knnd_safetensors_meta_get(const char *metadata_json, const char *key, char **value) {
+  *value = NULL;
+  if (!metadata_json) return KNND_OK;
+  jparser ps = {metadata_json, metadata_json, metadata_json + strlen(metadata_json), 0, {0}};
+  jval root = {0};
+  if (!jparse_value(&ps, &root) || root.type != J_OBJ) {
+    jfree(&root);
+    return FORMAT_ERR("safetensors metadata is not a JSON object (%s)", ps.err[0] ? ps.err : "another value");
+  }
+  bool dup = false;
+  const jval *v = jget(&root, key, &dup);
+  knnd_status st = KNND_OK;
+  if (v && v->type != J_STR) st = FORMAT_ERR("safetensors metadata: the value of '%s' is not a string", key);
+  else if (v && !(*value = strdup(v->s))) st = knnd_error(KNND_ERR_NOMEM, "safetensors metadata: out of memory");
+  jfree(&root);
+  return st;
+}
+
 knnd_status knnd_safetensors_load(const char *path, knnd_state_dict **out, char **metadata_json) {
   if (!path || !*path) return knnd_error(KNND_ERR_ARG, "safetensors_load: argument 'path' is empty (expected a file name)");
   if (!out) return knnd_error(KNND_ERR_ARG, "safetensors_load: argument 'out' is NULL");

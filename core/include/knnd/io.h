@@ -62,6 +62,11 @@ knnd_status knnd_h5_info(knnd_h5 *f, const char *name, knnd_dtype *dt, int *ndim
 /* names of the datasets and groups directly under group ("/" for the root); *names malloc'd
  * array of malloc'd strings */
 knnd_status knnd_h5_list(knnd_h5 *f, const char *group, int *n, char ***names);
+/* float64 arrays (knnd tensors have no f64 dtype; eval/stats.c keeps FID statistics in f64):
+ * write data [shape] as HDF5 doubles; read any float dataset as doubles (*data malloc'd, shape
+ * has room for KNND_MAX_DIMS) */
+knnd_status knnd_h5_write_f64(knnd_h5 *f, const char *name, int ndim, const int64_t *shape, const double *data);
+knnd_status knnd_h5_read_f64(knnd_h5 *f, const char *name, int *ndim, int64_t *shape, double **data);
 /* A dataset whose first dimension grows: row_shape is the shape of one row. */
 knnd_status knnd_h5_create_appendable(knnd_h5 *f, const char *name, knnd_dtype dt, int row_ndim,
                                       const int64_t *row_shape, int64_t chunk_rows);
