@@ -7,7 +7,7 @@ local options = require "knnd.options"
 local M = {}
 
 -- the subcommands defined in lua/knnd/commands/ (one file each), in the order of the help
-M.extra_commands = { "index", "clip", "data" }
+M.extra_commands = { "index", "clip", "data", "fid", "export-notebook", "sweep", "results" }
 M.handlers = {}
 
 local function build_parser()
@@ -22,11 +22,12 @@ local function build_parser()
     :count("*"):argname("<key=value>")
   run:option("--seed", "Seed the default random generator."):convert(tonumber)
   p:command("version", "Print the version and what this knnd was built with.")
-  -- subcommands of the other areas: lua/knnd/commands/<name>.lua returns
+  -- subcommands of the other areas: lua/knnd/commands/<name>.lua ('-' in a name is '_' in the file) returns
   -- {help = "...", setup = function(cmd) ... end, run = function(args) return exit_code end}
   for _, name in ipairs(M.extra_commands) do
-    if not package.searchpath("knnd.commands." .. name, package.path) then goto continue end
-    local ok, mod = pcall(require, "knnd.commands." .. name)
+    local module = "knnd.commands." .. name:gsub("-", "_")
+    if not package.searchpath(module, package.path) then goto continue end
+    local ok, mod = pcall(require, module)
     if not ok then error(("knnd: cannot load the '%s' command: %s"):format(name, mod), 0) end
     local cmd = p:command(name, mod.help)
     mod.setup(cmd)
@@ -45,15 +46,7 @@ local function cmd_version()
 end
 
 local function cmd_run(a)
-  local overrides = {}
-  for _, s in ipairs(a.set or {}) do
-    local key, value = s:match("^([%w_%.]+)=(.*)$")
-    if not key then
-      error(("--set expects key=value, got '%s'"):format(s), 0)
-    end
-    overrides[key] = value
-  end
-  options.set_overrides(overrides)
+  options.set_overrides(require("knnd.config").parse_sets(a.set))
   if a.seed then
     if a.seed ~= math.floor(a.seed) or a.seed < 0 then
       error(("--seed expects a non-negative integer, got %s"):format(a.seed), 0)
@@ -61,19 +54,7 @@ local function cmd_run(a)
     knnd.manual_seed(math.tointeger(a.seed))
     knnd.seed = math.tointeger(a.seed)
   end
-  local chunk, err = loadfile(a.script)
-  if not chunk then
-    error(("cannot load script: %s"):format(err), 0)
-  end
-  _G.arg = { [0] = a.script }
-  for i, v in ipairs(a.args or {}) do _G.arg[i] = v end
-  local ok, rerr = xpcall(chunk, function(e)
-    if os.getenv("KNND_TRACEBACK") then return debug.traceback(tostring(e), 2) end
-    return tostring(e)
-  end, table.unpack(_G.arg))
-  if not ok then
-    error(rerr, 0)
-  end
+  require("knnd.cliutil").run_script(a.script, a.args)
   options.check_unused()
   return 0
 end

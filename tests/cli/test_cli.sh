@@ -37,7 +37,7 @@ out=$("$knnd" run script.lua --set nn=5 2>&1); rc=$?
 [ $rc != 0 ]; check "unknown --set key fails" $?
 contains "$out" "unknown option 'nn'" && contains "$out" "model.width"; check "unknown key is named with the accepted ones ($out)" $?
 out=$("$knnd" run script.lua --set n=abc 2>&1); rc=$?
-[ $rc != 0 ] && contains "$out" "option 'n' expects a number"; check "bad --set value is named ($out)" $?
+[ $rc != 0 ] && contains "$out" "option 'n' expects an integer"; check "bad --set value is named ($out)" $?
 out=$("$knnd" run missing.lua 2>&1); rc=$?
 [ $rc != 0 ] && contains "$out" "cannot load script"; check "missing script is a clear error" $?
 echo 'local x = knnd.zeros(2, 3) + knnd.zeros(4)' > bad.lua
