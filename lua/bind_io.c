@@ -1,5 +1,5 @@
 /* bind_io.c — knnd.io (HDF5 files, safetensors, checkpoints) and the picture helpers on knnd
- * (save_png, read_png, save_jpeg, read_jpeg, read_image, image_grid, save_grid, plot).
+ * (save_png, read_png, save_jpeg, read_jpeg, read_image, image_grid, save_grid, plot, scatter).
  *
  *   local f <close> = knnd.io.h5open("emb.h5", "w")  -- committed (renamed into place) when the
  *   f:write("emb", t); f:attr("/", "model", "ViT-B/32") -- block ends normally; abandoned when it
@@ -636,14 +636,51 @@ static int64_t plot_values(lua_State *L, int idx, const char *fname, const char 
   return n;
 }
 
-/* knnd.plot{path=, title=, xlabel=, ylabel=, logy=, series = {{name=, x=, y=}, ...}}: x and y
- * lists of numbers or 1-D tensors; x defaults to 1, 2, ...; NaN/Inf points leave a gap */
-static int lua_plot(lua_State *L) {
-  static const char *fname = "plot";
-  static const char *const opts[] = {"path", "title", "xlabel", "ylabel", "series", "logy", NULL};
-  static const char *const series_opts[] = {"name", "x", "y", NULL};
+/* the strings of a Lua list at idx (nil or false: no label), copied into scratch (pushed): a
+ * string's pointer is only guaranteed while the string is on the stack */
+static const char **plot_labels(lua_State *L, int idx, const char *fname, const char *what, int64_t n) {
+  idx = lua_absindex(L, idx);
+  if (!lua_istable(L, idx)) luaL_error(L, "knnd.%s: %s expected a list of strings, got %s", fname, what, luaL_typename(L, idx));
+  if ((int64_t)luaL_len(L, idx) > n)
+    luaL_error(L, "knnd.%s: %s has %I entries for %I points (expected at most as many)", fname, what,
+               (lua_Integer)luaL_len(L, idx), (lua_Integer)n);
+  size_t bytes = 0;
+  for (int64_t i = 0; i < n; i++) {
+    int t = lua_geti(L, idx, i + 1);
+    if (t == LUA_TSTRING) bytes += lua_rawlen(L, -1) + 1;
+    else if (t != LUA_TNIL && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1)))
+      luaL_error(L, "knnd.%s: %s entry %I expected a string, got %s", fname, what, (lua_Integer)(i + 1), luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  size_t table_bytes = (size_t)(n > 0 ? n : 1) * sizeof(const char *);
+  char *block = knnd_lua_scratch(L, table_bytes + bytes);
+  const char **v = (const char **)(void *)block;
+  char *text = block + table_bytes;
+  for (int64_t i = 0; i < n; i++) {
+    v[i] = NULL;
+    if (lua_geti(L, idx, i + 1) == LUA_TSTRING) {
+      size_t len;
+      const char *s = lua_tolstring(L, -1, &len);
+      memcpy(text, s, len + 1);
+      v[i] = text;
+      text += len + 1;
+    }
+    lua_pop(L, 1);
+  }
+  return v;
+}
+
+/* knnd.plot{path=, title=, xlabel=, ylabel=, logx=, logy=, series = {{name=, x=, y=}, ...}} and
+ * knnd.scatter{..., series = {{name=, x=, y=, labels=}, ...}}: x and y lists of numbers or 1-D
+ * tensors; x defaults to 1, 2, ...; NaN/Inf points (and values <= 0 on a log axis) are left out */
+static int plot_call(lua_State *L, bool scatter) {
+  const char *fname = scatter ? "scatter" : "plot";
+  static const char *const opts[] = {"path", "title", "xlabel", "ylabel", "series", "logx", "logy", NULL};
+  static const char *const line_opts[] = {"name", "x", "y", NULL};
+  static const char *const scatter_opts[] = {"name", "x", "y", "labels", NULL};
+  const char *entry_shape = scatter ? "{name=, x=, y=, labels=}" : "{name=, x=, y=}";
   if (!lua_istable(L, 1))
-    luaL_error(L, "knnd.%s: argument 1 expected a table {path=, series={{name=, x=, y=}, ...}, ...}, got %s", fname,
+    luaL_error(L, "knnd.%s: argument 1 expected a table {path=, series={%s, ...}, ...}, got %s", fname, entry_shape,
                luaL_typename(L, 1));
   knnd_lua_check_opts(L, 1, fname, opts);
   const char *path = knnd_lua_opt_string(L, 1, fname, "path", NULL);
@@ -651,25 +688,27 @@ static int lua_plot(lua_State *L) {
   const char *title = knnd_lua_opt_string(L, 1, fname, "title", NULL);
   const char *xlabel = knnd_lua_opt_string(L, 1, fname, "xlabel", NULL);
   const char *ylabel = knnd_lua_opt_string(L, 1, fname, "ylabel", NULL);
-  bool logy = knnd_lua_opt_bool(L, 1, fname, "logy", false);
+  unsigned log_axes = (knnd_lua_opt_bool(L, 1, fname, "logx", false) ? KNND_PLOT_LOG_X : 0) |
+                      (knnd_lua_opt_bool(L, 1, fname, "logy", false) ? KNND_PLOT_LOG_Y : 0);
   if (lua_getfield(L, 1, "series") != LUA_TTABLE || luaL_len(L, -1) < 1)
-    luaL_error(L, "knnd.%s: option 'series' expected a non-empty list of {name=, x=, y=} tables, got %s", fname,
+    luaL_error(L, "knnd.%s: option 'series' expected a non-empty list of %s tables, got %s", fname, entry_shape,
                lua_istable(L, -1) ? "an empty table" : luaL_typename(L, -1));
   int series = lua_gettop(L);
   lua_Integer n = luaL_len(L, series);
   if (n > 64) luaL_error(L, "knnd.%s: option 'series' has %I entries (at most 64)", fname, n);
   const char *names[64];
   const double *xs[64], *ys[64];
+  const char *const *labels[64];
   int64_t lens[64];
   bool any_name = false;
   for (int s = 0; s < n; s++) {
-    luaL_checkstack(L, 8, "knnd.plot: too many series"); /* each series keeps its arrays on the stack */
+    luaL_checkstack(L, 10, "knnd.plot: too many series"); /* each series keeps its arrays on the stack */
     char what[64];
     snprintf(what, sizeof what, "series %d", s + 1);
     if (lua_geti(L, series, s + 1) != LUA_TTABLE)
-      luaL_error(L, "knnd.%s: %s expected a table {name=, x=, y=}, got %s", fname, what, luaL_typename(L, -1));
+      luaL_error(L, "knnd.%s: %s expected a table %s, got %s", fname, what, entry_shape, luaL_typename(L, -1));
     int entry = lua_gettop(L);
-    knnd_lua_check_opts(L, entry, fname, series_opts);
+    knnd_lua_check_opts(L, entry, fname, scatter ? scatter_opts : line_opts);
     names[s] = knnd_lua_opt_string(L, entry, fname, "name", NULL);
     any_name = any_name || names[s];
     double *v;
@@ -678,6 +717,7 @@ static int lua_plot(lua_State *L) {
     lens[s] = plot_values(L, -1, fname, what, &v);
     ys[s] = v;
     xs[s] = NULL;
+    labels[s] = NULL;
     if (lua_getfield(L, entry, "x") != LUA_TNIL) {
       snprintf(what, sizeof what, "series %d 'x'", s + 1);
       int64_t nx = plot_values(L, -1, fname, what, &v);
@@ -686,12 +726,23 @@ static int lua_plot(lua_State *L) {
                    (lua_Integer)nx, (lua_Integer)lens[s]);
       xs[s] = v;
     }
-    /* the scratch arrays stay on the stack until the plot is written */
+    if (scatter && lua_getfield(L, entry, "labels") != LUA_TNIL) {
+      snprintf(what, sizeof what, "series %d 'labels'", s + 1);
+      labels[s] = plot_labels(L, -1, fname, what, lens[s]);
+    }
+    /* the scratch arrays (and the label lists) stay on the stack until the plot is written */
   }
-  KNND_LUA_CHECK(L, fname, knnd_plot_lines(path, title, xlabel, ylabel, (int)n, any_name ? names : NULL, xs, ys, lens, logy));
+  knnd_status st = scatter ? knnd_plot_scatter(path, title, xlabel, ylabel, (int)n, any_name ? names : NULL, xs, ys,
+                                               labels, lens, log_axes)
+                           : knnd_plot_lines(path, title, xlabel, ylabel, (int)n, any_name ? names : NULL, xs, ys,
+                                             lens, log_axes);
+  KNND_LUA_CHECK(L, fname, st);
   lua_pushstring(L, path);
   return 1;
 }
+
+static int lua_plot(lua_State *L) { return plot_call(L, false); }
+static int lua_scatter(lua_State *L) { return plot_call(L, true); }
 
 /* ---- registration -------------------------------------------------------------------------- */
 void knnd_lua_open_io(lua_State *L) {
@@ -725,6 +776,7 @@ void knnd_lua_open_io(lua_State *L) {
       {"image_grid", lua_image_grid},
       {"save_grid", lua_save_grid},
       {"plot", lua_plot},
+      {"scatter", lua_scatter},
       {NULL, NULL},
   };
   luaL_setfuncs(L, top_functions, 0);

@@ -1,5 +1,6 @@
-/* test_plot.c — line plots: the PNG PLplot writes (size, background, series colours, log
- * axis, gaps at NaN), atomic replacement, and argument errors that leave the target alone. */
+/* test_plot.c — line and scatter plots: the PNG PLplot writes (size, background, series colours,
+ * log axes, gaps at NaN, markers and labels), atomic replacement, and argument errors that leave
+ * the target alone. */
 #include "testutil.h"
 
 #include <dirent.h>
@@ -63,7 +64,7 @@ static void test_lines(void **state) {
   const int64_t lens[2] = {N, N};
   const char *names[2] = {"train", "val"};
   const char *path = tmp_path("lines.png");
-  KT_OK(knnd_plot_lines(path, "loss", "step", "mse", 2, names, xs, ys, lens, false));
+  KT_OK(knnd_plot_lines(path, "loss", "step", "mse", 2, names, xs, ys, lens, 0));
   knnd_tensor *img;
   KT_OK(knnd_png_read(path, &img));
   assert_int_equal(img->ndim, 3);
@@ -78,7 +79,7 @@ static void test_lines(void **state) {
   knnd_tensor_release(img);
 
   /* log y, one series, no labels or legend; x = 1..len */
-  KT_OK(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, lens, true));
+  KT_OK(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, lens, KNND_PLOT_LOG_Y));
   KT_OK(knnd_png_read(path, &img));
   assert_true(count_colour(img, 31, 119, 180) > 200);
   assert_int_equal(count_colour(img, 255, 127, 14), 0);
@@ -88,7 +89,7 @@ static void test_lines(void **state) {
   const double one[1] = {3.0}, flat[3] = {1, 1, 1};
   const double *ys1[2] = {one, flat};
   const int64_t lens1[2] = {1, 3};
-  KT_OK(knnd_plot_lines(path, "#weird #title", NULL, NULL, 2, NULL, NULL, ys1, lens1, false));
+  KT_OK(knnd_plot_lines(path, "#weird #title", NULL, NULL, 2, NULL, NULL, ys1, lens1, 0));
   remove(path);
   assert_no_temp_files();
 }
@@ -100,21 +101,24 @@ static void test_errors_leave_target(void **state) {
   const double y[3] = {1, 2, 3}, bad[2] = {NAN, -INFINITY}, neg[2] = {0, -1};
   const double *ys[1] = {y}, *ys_bad[1] = {bad}, *ys_neg[1] = {neg}, *ys_null[1] = {NULL};
   const int64_t lens[1] = {3}, lens2[1] = {2}, lens_neg[1] = {-1};
-  KT_FAILS(knnd_plot_lines(NULL, NULL, NULL, NULL, 1, NULL, NULL, ys, lens, false), KNND_ERR_ARG, "'path'");
-  KT_FAILS(knnd_plot_lines("", NULL, NULL, NULL, 1, NULL, NULL, ys, lens, false), KNND_ERR_ARG, "'path'");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 0, NULL, NULL, ys, lens, false), KNND_ERR_ARG, "'n_series'");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 65, NULL, NULL, ys, lens, false), KNND_ERR_ARG, "'n_series'");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, NULL, lens, false), KNND_ERR_ARG, "'ys'");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, NULL, false), KNND_ERR_ARG, "'lens'");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, lens_neg, false), KNND_ERR_ARG, "length");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys_null, lens, false), KNND_ERR_ARG, "NULL");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys_bad, lens2, false), KNND_ERR_ARG, "no finite");
-  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys_neg, lens2, true), KNND_ERR_ARG, "log_y");
+  KT_FAILS(knnd_plot_lines(NULL, NULL, NULL, NULL, 1, NULL, NULL, ys, lens, 0), KNND_ERR_ARG, "'path'");
+  KT_FAILS(knnd_plot_lines("", NULL, NULL, NULL, 1, NULL, NULL, ys, lens, 0), KNND_ERR_ARG, "'path'");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 0, NULL, NULL, ys, lens, 0), KNND_ERR_ARG, "'n_series'");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 65, NULL, NULL, ys, lens, 0), KNND_ERR_ARG, "'n_series'");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, NULL, lens, 0), KNND_ERR_ARG, "'ys'");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, NULL, 0), KNND_ERR_ARG, "'lens'");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, lens_neg, 0), KNND_ERR_ARG, "length");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys_null, lens, 0), KNND_ERR_ARG, "NULL");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys_bad, lens2, 0), KNND_ERR_ARG, "no finite");
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys_neg, lens2, KNND_PLOT_LOG_Y), KNND_ERR_ARG, "log axis");
+  /* x = 1, 2 but y <= 0 on a log y axis; and x <= 0 on a log x axis */
+  const double *xs_neg[1] = {neg};
+  KT_FAILS(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, xs_neg, ys, lens2, KNND_PLOT_LOG_X), KNND_ERR_ARG, "log axis");
   assert_text(path, "previous");
-  KT_FAILS(knnd_plot_lines(KNND_TEST_TMP_DIR "/no/such/dir/p.png", NULL, NULL, NULL, 1, NULL, NULL, ys, lens, false),
+  KT_FAILS(knnd_plot_lines(KNND_TEST_TMP_DIR "/no/such/dir/p.png", NULL, NULL, NULL, 1, NULL, NULL, ys, lens, 0),
            KNND_ERR_IO, "no/such/dir");
   /* a good plot replaces the file whole */
-  KT_OK(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, lens, false));
+  KT_OK(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, NULL, ys, lens, 0));
   knnd_tensor *img;
   KT_OK(knnd_png_read(path, &img));
   assert_int_equal(img->shape[2], 800);
@@ -123,10 +127,121 @@ static void test_errors_leave_target(void **state) {
   assert_no_temp_files();
 }
 
+/* columns with a pixel of this colour in the rows [y0, y1) */
+static int64_t columns_with_colour(const knnd_tensor *img, int64_t y0, int64_t y1, int r, int g, int b) {
+  const uint8_t *p = knnd_tensor_data(img);
+  int64_t h = img->shape[1], w = img->shape[2], plane = h * w, n = 0;
+  for (int64_t x = 0; x < w; x++)
+    for (int64_t y = y0; y < y1; y++) {
+      int64_t i = y * w + x;
+      if (p[i] == r && p[plane + i] == g && p[2 * plane + i] == b) {
+        n++;
+        break;
+      }
+    }
+  return n;
+}
+
+/* dark (text) pixels: every channel below 100 */
+static int64_t count_dark(const knnd_tensor *img) {
+  const uint8_t *p = knnd_tensor_data(img);
+  int64_t plane = img->shape[1] * img->shape[2], n = 0;
+  for (int64_t i = 0; i < plane; i++) n += p[i] < 100 && p[plane + i] < 100 && p[2 * plane + i] < 100;
+  return n;
+}
+
+/* A log x axis spreads 1..1000 evenly: the rise from x = 10 to 100 takes a third of the width
+ * instead of a tenth, so many more columns cross the middle band of the plot. */
+static void test_lines_log_x(void **state) {
+  (void)state;
+  const double x[4] = {1, 10, 100, 1000}, y[4] = {1, 1, 2, 2};
+  const double *xs[1] = {x}, *ys[1] = {y};
+  const int64_t lens[1] = {4};
+  const char *path = tmp_path("log_x.png");
+  knnd_tensor *img;
+  KT_OK(knnd_plot_lines(path, "FID vs k", "k", "FID", 1, NULL, xs, ys, lens, KNND_PLOT_LOG_X));
+  KT_OK(knnd_png_read(path, &img));
+  int64_t log_cols = columns_with_colour(img, 200, 300, 31, 119, 180);
+  knnd_tensor_release(img);
+  KT_OK(knnd_plot_lines(path, "FID vs k", "k", "FID", 1, NULL, xs, ys, lens, 0));
+  KT_OK(knnd_png_read(path, &img));
+  int64_t lin_cols = columns_with_colour(img, 200, 300, 31, 119, 180);
+  knnd_tensor_release(img);
+  assert_true(log_cols > 60);
+  assert_true(lin_cols > 0 && lin_cols < 40);
+  /* both axes log */
+  KT_OK(knnd_plot_lines(path, NULL, NULL, NULL, 1, NULL, xs, ys, lens, KNND_PLOT_LOG_X | KNND_PLOT_LOG_Y));
+  remove(path);
+  assert_no_temp_files();
+}
+
+static void test_scatter(void **state) {
+  (void)state;
+  /* FID vs parameters (millions), as in the paper's figure: published systems and ours */
+  const double pub_x[4] = {12000, 4000, 370, 5000}, pub_y[4] = {28, 27.1, 19.75, 12.24};
+  const double our_x[3] = {35, 35, 0 /* left out on the log axis */}, our_y[3] = {14.2, 18.9, 11.0};
+  const char *pub_l[4] = {"DALL-E", "CogView", NULL, "GLIDE #1"}, *our_l[3] = {"knn", "no_knn", "bad"};
+  const double *xs[2] = {pub_x, our_x}, *ys[2] = {pub_y, our_y};
+  const char *const *labels[2] = {pub_l, our_l}, *const *no_labels[2] = {NULL, NULL};
+  const char *names[2] = {"published", "ours"};
+  const int64_t lens[2] = {4, 3};
+  const char *path = tmp_path("scatter.png");
+  knnd_tensor *img;
+  KT_OK(knnd_plot_scatter(path, "zero-shot FID vs parameters", "parameters (M)", "FID", 2, names, xs, ys, labels, lens,
+                          KNND_PLOT_LOG_X));
+  KT_OK(knnd_png_read(path, &img));
+  assert_int_equal(img->shape[1], 500);
+  assert_int_equal(img->shape[2], 800);
+  /* solid marker interiors in each group's colour (plus its legend marker) */
+  int64_t blue = count_colour(img, 31, 119, 180), orange = count_colour(img, 255, 127, 14);
+  assert_true(blue > 100);
+  assert_true(orange > 50);
+  int64_t dark_labelled = count_dark(img);
+  knnd_tensor_release(img);
+  /* the same points without labels: fewer dark (text) pixels, the same markers */
+  KT_OK(knnd_plot_scatter(path, "zero-shot FID vs parameters", "parameters (M)", "FID", 2, names, xs, ys, no_labels,
+                          lens, KNND_PLOT_LOG_X));
+  KT_OK(knnd_png_read(path, &img));
+  assert_true(count_dark(img) + 200 < dark_labelled);
+  assert_true(count_colour(img, 255, 127, 14) > 50);
+  knnd_tensor_release(img);
+  /* no legend, no labels at all, linear axes, one point */
+  const int64_t one[1] = {1};
+  KT_OK(knnd_plot_scatter(path, NULL, NULL, NULL, 1, NULL, xs, ys, NULL, one, 0));
+  KT_OK(knnd_png_read(path, &img));
+  assert_true(count_colour(img, 31, 119, 180) > 30);
+  assert_int_equal(count_colour(img, 255, 127, 14), 0);
+  knnd_tensor_release(img);
+  remove(path);
+  assert_no_temp_files();
+}
+
+static void test_scatter_errors(void **state) {
+  (void)state;
+  const char *path = tmp_path("kept_scatter.png");
+  write_text(path, "previous");
+  const double x[2] = {0, -1}, y[2] = {1, 2};
+  const double *xs[1] = {x}, *ys[1] = {y};
+  const int64_t lens[1] = {2};
+  KT_FAILS(knnd_plot_scatter(NULL, NULL, NULL, NULL, 1, NULL, xs, ys, NULL, lens, 0), KNND_ERR_ARG, "plot_scatter: argument 'path'");
+  KT_FAILS(knnd_plot_scatter(path, NULL, NULL, NULL, 0, NULL, xs, ys, NULL, lens, 0), KNND_ERR_ARG, "'n_series'");
+  KT_FAILS(knnd_plot_scatter(path, NULL, NULL, NULL, 1, NULL, xs, NULL, NULL, lens, 0), KNND_ERR_ARG, "'ys'");
+  KT_FAILS(knnd_plot_scatter(path, NULL, NULL, NULL, 1, NULL, xs, ys, NULL, lens, KNND_PLOT_LOG_X), KNND_ERR_ARG,
+           "log axis");
+  assert_text(path, "previous");
+  KT_FAILS(knnd_plot_scatter(KNND_TEST_TMP_DIR "/no/such/dir/s.png", NULL, NULL, NULL, 1, NULL, xs, ys, NULL, lens, 0),
+           KNND_ERR_IO, "no/such/dir");
+  remove(path);
+  assert_no_temp_files();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lines),
       cmocka_unit_test(test_errors_leave_target),
+      cmocka_unit_test(test_lines_log_x),
+      cmocka_unit_test(test_scatter),
+      cmocka_unit_test(test_scatter_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -387,3 +387,33 @@ describe("knnd.plot", function()
     assert.is_false(exists(path))
   end)
 end)
+
+describe("knnd.scatter", function()
+  it("writes labelled groups of points with log axes, and knnd.plot takes logx", function()
+    local path = tmp("scatter.png")
+    assert.are.equal(path, knnd.scatter{path = path, title = "FID vs parameters", xlabel = "params (M)", ylabel = "FID",
+      logx = true, series = {
+        {name = "published", x = {12000, 4000, 370}, y = {28, 27.1, 19.75}, labels = {"DALL-E", "CogView", false}},
+        {name = "ours", x = knnd.tensor({35}), y = {21.5}, labels = {"knn"}}}})
+    assert.are.same({3, 500, 800}, knnd.read_png(path):size())
+    knnd.scatter{path = path, logx = true, logy = true, series = {{x = {1, 10}, y = {1, 100}}}}
+    knnd.plot{path = path, logx = true, series = {{x = {1, 5, 10, 100, 1000}, y = {30, 20, 15, 14, 13}}}}
+    assert.are.same({3, 500, 800}, knnd.read_png(path):size())
+    os.remove(path)
+  end)
+
+  it("names bad options", function()
+    local path = tmp("bad_scatter.png")
+    assert.has_error(function() knnd.scatter{path = path, series = {{y = {1, 2}, labels = {"a", 3}}}} end,
+      "knnd.scatter: series 1 'labels' entry 2 expected a string, got number")
+    assert.has_error(function() knnd.scatter{path = path, series = {{y = {1}, labels = {"a", "b"}}}} end,
+      "knnd.scatter: series 1 'labels' has 2 entries for 1 points (expected at most as many)")
+    assert.has_error(function() knnd.scatter{path = path, series = {{y = {1}, labels = "a"}}} end,
+      "knnd.scatter: series 1 'labels' expected a list of strings, got string")
+    assert.has_error(function() knnd.plot{path = path, series = {{y = {1}, labels = {"a"}}}} end,
+      "knnd.plot: unknown option 'labels' (expected name, x, y)")
+    assert.has_error(function() knnd.scatter{path = path, logx = true, series = {{x = {0, -1}, y = {1, 2}}}} end,
+      "knnd.scatter: plot_scatter: argument 'ys' has no finite point to plot (a log axis needs values > 0)")
+    assert.is_false(exists(path))
+  end)
+end)
