@@ -8,7 +8,9 @@
 --   3. train the kNN-conditioned UNet WITHOUT ANY TEXT (condition: the image's CLIP embedding and
 --      its k neighbours), and an identical no_knn model (the embedding alone, the paper's ablation);
 --   4. sample both from the 10 class prompts and paraphrases (text embedding + its k nearest
---      images), judge the samples with the classifier, write grids, curves and metrics.
+--      images), judge the samples with the classifier, score them with FID[fmnist-cnn] and KID
+--      (the classifier's features standing in for Inception's) against the test set, write grids,
+--      curves and metrics.
 --
 --   knnd run experiments/quickstart.lua [--set out=runs/quickstart --set unet.steps=1500 --set modes=knn]
 --
@@ -151,6 +153,28 @@ for c, name in ipairs(classes) do
   end
 end
 
+-- FID[fmnist-cnn]: no Inception weights here, so the judge's penultimate features stand in for
+-- Inception's (labelled so, never mixed with FID). The reference is the test set; the floor is
+-- the same number for as many real training images as samples are judged (the best a model can
+-- score at that sample size).
+local fid_extractor = knnd.eval.classifier_extractor(judge, { name = "fmnist-cnn" })
+local fid_label = knnd.eval.fid_label(fid_extractor.id)
+local test_stats, test_features, floor_n
+stage("fid reference", function()
+  test_features = knnd.eval.features(test.images, { extractor = fid_extractor, progress = false })
+  test_stats = knnd.metrics.stats(fid_extractor.dim, { extractor = fid_extractor.id, preprocess = fid_extractor.preprocess })
+  test_stats:add(test_features)
+  test_stats:finish()
+  floor_n = #eval_prompts * math.max(1, opt.sample.eval_per_class // (1 + #paraphrases)) -- as many as are judged
+  local rows = knnd.randperm(train.n, { gen = knnd.Generator(opt.seed + 7) }):narrow(1, 1, floor_n)
+  local real = train.images:index_select(1, rows)
+  metrics.fid_real_floor = knnd.eval.fid(real, test_stats, { extractor = fid_extractor, progress = false })
+  metrics.kid_real_floor = knnd.eval.kid(real, test_features, { extractor = fid_extractor, seed = opt.seed, progress = false })
+  metrics.fid_extractor = fid_extractor.id
+  print(("%s of %d real training images against the test set (the floor at this sample size): %.2f")
+    :format(fid_label, floor_n, metrics.fid_real_floor))
+end)
+
 local modes = {}
 for m in opt.modes:gmatch("[^,%s]+") do modes[#modes + 1] = m end
 local logs = {}
@@ -198,11 +222,14 @@ for _, mode in ipairs(modes) do
     end
     m.alignment_class_prompts = on_class / (per * #classes)
     m.alignment_paraphrases = on_para / ((block - per) * #classes)
+    -- the same samples against the test set's feature statistics
+    m.fid_cnn = knnd.eval.fid(g.images, test_stats, { extractor = fid_extractor, progress = false })
+    m.kid_cnn = knnd.eval.kid(g.images, test_features, { extractor = fid_extractor, seed = opt.seed, progress = false })
   end)
   metrics.modes[mode] = m
-  print(("%s: text alignment %.1f%% (class prompts %.1f%%, paraphrases %.1f%%) over %d samples, final loss %.4f")
+  print(("%s: text alignment %.1f%% (class prompts %.1f%%, paraphrases %.1f%%) over %d samples, %s %.2f, final loss %.4f")
     :format(mode, 100 * m.alignment, 100 * m.alignment_class_prompts, 100 * m.alignment_paraphrases,
-      m.samples_judged, m.final_loss or 0 / 0))
+      m.samples_judged, fid_label, m.fid_cnn, m.final_loss or 0 / 0))
 end
 
 kd.plot_losses { path = out .. "/loss.png", runs = logs, title = "UNet training loss by conditioning mode" }
@@ -227,7 +254,11 @@ for _, mode in ipairs(modes) do
     :format(mode, (" "):rep(math.max(0, 10 - #mode)), mode, mode))
 end
 print("  neighbors_images.png, neighbors_text.png  what retrieval returns for images and for prompts")
-print(("  text alignment (judge accuracy %.1f%% on real test images):"):format(100 * judge.test_accuracy))
+print(("  text alignment (judge accuracy %.1f%% on real test images) and %s / KID[fmnist-cnn]x1000 against the test set:")
+  :format(100 * judge.test_accuracy, fid_label))
 for _, mode in ipairs(modes) do
-  print(("    %-12s %5.1f%%"):format(mode, 100 * metrics.modes[mode].alignment))
+  local m = metrics.modes[mode]
+  print(("    %-12s %5.1f%%   %7.2f   %7.3f"):format(mode, 100 * m.alignment, m.fid_cnn, 1000 * m.kid_cnn))
 end
+print(("    %-12s %6s   %7.2f   %7.3f   (%d real training images: the floor)"):format("real", "",
+  metrics.fid_real_floor, 1000 * metrics.kid_real_floor, floor_n))

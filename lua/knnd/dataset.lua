@@ -394,13 +394,18 @@ end
 function Dataset:images(rows)
   rows = rows_tensor(self, rows, "images")
   if self.images_t then return knnd.index_select(self.images_t, 1, rows) end
-  local parts = {}
-  for k = 1, rows:numel() do
+  local n = rows:numel()
+  local out = knnd.empty(n, self.shape[1], self.shape[2], self.shape[3], { dtype = "u8" })
+  local k = 1
+  while k <= n do -- runs of consecutive rows are read at once
     local r = check_row(self, "images", rows:get(k))
-    parts[k] = self.f:read_rows("images", r + 1, 1)
+    local m = 1
+    while k + m <= n and rows:get(k + m) == r + m do m = m + 1 end
+    check_row(self, "images", r + m - 1)
+    out:narrow(1, k, m):copy_(self.f:read_rows("images", r + 1, m))
+    k = k + m
   end
-  if #parts == 0 then return knnd.zeros(0, self.shape[1], self.shape[2], self.shape[3], { dtype = "u8" }) end
-  return knnd.cat(parts, 1)
+  return out
 end
 
 --- i64 [#rows] labels of the 0-based rows

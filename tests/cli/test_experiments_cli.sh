@@ -22,6 +22,34 @@ for f in metrics.json loss.png alignment.png neighbors_text.png neighbors_images
   [ -s "qs/$f" ] || { echo "# missing qs/$f"; false; }
 done; check "quickstart writes its grids, plots, metrics and models" $?
 grep -q '"alignment"' qs/metrics.json; check "quickstart's metrics hold the alignment of each mode" $?
+grep -q '"fid_cnn"' qs/metrics.json && grep -q '"fid_real_floor"' qs/metrics.json
+check "quickstart's metrics hold FID[fmnist-cnn] of each mode and of real images" $?
+
+# the zero-shot protocol on the quickstart's models: samples in parts, FID[fmnist-cnn], KID, CLIP score
+out=$("$knnd" run "$root/experiments/zero_shot.lua" --set run=qs --set n=12 --set part=8 --set batch=6 --set steps=2 \
+  --set guidance_sweep=1,3 2>&1); rc=$?
+[ $rc = 0 ] && [[ "$out" == *"zero_shot finished"* ]] && [[ "$out" == *"FID[fmnist-cnn]"* ]]
+check "zero_shot runs on the quickstart's models ($(echo "$out" | tail -3))" $?
+for f in zero_shot.md zero_shot.csv knn/result.json knn/samples/part-00000.h5 knn/samples/part-00001.h5 \
+  no_knn/result.json fid_fmnist_cnn_vs_guidance.png; do
+  [ -s "qs/zero_shot/$f" ] || { echo "# missing qs/zero_shot/$f"; false; }
+done; check "zero_shot writes its parts, results, table and the FID-vs-guidance plot" $?
+grep -q "FID\[fmnist-cnn\]" qs/zero_shot/zero_shot.md && ! grep -q "| FID |" qs/zero_shot/zero_shot.md
+check "the zero-shot table labels the classifier's FID and has no Inception FID column" $?
+out=$("$knnd" run "$root/experiments/zero_shot.lua" --set run=nowhere 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"run experiments/quickstart.lua first"* ]]; check "zero_shot without a run says what to do" $?
+out=$("$knnd" fid qs/zero_shot/knn/samples qs/data/test.h5 --classifier qs/judge.h5 --name fmnist-cnn -q 2>&1); rc=$?
+[ $rc = 0 ] && [[ "$out" == "FID[fmnist-cnn] "* ]]; check "knnd fid between the samples and the test set with the judge's features ($out)" $?
+# the quickstart's folder is the reference layout of knnd export-notebook
+out=$("$knnd" export-notebook qs -o qs.ipynb 2>&1); rc=$?
+[ $rc = 0 ] && [ -s qs.ipynb ]; check "export-notebook exports the quickstart's folder ($out)" $?
+if python3 -c 'import nbformat' 2>/dev/null; then
+  python3 -c 'import nbformat,sys; nb = nbformat.read(sys.argv[1], as_version=4); nbformat.validate(nb)
+src = "".join(c.source for c in nb.cells)
+assert "## knn" in src and "## no_knn" in src and "knn/log.csv" in src, src[:2000]
+assert sum(1 for c in nb.cells if c.cell_type == "code") >= 6' qs.ipynb
+  check "the quickstart notebook is valid and holds both runs" $?
+fi
 
 # a rerun finds every stage done and only samples again
 out=$("$knnd" run "$root/experiments/quickstart.lua" --set out=qs --set clip.steps=20 --set judge.steps=20 \
