@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "bind.h"
+#include "knnd/version.h"
 
 /* message handler: keep the error, add a traceback unless the error is a plain user error */
 static int traceback(lua_State *L) {
@@ -15,6 +16,7 @@ static int traceback(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  knnd_blas_reexec(argv); /* OpenBLAS with the kernels this CPU supports (knnd/version.h) */
   lua_State *L = luaL_newstate();
   if (!L) {
     fprintf(stderr, "knnd: cannot create a Lua state (out of memory)\n");

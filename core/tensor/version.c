@@ -3,6 +3,10 @@
 #include <omp.h>
 #include <png.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "knnd/ops.h"
@@ -12,7 +16,8 @@
 #define KNND_VERSION "0.0.0"
 #endif
 
-char *openblas_get_config(void); /* OpenBLAS's own description ("OpenBLAS 0.3.21 ...") */
+char *openblas_get_config(void);   /* OpenBLAS's own description ("OpenBLAS 0.3.21 ...") */
+char *openblas_get_corename(void); /* the kernels it chose ("Prescott", "SkylakeX", ...) */
 
 const char *knnd_version(void) { return KNND_VERSION; }
 
@@ -58,4 +63,39 @@ void knnd_build_info(int i, const char **key, const char **value) {
   if (!values[0][0]) fill();
   *key = keys[i];
   *value = values[i];
+}
+
+/* The OpenBLAS core type this CPU supports when OpenBLAS chose weaker kernels, else NULL. Debian's
+ * OpenBLAS detects the development VMs' AVX-512 Xeons as "Prescott" (SSE3): its float64 GEMM and
+ * the LAPACK behind FID then run 3-5x below what the CPU does (../shared/PERFORMANCE.md). */
+const char *knnd_openblas_better_coretype(void) {
+  const char *core = openblas_get_corename();
+  if (!core) return NULL;
+  static const char *const avx512_cores[] = {"skylakex", "cooperlake", "sapphirerapids", NULL};
+  static const char *const avx2_cores[] = {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids", NULL};
+  const char *want = NULL;
+  const char *const *good = NULL;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl")) {
+    want = "SkylakeX";
+    good = avx512_cores;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    want = "Haswell";
+    good = avx2_cores;
+  }
+  if (!want) return NULL;
+  for (int i = 0; good[i]; i++)
+    if (strcasecmp(core, good[i]) == 0) return NULL;
+  return want;
+}
+
+void knnd_blas_reexec(char **argv) {
+  if (getenv("OPENBLAS_CORETYPE") || getenv("KNND_NO_REEXEC")) return;
+  const char *core = knnd_openblas_better_coretype();
+  if (!core) return;
+  /* OpenBLAS reads the variable when it loads, before main: only a fresh image can use it. Set
+   * even if exec fails, so that a child process does not try again. */
+  if (setenv("OPENBLAS_CORETYPE", core, 1) != 0) return;
+  execv("/proc/self/exe", argv);
 }

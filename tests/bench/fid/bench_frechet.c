@@ -21,6 +21,7 @@
 #include "knnd/eval.h"
 #include "knnd/ops.h"
 #include "knnd/random.h"
+#include "knnd/version.h"
 
 #define D 2048
 
@@ -87,6 +88,7 @@ static double kid_f64(const float *a, const float *b, int64_t m) {
 }
 
 int main(int argc, char **argv) {
+  knnd_blas_reexec(argv); /* as the knnd executable: OpenBLAS with this CPU's kernels */
   if (argc < 2) {
     fprintf(stderr, "usage: bench_frechet <outdir> [rows=5000] [repeats=3]\n");
     return 2;
