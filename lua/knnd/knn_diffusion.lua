@@ -180,8 +180,10 @@ local function l2_normalize(x)
   return x / (x:square():sum { dim = -1, keepdim = true }:sqrt() + 1e-12)
 end
 
---- m:condition(query [B,D], neighbors [B,k,D] or nil [, {drop = bool [B] tensor (u8), gen=}]) -> tokens [B,T,D]
---- The token set of the model's mode; rows where drop is set get the learned null set instead.
+--- m:condition(query [B,D], neighbors [B,k,D] or nil [, {drop = bool [B] tensor (u8), gen=, inference=}])
+--- -> tokens [B,T,D]. The token set of the model's mode; rows where drop is set get the learned null
+--- set instead. inference = true: lafite_noise uses the clean (text) embedding, as LAFITE samples —
+--- the perturbation is a training device that makes image embeddings stand in for text ones.
 function Model:condition(query, neighbors, opts)
   local c = self.config.cond
   opts = opts or {}
@@ -200,10 +202,11 @@ function Model:condition(query, neighbors, opts)
     neighbors = nil
   end
   local tokens
+  local xi = opts.inference and 0 or c.xi
   if neighbors then
-    tokens = knnd.cond.build(c.mode, l2_normalize(query), l2_normalize(neighbors), { xi = c.xi, gen = opts.gen })
+    tokens = knnd.cond.build(c.mode, l2_normalize(query), l2_normalize(neighbors), { xi = xi, gen = opts.gen })
   else
-    tokens = knnd.cond.build(c.mode, l2_normalize(query), { xi = c.xi, gen = opts.gen })
+    tokens = knnd.cond.build(c.mode, l2_normalize(query), { xi = xi, gen = opts.gen })
   end
   if opts.drop then
     local null = self.null:unsqueeze(1):expand(B, c.tokens, c.dim)
@@ -622,7 +625,8 @@ function M.generate(o)
   local rep = {}
   for p = 0, P - 1 do for _ = 1, n do rep[#rep + 1] = p end end
   local rep_t = knnd.tensor(rep, { dtype = "i64" })
-  local tokens = model:condition(q, cfg.cond.needs_neighbors and nb.embeddings or nil, { gen = knnd.Generator(o.seed or 0) })
+  local tokens = model:condition(q, cfg.cond.needs_neighbors and nb.embeddings or nil, { gen = knnd.Generator(o.seed or 0),
+    inference = true })
   tokens = tokens:index_select(1, rep_t)
   local gen = knnd.Generator(o.seed or 0)
   local total = P * n

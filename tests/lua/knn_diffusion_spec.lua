@@ -78,6 +78,17 @@ describe("Model:condition", function()
     h.assert_close(t2, nb:totable(), 1e-5)
   end)
 
+  it("perturbs the embedding in lafite_noise for training and uses it clean at inference (as LAFITE)", function()
+    local m = tiny("lafite_noise")
+    local train_t = m:condition(q * 2, nil, { gen = knnd.Generator(1) })
+    local infer_t = m:condition(q * 2, nil, { gen = knnd.Generator(1), inference = true })
+    assert.are.same({ 3, 1, D }, train_t:shape())
+    h.assert_close(infer_t:select(2, 1), q:totable(), 1e-5)
+    -- xi = 3: cos(h', h) is about 1/sqrt(1 + 9) for unit h
+    local cos = (train_t:select(2, 1) * q):sum { dim = 2 }
+    assert.is_true(cos:max():item() < 0.7, ("cos %s"):format(cos:max():item()))
+  end)
+
   it("replaces dropped rows by the learned null set, and the null set learns", function()
     local m = tiny("knn")
     local drop = knnd.tensor({ 1, 0, 1 }, { dtype = "u8" })
