@@ -8,7 +8,7 @@
 --   knnd run experiments/zero_shot.lua --set inception=pt_inception.safetensors
 --       adds pytorch-fid's FID (weights converted by eval/convert_inception.py)
 --   knnd run experiments/zero_shot.lua --set run=runs/coco --set captions=coco_val2014_captions.txt \
---       --set reference=coco_val2014_30k.npz --set n=30000 --set dataset=ms-coco-256 --set inception=...
+--       --set reference=coco_val2014_30k.npz --set n=30000 --set dataset=ms-coco --set inception=...
 --       the paper's MS-COCO protocol, given a run trained on the user's data
 --   --set guidance_sweep=1,2,3,5 adds FID against guidance (<label>_vs_guidance.png)
 --
@@ -22,7 +22,7 @@ local opt = knnd.options {
   models = "knn,no_knn",    -- model folders of the run to evaluate
   captions = "",            -- one caption per line (default: the captions of the test split)
   reference = "",           -- real images or statistics (default: the test split)
-  dataset = "fashion-mnist", -- the name the baselines table uses (ms-coco-256, cub, ln-coco)
+  dataset = "fashion-mnist", -- the name the baselines table uses (ms-coco, ln-coco, cub)
   n = 1000,
   sampler = "dpmpp", steps = 20, guidance = 3.0, batch = 50, part = 500, seed = 0,
   inception = "",           -- pytorch-fid Inception weights (safetensors); adds FID

@@ -462,4 +462,48 @@ function M.fid_vs(o)
   return o.path
 end
 
+--- knnd.report.plot_sweep(sweep, {x=, metric= (default: the first metric whose name starts with
+--- "FID"), path= (relative paths go into the sweep's folder), title=, logx=}) -> path: the mean of a
+--- metric over seeds (knnd.sweep's summary) against the config key x, one line per combination of
+--- the other varying keys
+function M.plot_sweep(sw, o)
+  local fname = "plot_sweep"
+  check_opts(fname, o, { "x", "metric", "path", "title", "logx" })
+  if type(sw) ~= "table" or type(sw.summary) ~= "table" then fail(fname, "argument 1 expected what knnd.sweep returns") end
+  if type(o.x) ~= "string" or type(o.path) ~= "string" then fail(fname, "options 'x' and 'path' are required") end
+  local agg = sw.summary
+  local metric = o.metric
+  if not metric then
+    for _, m in ipairs(agg.metrics or {}) do if m:match("^FID") then metric = m break end end
+  end
+  if not metric then fail(fname, "no metric named FID... in the sweep: give option 'metric'") end
+  local groups, order = {}, {}
+  for _, row in ipairs(agg.rows) do
+    local xv = tonumber(row.group[o.x])
+    local st = row.stats[metric]
+    if xv == nil then fail(fname, "the sweep does not vary '%s' (its keys: %s)", o.x, table.concat(agg.by or {}, ", ")) end
+    if st and st.mean then
+      local parts = {}
+      for _, k in ipairs(agg.by) do if k ~= o.x then parts[#parts + 1] = ("%s=%s"):format(k, tostring(row.group[k])) end end
+      local name = #parts > 0 and table.concat(parts, ",") or metric
+      if not groups[name] then groups[name] = { name = name, pts = {} }; order[#order + 1] = name end
+      local g = groups[name]
+      g.pts[#g.pts + 1] = { xv, st.mean }
+    end
+  end
+  if #order == 0 then fail(fname, "no finished run has '%s'", metric) end
+  local series = {}
+  for _, name in ipairs(order) do
+    local g = groups[name]
+    table.sort(g.pts, function(a, b) return a[1] < b[1] end)
+    local xs, ys = {}, {}
+    for i, p in ipairs(g.pts) do xs[i], ys[i] = p[1], p[2] end
+    series[#series + 1] = { name = name, x = xs, y = ys }
+  end
+  local path = o.path:sub(1, 1) == "/" and o.path or (sw.dir .. "/" .. o.path)
+  knnd.plot { path = path, title = o.title or ("%s against %s"):format(metric, o.x), xlabel = o.x,
+    ylabel = metric .. " (mean over seeds)", series = series, logx = o.logx == nil and o.x == "k" or o.logx }
+  return path
+end
+
 return M

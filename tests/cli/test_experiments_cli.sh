@@ -51,6 +51,34 @@ assert sum(1 for c in nb.cells if c.cell_type == "code") >= 6' qs.ipynb
   check "the quickstart notebook is valid and holds both runs" $?
 fi
 
+# the ablation sweeps on the toy testbed (qs), each cut to a few tiny runs
+sweep() { "$knnd" sweep "$root/experiments/$1" --dir sweeps --set testbed=qs --set per_class=4 --set sample_steps=2 "${@:2}" 2>&1; }
+out=$(sweep ablation_knn.lua --set steps=2 --set batch=4 --set mode=knn,lafite_noise --set seed=1); rc=$?
+[ $rc = 0 ] && grep -q "FID\[fmnist-cnn\]" sweeps/ablation_knn/summary.md && grep -q "lafite_noise" sweeps/ablation_knn/summary.csv \
+  && [ -s "sweeps/ablation_knn/mode=knn,seed=1/samples.png" ]
+check "ablation_knn sweeps modes into a summary with FID[fmnist-cnn] ($(echo "$out" | tail -4))" $?
+out=$(sweep ablation_knn.lua --resume --set steps=2 --set batch=4 --set mode=knn,lafite_noise --set seed=1); rc=$?
+[ $rc = 0 ] && [[ "$out" == *"2 skipped"* ]]; check "a resumed ablation skips its finished runs ($(echo "$out" | grep sweep | tail -1))" $?
+out=$(sweep k_sweep.lua --set steps=2 --set batch=4 --set k=1,5); rc=$?
+[ $rc = 0 ] && [ -s sweeps/k_sweep/fid_vs_k.png ] && grep -q "^k," sweeps/k_sweep/summary.csv
+check "k_sweep trains per k and plots FID against k ($(echo "$out" | tail -2))" $?
+out=$(sweep guidance_sweep.lua --set guidance=1,3 --set sample_steps=2); rc=$?
+[ $rc = 0 ] && [ -s sweeps/guidance_sweep/fid_vs_guidance.png ] && [ -s sweeps/guidance_sweep/alignment_vs_guidance.png ]
+check "guidance_sweep samples the quickstart's model per guidance scale ($(echo "$out" | tail -2))" $?
+out=$(sweep index_sweep.lua --set steps=2 --set batch=4 --set train_index=flat --set infer_index=flat,hnsw); rc=$?
+[ $rc = 0 ] && grep -q "hnsw" sweeps/index_sweep/summary.csv && grep -q "infer_recall" sweeps/index_sweep/summary.csv
+check "index_sweep crosses training and inference indexes ($(echo "$out" | tail -2))" $?
+out=$(sweep index_sweep.lua --set infer_index=annoy); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"infer_index"* ]] && [[ "$out" == *"hnsw"* ]]; check "an unknown index name is an error listing the names" $?
+out=$("$knnd" run "$root/experiments/zero_shot_table.lua" --set run=qs --set n=8 --set steps=2 2>&1); rc=$?
+[ $rc = 0 ] && grep -q "LAFITE" qs/zero_shot_table/table.md && grep -q "ours: knn" qs/zero_shot_table/table.md \
+  && grep -q "fashion-mnist FID\[fmnist-cnn\]" qs/zero_shot_table/table.md
+check "zero_shot_table puts our runs beside the published systems ($(echo "$out" | tail -2))" $?
+out=$("$knnd" results sweeps/ablation_knn 2>&1); rc=$?
+[ $rc = 0 ] && [[ "$out" == *"mode=knn,seed=1"* ]]; check "knnd results lists the ablation's runs" $?
+out=$("$knnd" export-notebook sweeps/ablation_knn -o ablation.ipynb 2>&1); rc=$?
+[ $rc = 0 ] && [ -s ablation.ipynb ]; check "the ablation exports to a notebook ($out)" $?
+
 # a rerun finds every stage done and only samples again
 out=$("$knnd" run "$root/experiments/quickstart.lua" --set out=qs --set clip.steps=20 --set judge.steps=20 \
   --set unet.steps=6 --set unet.batch=8 --set unet.checkpoint_every=3 --set sample.steps=3 --set sample.per_prompt=2 \

@@ -1,0 +1,312 @@
+-- testbed.lua — knnd.testbed: the Fashion-MNIST testbed the quickstart and the ablation sweeps
+-- share. One folder holds what every experiment on the embedded data needs, each piece built once
+-- (skipped when its file exists) so a sweep of twenty runs pays for CLIP and the index once:
+--
+--   data/train.h5        the training images (u8 [60000,1,28,28]) with template captions
+--   clip.safetensors     a CLIP trained from scratch on the training images and class captions
+--   judge.h5             a Fashion-MNIST classifier: text alignment, and the FID[fmnist-cnn] features
+--   data/train_emb.h5    the CLIP image embeddings; data/train.index (FAISS Flat); data/train_nn.h5
+--                        (each image's nearest other images: the training condition)
+--
+--   local tb = knnd.testbed.fmnist{dir = "runs/quickstart"}
+--   local model, r = tb:train{mode = "knn", k = 10, steps = 600, out = "runs/x/knn"}
+--   local m = tb:evaluate{model = model, guidance = 3}     -- alignment, FID[fmnist-cnn], KID
+local knnd = require "knnd"
+local files = require "knnd.files"
+local exists = files.exists
+
+local M = {}
+local Testbed = {}
+Testbed.__index = Testbed
+M.Testbed = Testbed
+
+-- the quickstart's recipe (see experiments/quickstart.lua for why v-prediction and these sizes)
+M.defaults = {
+  seed = 0,
+  k = 10, -- neighbours in the cache (a model may use fewer)
+  clip = { steps = 600, batch = 256, width = 64, layers = 2, lr = 2e-3 },
+  judge = { steps = 500, batch = 64 },
+  unet = { channels = 32, res_blocks = 1, steps = 600, batch = 64, lr = 1e-3, p_uncond = 0.1, ema = 0.99,
+    checkpoint_every = 100, prediction = "v" },
+  sample = { sampler = "dpmpp", steps = 20, guidance = 3.0, eval_per_class = 20 },
+}
+
+local PARAPHRASES = { "a {} on a white background", "a picture of a {}", "a product photo of a {}" }
+
+local function article(s)
+  return (s:gsub("^a ([aeiou])", "an %1"):gsub(" a ([aeiou])", " an %1"))
+end
+
+local function merge(defaults, given)
+  local out = {}
+  for k, v in pairs(defaults) do
+    if type(v) == "table" then out[k] = merge(v, type(given) == "table" and given[k] or nil)
+    elseif type(given) == "table" and given[k] ~= nil then out[k] = given[k]
+    else out[k] = v end
+  end
+  return out
+end
+
+--- knnd.testbed.fmnist{dir=, seed=0, k=10, clip={...}, judge={...}, stage=function(name, fn) end,
+---   index_factory = "Flat", log = print} -> the testbed (each piece built once in dir)
+--- stage(name, fn) wraps every build step (the quickstart times and prints them); default: fn()
+function M.fmnist(o)
+  o = o or {}
+  local cfg = merge(M.defaults, o)
+  local dir = o.dir or error("knnd.testbed.fmnist: option 'dir' (the folder) is required", 2)
+  local stage = o.stage or function(_, fn) return fn() end
+  local log = o.log or print
+  files.mkdir_p(dir .. "/data")
+  local tb = setmetatable({ dir = dir, cfg = cfg, stage = stage, log = log }, Testbed)
+  tb.classes = knnd.data.fashion_mnist_classes
+  tb.train_set = knnd.data.fashion_mnist { split = "train" }
+  tb.test_set = knnd.data.fashion_mnist { split = "test" }
+  tb.ds_path = dir .. "/data/train.h5"
+  stage("dataset", function()
+    if not exists(tb.ds_path) then
+      knnd.dataset.prepare_fashion_mnist { out = tb.ds_path, split = "train", size = 28, channels = 1, seed = cfg.seed }
+    end
+  end)
+  -- CLIP from scratch on images + class-name captions (the diffusion model never sees these)
+  local clip_path, merges = dir .. "/clip.safetensors", dir .. "/clip.merges.txt"
+  tb.clip = stage("clip", function()
+    if exists(clip_path) and exists(merges) then return knnd.clip.load(clip_path, { tokenizer = merges }) end
+    knnd.manual_seed(cfg.seed)
+    local tok = knnd.clip.train_tokenizer(tb.classes, { path = merges })
+    local w = cfg.clip.width
+    local m = knnd.clip.new { embed_dim = w, image_size = 28, patch_size = 7, vision_width = w,
+      vision_layers = cfg.clip.layers, vision_heads = math.max(1, w // 16), context_length = 16, text_width = w,
+      text_layers = cfg.clip.layers, text_heads = math.max(1, w // 16), tokenizer = tok }
+    knnd.clip.train { model = m, images = tb.train_set.images, labels = tb.train_set.labels, classes = tb.classes,
+      steps = cfg.clip.steps, batch = cfg.clip.batch, lr = cfg.clip.lr, seed = cfg.seed, checkpoint = dir .. "/clip.ck.h5" }
+    m:save(clip_path)
+    return m
+  end)
+  -- the judge: a classifier trained on the labelled training images
+  local judge_path = dir .. "/judge.h5"
+  tb.judge = stage("judge", function()
+    if exists(judge_path) then return knnd.classifier.load(judge_path) end
+    local clf = knnd.classifier.new { channels = 1, image_size = 28, classes = 10, seed = cfg.seed }
+    knnd.classifier.train { model = clf, images = tb.train_set.images, labels = tb.train_set.labels,
+      steps = cfg.judge.steps, batch = cfg.judge.batch, seed = cfg.seed, desc = "judge" }
+    clf.test_accuracy = clf:accuracy(tb.test_set.images, tb.test_set.labels)
+    clf:save(judge_path)
+    return clf
+  end)
+  -- image embeddings, the index and the neighbour cache
+  tb.emb_path, tb.index_path, tb.cache_path = dir .. "/data/train_emb.h5", dir .. "/data/train.index",
+    dir .. "/data/train_nn.h5"
+  tb.index = stage("retrieval", function()
+    if not exists(tb.emb_path) then
+      tb.clip:encode_dataset { images = tb.train_set.images, output = tb.emb_path, encoder = "quickstart-clip",
+        source_name = tb.ds_path }
+    end
+    tb.store = knnd.embeddings.open(tb.emb_path)
+    local idx = tb:index_for(o.index_factory or "Flat")
+    if not exists(tb.cache_path) then
+      knnd.cache.build(tb.cache_path, idx, tb.store, { k = cfg.k, exclude_self = true, progress = true })
+    end
+    return idx
+  end)
+  tb.store = tb.store or knnd.embeddings.open(tb.emb_path)
+  tb.clip_dim = tb.index:info().dim -- the CLIP found in the folder decides, not the defaults
+  -- prompts: the class prompts, and for the measurement each with three paraphrases
+  tb.prompts, tb.eval_prompts, tb.eval_class = {}, {}, {}
+  for c, name in ipairs(tb.classes) do
+    tb.prompts[c] = article(("a photo of a %s"):format(name))
+    tb.eval_prompts[#tb.eval_prompts + 1] = tb.prompts[c]
+    tb.eval_class[#tb.eval_class + 1] = c - 1
+    for _, p in ipairs(PARAPHRASES) do
+      tb.eval_prompts[#tb.eval_prompts + 1] = article((p:gsub("{}", name)))
+      tb.eval_class[#tb.eval_class + 1] = c - 1
+    end
+  end
+  tb.paraphrases = #PARAPHRASES
+  return tb
+end
+
+-- the file name of an index built with a FAISS factory string ("Flat" keeps the historical name)
+local function index_file(dir, factory)
+  if factory == "Flat" then return dir .. "/data/train.index" end
+  return ("%s/data/train.%s.index"):format(dir, factory:gsub("[^%w]+", "_"))
+end
+
+--- tb:index_for(factory [, {nprobe=, efSearch=}]) -> the index over the training embeddings built
+--- with that FAISS factory string (built once and saved beside the Flat one)
+function Testbed:index_for(factory, params)
+  local path = index_file(self.dir, factory)
+  local idx
+  if exists(path) then
+    idx = knnd.index.load(path, { store = self.store })
+  else
+    idx = knnd.index.build { store = self.store, factory = factory, progress = true }
+    idx:save(path)
+  end
+  if params then idx:set(params) end
+  return idx
+end
+
+--- tb:cache_for(factory, k [, params]) -> the path of the neighbour cache (k nearest other images)
+--- made with that index: approximate neighbours at training time for the index ablation
+function Testbed:cache_for(factory, k, params)
+  if factory == "Flat" and k <= self.cfg.k then return self.cache_path end
+  -- one cache serves every smaller k: build them at 10, 100 or 1000 so a k sweep builds one or two
+  for _, step in ipairs { self.cfg.k, 100, 1000 } do
+    if k <= step then k = step break end
+  end
+  local path = ("%s/data/train_nn.%s.k%d.h5"):format(self.dir, factory:gsub("[^%w]+", "_"), k)
+  if not exists(path) then
+    knnd.cache.build(path, self:index_for(factory, params), self.store, { k = k, exclude_self = true, progress = true })
+  end
+  return path
+end
+
+--- tb:train{mode=, k=, xi= (lafite_noise), out=, steps=, batch=, lr=, ema=, p_uncond=, prediction=, channels=, res_blocks=,
+---   checkpoint_every=, seed=, cache= (path; default the Flat cache), name=, progress=}
+--- -> the EMA model (loaded from out/model.h5), train's result. Resumes from out/checkpoint.h5.
+function Testbed:train(o)
+  local u = merge(self.cfg.unet, o)
+  local k = o.k or self.cfg.k
+  local seed = o.seed or self.cfg.seed
+  local model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed,
+    unet = { channels = u.channels, num_res_blocks = u.res_blocks },
+    cond = { mode = o.mode or "knn", k = k, dim = self.clip_dim, p_uncond = u.p_uncond, xi = o.xi },
+    diffusion = { prediction = u.prediction } }
+  if o.log ~= false then self.log(tostring(model)) end
+  local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path,
+    cache = o.cache or self:cache_for("Flat", k), out = o.out, steps = u.steps, batch = u.batch, lr = u.lr,
+    ema = u.ema, seed = seed, checkpoint_every = u.checkpoint_every, name = o.name or o.mode,
+    progress = o.progress }
+  return knnd.knn_diffusion.load(o.out .. "/model.h5"), r
+end
+
+--- tb:fid_reference() -> the FID[fmnist-cnn] extractor, the test set's statistics and features
+--- (the judge's penultimate features stand in for Inception's: labelled so, never mixed with FID)
+function Testbed:fid_reference()
+  if self.fid then return self.fid end
+  local ex = knnd.eval.classifier_extractor(self.judge, { name = "fmnist-cnn" })
+  local feats = knnd.eval.features(self.test_set.images, { extractor = ex, progress = false })
+  local st = knnd.metrics.stats(ex.dim, { extractor = ex.id, preprocess = ex.preprocess })
+  st:add(feats)
+  st:finish()
+  self.fid = { extractor = ex, label = knnd.eval.fid_label(ex.id), stats = st, features = feats }
+  return self.fid
+end
+
+--- tb:samples_judged([per_class]) -> how many samples tb:evaluate draws
+function Testbed:samples_judged(per_class)
+  local per = math.max(1, (per_class or self.cfg.sample.eval_per_class) // (1 + self.paraphrases))
+  return per * #self.eval_prompts
+end
+
+--- tb:real_floor([n]) -> FID[fmnist-cnn] and KID of n real training images against the test set:
+--- the best a model can score with n samples
+function Testbed:real_floor(n)
+  n = n or self:samples_judged()
+  local ref = self:fid_reference()
+  local rows = knnd.randperm(self.train_set.n, { gen = knnd.Generator(self.cfg.seed + 7) }):narrow(1, 1, n)
+  local real = self.train_set.images:index_select(1, rows)
+  local fid = knnd.eval.fid(real, ref.stats, { extractor = ref.extractor, progress = false })
+  local kid = knnd.eval.kid(real, ref.features, { extractor = ref.extractor, seed = self.cfg.seed, progress = false })
+  return fid, kid
+end
+
+--- tb:evaluate{model=, index= (default the Flat index), sampler=, steps=, guidance=, eval_per_class=20,
+---   seed=} -> {alignment, alignment_class_prompts, alignment_paraphrases, per_class, fid_cnn,
+---   kid_cnn, samples_judged}: the samples of every class prompt and paraphrase, judged by the
+---   classifier and scored against the test set
+function Testbed:evaluate(o)
+  local s = merge(self.cfg.sample, o)
+  local per = math.max(1, s.eval_per_class // (1 + self.paraphrases))
+  local g = knnd.knn_diffusion.generate { model = o.model, clip = self.clip, index = o.index or self.index,
+    prompts = self.eval_prompts, n = per, sampler = s.sampler, steps = s.steps, guidance = s.guidance,
+    seed = (o.seed or self.cfg.seed) + 1, progress = o.progress }
+  local target = {}
+  for i = 0, g.prompt_index:numel() - 1 do target[i + 1] = self.eval_class[g.prompt_index:get(i + 1) + 1] end
+  local pred = self.judge:predict(g.images)
+  local hits = knnd.eq(pred, knnd.tensor(target, { dtype = "i64" })):to("f32")
+  local m = { alignment = hits:mean():item(), samples_judged = hits:numel(), per_class = {} }
+  local block = per * (1 + self.paraphrases)
+  local on_class, on_para = 0, 0
+  for c = 1, #self.classes do
+    m.per_class[self.classes[c]] = hits:narrow(1, (c - 1) * block + 1, block):mean():item()
+    on_class = on_class + hits:narrow(1, (c - 1) * block + 1, per):sum():item()
+    on_para = on_para + hits:narrow(1, (c - 1) * block + per + 1, block - per):sum():item()
+  end
+  m.alignment_class_prompts = on_class / (per * #self.classes)
+  m.alignment_paraphrases = on_para / ((block - per) * #self.classes)
+  local ref = self:fid_reference()
+  m.fid_cnn = knnd.eval.fid(g.images, ref.stats, { extractor = ref.extractor, progress = false })
+  m.kid_cnn = knnd.eval.kid(g.images, ref.features, { extractor = ref.extractor, seed = self.cfg.seed, progress = false })
+  m.images = g.images
+  return m
+end
+
+local opened = {}
+--- knnd.testbed.base([extra]) -> the config schema (knnd.config) the sweeps on the testbed share:
+--- testbed (folder), mode, k, xi, steps, batch, guidance, sample_steps, sampler, per_class, seed;
+--- `extra` adds keys or replaces these
+function M.base(extra)
+  local C = require "knnd.config"
+  local b = {
+    testbed = C.param("runs/quickstart", "the testbed folder (knnd.testbed): built there when absent"),
+    mode = C.param("knn", "conditioning mode", { values = { "knn", "no_knn", "lafite_noise", "knn_only" } }),
+    k = C.param(10, "neighbours in the condition", { min = 1 }),
+    xi = C.param(3.0, "lafite_noise: the perturbation's norm relative to the embedding's (LAFITE's xi)", { min = 0 }),
+    steps = C.param(600, "training steps", { min = 1 }),
+    batch = C.param(64, "training batch", { min = 1 }),
+    guidance = C.param(3.0, "classifier-free guidance scale at sampling (0: unconditional, 1: conditional only)",
+      { min = 0 }),
+    sample_steps = C.param(20, "sampler steps", { min = 1 }),
+    sampler = C.param("dpmpp", "sampler", { values = { "dpmpp", "ddim", "ddpm" } }),
+    per_class = C.param(20, "samples judged per class (its prompt and 3 paraphrases)", { min = 4 }),
+    seed = 0,
+  }
+  for k, v in pairs(extra or {}) do b[k] = v end
+  return b
+end
+
+--- knnd.testbed.open(dir [, opts]) -> the testbed of dir (knnd.testbed.fmnist), made once per process
+function M.open(dir, o)
+  if not opened[dir] then
+    local t = {}
+    for k, v in pairs(o or {}) do t[k] = v end
+    t.dir = dir
+    opened[dir] = M.fmnist(t)
+  end
+  return opened[dir]
+end
+
+--- tb:train_and_score(cfg, run [, {index=, cache=, model_dir=}]) -> the final metrics of one sweep
+--- run: trains cfg.mode with cfg.k neighbours for cfg.steps (batch, lr, seed from cfg when given)
+--- into model_dir (default run.dir/model; resumed), logs the loss curve as run metrics, evaluates
+--- with cfg.guidance / cfg.sample_steps / cfg.per_class, writes run.dir/samples.png (a row per
+--- class: its prompt and paraphrases). Metrics: alignment, FID[fmnist-cnn], KID[fmnist-cnn],
+--- final_loss, train_seconds, eval_seconds.
+function Testbed:train_and_score(cfg, run, o)
+  o = o or {}
+  local t0 = knnd.wall_time()
+  local model, r = self:train { mode = cfg.mode, k = cfg.k, xi = cfg.xi, steps = cfg.steps, batch = cfg.batch, lr = cfg.lr,
+    seed = cfg.seed, out = o.model_dir or run:path("model"), cache = o.cache, name = run.name, log = false }
+  local log = r.log or {}
+  for i, step in ipairs(log.steps or {}) do run:metric("loss", step, log.loss[i]) end
+  local t1 = knnd.wall_time()
+  local m = self:score(model, cfg, run, o.index)
+  m.final_loss, m.train_seconds = r.loss, t1 - t0
+  return m
+end
+
+--- tb:score(model, cfg, run [, index]) -> the evaluation metrics of a trained model (see train_and_score)
+function Testbed:score(model, cfg, run, index)
+  local t0 = knnd.wall_time()
+  local e = self:evaluate { model = model, index = index, guidance = cfg.guidance, steps = cfg.sample_steps,
+    sampler = cfg.sampler, eval_per_class = cfg.per_class, seed = cfg.seed, progress = false }
+  local ref = self:fid_reference()
+  local per = e.samples_judged // #self.classes
+  knnd.save_grid(run:path("samples.png"), e.images, { nrow = per, range = { -1, 1 }, scale = 1,
+    title = ("%s: a row per class (its prompt and paraphrases)"):format(run.name) })
+  return { alignment = e.alignment, [ref.label] = e.fid_cnn, [knnd.eval.fid_label(ref.extractor.id, "KID")] = e.kid_cnn,
+    eval_seconds = knnd.wall_time() - t0 }
+end
+
+return M
