@@ -14,4 +14,8 @@ void knnd_eval_sample(knnd_generator *g, int64_t n, int64_t k, int64_t *pool, in
  * features; errors name op and arg. */
 knnd_status knnd_eval_host_f32(knnd_tensor *t, const char *op, const char *arg, knnd_tensor **out);
 
+/* KID computes the whole Gram matrix of both sets once when it takes at most this many bytes
+ * (and fewer flops than the subsets' own GEMMs); default 512 MiB, 0 never (tests use both paths). */
+extern int64_t knnd_kid_gram_limit_bytes;
+
 #endif

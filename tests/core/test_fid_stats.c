@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "knnd/eval.h"
+/* eval/kid.c: the size up to which KID computes the whole Gram matrix once (0: never) */
+extern int64_t knnd_kid_gram_limit_bytes;
 #include "knnd/io.h"
 #include "testutil.h"
 
@@ -362,6 +364,20 @@ static void test_kid(void **state) {
   print_message("kid: knnd %.17g, clean-fid %.17g, rel diff %.2e\n", mean, want, fabs(mean - want) / fabs(want));
   assert_rel(mean, want, 1e-6, 1e-12, "kid");
   assert_true(std <= 1e-6 * fabs(want));
+  /* that took the whole-Gram path; the per-subset GEMMs give the same value */
+  int64_t limit = knnd_kid_gram_limit_bytes;
+  knnd_kid_gram_limit_bytes = 0;
+  double mean_subsets;
+  KT_OK(knnd_kid(a, b, 3, 1000, &g, &mean_subsets, NULL));
+  assert_rel(mean_subsets, want, 1e-6, 1e-12, "kid (per-subset GEMMs)");
+  /* random subsets: the same draws and the same value on both paths */
+  double p1, p2;
+  knnd_generator_init(&g, 5);
+  KT_OK(knnd_kid(a, b, 200, n / 2, &g, &p1, NULL));
+  knnd_kid_gram_limit_bytes = limit;
+  knnd_generator_init(&g, 5);
+  KT_OK(knnd_kid(a, b, 200, n / 2, &g, &p2, NULL));
+  assert_rel(p1, p2, 1e-5, 1e-12, "kid: per-subset vs whole-Gram path");
   /* random subsets: reproducible from the seed, and different seeds draw different subsets */
   double m1, m2, m3, s1;
   knnd_generator_init(&g, 7);
