@@ -381,9 +381,12 @@ static void avg_pool_planes(const plane_geom *g, const pool_params *pp, const fl
         int64_t o = (p * g->oh + y) * g->ow + x;
         if (!adjoint) {
           const float *in = src + p * g->ih * g->iw;
-          float s = 0.0f;
-          for (int64_t i = h0; i < h1; i++)
-            for (int64_t j = w0; j < w1; j++) s += in[i * g->iw + j];
+          float s = 0.0f; /* row by row, as pool_planes_separable and the GPU kernel add */
+          for (int64_t i = h0; i < h1; i++) {
+            float r = 0.0f;
+            for (int64_t j = w0; j < w1; j++) r += in[i * g->iw + j];
+            s += r;
+          }
           dst[o] = count > 0 ? s / (float)count : 0.0f;
         } else if (count > 0) {
           float *gin = dst + p * g->ih * g->iw, v = src[o] / (float)count;

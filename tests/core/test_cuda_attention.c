@@ -1,5 +1,6 @@
-/* test_cuda_attention.c — scaled_dot_product_attention on the GPU (the fused flash kernels)
- * against the CPU (kt_cuda_parity): forward and the gradients of q, k, v (and of an additive
+/* test_cuda_attention.c — scaled_dot_product_attention on the GPU (the fused flash kernels and
+ * the GEMM path: every case runs three times, with KNND_ATTENTION_PATH unset (the default
+ * choice), =fused and =gemm) against the CPU (kt_cuda_parity): forward and the gradients of q, k, v (and of an additive
  * mask), self attention at lengths 1, 7, 64, 257, 1024 and cross attention (Lq != Lk, Dv != D),
  * head dims 1 .. 256, causal, u8 and float masks of every broadcast rank (fully hidden rows
  * included), multi-head views (head split) and transposed operands, f32/f16/bf16 and mixed
@@ -23,6 +24,8 @@ typedef struct attn_ctx {
   bool head_split;  /* q, k, v leaves are [B,L,H,X]; f permutes them to [B,H,L,X] (MHA's view) */
   bool k_transposed; /* k's leaf is [B,H,D,Lk]; f transposes it (a non-unit last stride: copied) */
   int q_pad;         /* q's leaf is [B,H,Lq,D+q_pad]; f narrows it to D (row stride not a multiple of 8) */
+  int64_t kv_heads;  /* > 0: k and v leaves are [B,1,Lk,X]; f expands them to kv_heads heads (stride 0) */
+  int64_t q_rows;    /* > 0: q's leaf is [B,H,1,D]; f expands it to q_rows rows (overlapping rows) */
 } attn_ctx;
 
 static knnd_status attn_fn(knnd_tensor *const *in, void *ctx, knnd_tensor **out) {
@@ -33,7 +36,13 @@ static knnd_status attn_fn(knnd_tensor *const *in, void *ctx, knnd_tensor **out)
     if (c->head_split) KNND_CHECK(knnd_transpose(in[i], 1, 2, &v4[i]));
     else if (i == 1 && c->k_transposed) KNND_CHECK(knnd_transpose(in[i], 2, 3, &v4[i]));
     else if (i == 0 && c->q_pad) KNND_CHECK(knnd_narrow(in[i], 3, 0, in[i]->shape[3] - c->q_pad, &v4[i]));
-    else v4[i] = knnd_tensor_retain(in[i]);
+    else if (i > 0 && c->kv_heads) {
+      const int64_t shape[4] = {in[i]->shape[0], c->kv_heads, in[i]->shape[2], in[i]->shape[3]};
+      KNND_CHECK(knnd_expand(in[i], 4, shape, &v4[i]));
+    } else if (i == 0 && c->q_rows) {
+      const int64_t shape[4] = {in[i]->shape[0], in[i]->shape[1], c->q_rows, in[i]->shape[3]};
+      KNND_CHECK(knnd_expand(in[i], 4, shape, &v4[i]));
+    } else v4[i] = knnd_tensor_retain(in[i]);
   }
   st = knnd_scaled_dot_product_attention(v4[0], v4[1], v4[2], in[3], c->causal, c->scale, out);
 cleanup:
@@ -92,7 +101,9 @@ static void run(const attn_ctx *c, const knnd_dtype *dts, int64_t B, int64_t H, 
       shape[3] = rows[i];
     } else if (i == 0) {
       shape[3] += c->q_pad;
+      if (c->q_rows) shape[2] = 1;
     }
+    if (i > 0 && c->kv_heads) shape[1] = 1;
     in[i] = leaf(dts[i], 4, shape);
   }
   double atol = 0, rtol = 0;
@@ -212,6 +223,21 @@ static void views_and_dtypes(void **state) {
   attn_ctx c = {0};
   run(&c, (const knnd_dtype[]){KNND_F32, KNND_BF16, KNND_BF16}, 2, 2, 64, 33, 64, 64, NULL);
   run(&c, (const knnd_dtype[]){KNND_F16, KNND_F32, KNND_F16}, 1, 2, 7, 257, 32, 32, NULL);
+}
+
+/* k and v shared by every head (stride 0 across heads: batch pointers that repeat, gradients
+ * summed over the heads) and q expanded along its rows (overlapping rows: the fused kernels) */
+static void expanded_operands(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(609);
+  for (int it = 0; it < 6; it++) {
+    const knnd_dtype dt = float_dtypes[it % 3];
+    attn_ctx shared = {.kv_heads = 3, .causal = it % 2 == 1};
+    run1(&shared, dt, 2, 3, lengths[1 + it % 4], lengths[2 + it % 3], head_dims[it % 3], head_dims[(it + 1) % 3], NULL);
+    attn_ctx rows = {.q_rows = lengths[1 + it % 3]};
+    run1(&rows, dt, 1, 2, lengths[1 + it % 3], 70, 32, 32, NULL);
+  }
 }
 
 /* more query blocks than one grid pass (the kernels loop over blocks) */
@@ -342,9 +368,24 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(self_attention_lengths),    cmocka_unit_test(cross_attention),
     cmocka_unit_test(odd_head_dims),             cmocka_unit_test(u8_masks),
     cmocka_unit_test(float_masks),               cmocka_unit_test(views_and_dtypes),
+    cmocka_unit_test(expanded_operands),
     cmocka_unit_test(more_blocks_than_one_grid), cmocka_unit_test(empty_extents),
     cmocka_unit_test(tc_self_attention),         cmocka_unit_test(tc_cross_attention),
     cmocka_unit_test(tc_masks),                  cmocka_unit_test(tc_strided),
     cmocka_unit_test(tc_switched_off),           cmocka_unit_test(errors_on_the_gpu),
 };
-KT_CUDA_MAIN(tests)
+int main(void) {
+  static const char *paths[] = {"default", "fused", "gemm"};
+  int failed = 0;
+  for (int i = 0; i < 3; i++) {
+    if (i) setenv("KNND_ATTENTION_PATH", paths[i], 1);
+    printf("== KNND_ATTENTION_PATH=%s\n", i ? paths[i] : "(unset)");
+    failed += cmocka_run_group_tests_name(paths[i], tests, NULL, NULL);
+  }
+  unsetenv("KNND_ATTENTION_PATH");
+  if (!kt_cuda()) {
+    printf("no CUDA device: every case above was skipped, none passed\n");
+    return failed ? 1 : 77;
+  }
+  return failed ? 1 : 0;
+}

@@ -8,16 +8,21 @@
 // walks the queries per key row for dK and dV, so neither needs atomics.
 // f16/bf16 with head dims that are multiples of 16 up to 128 take a tensor-core (WMMA) forward
 // instead (attention_forward_tc_kernel; KNND_ATTENTION_TC=0 forces the FMA kernels).
+// Where a (b, h) slice's Lq×Lk scores are affordable, the GEMM path (cuBLAS batched GEMMs with
+// row kernels between them, over chunks of slices) takes the f32 forward and every backward:
+// the FMA kernels reach a fraction of the GPU (see "the GEMM path" below).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "backend/cuda/cuda_attention.h"
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_matmul.h"
 #include "tensor/internal.h"
 
 namespace {
@@ -500,6 +505,127 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+
+// ---- the GEMM path ---------------------------------------------------------------------------
+// For sequences whose score matrix is affordable, attention as cuBLAS strided-batched GEMMs with
+// row kernels between them, over chunks of (b, h) slices whose f32 scores and 16-bit (or f32)
+// probabilities fit a scratch budget: S = scale·Q·Kᵀ (f32), P = softmax(S + mask) and the row's
+// log-sum-exp, O = P·V. The backward recomputes S and P from the log-sum-exp (nothing N×N is
+// kept between the passes, as in the fused kernels): dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Δ),
+// dQ = scale·dS·K, dK = scale·dSᵀ·Q. The GEMMs run on the tensor cores at cuBLAS's speed, which
+// the fused FMA kernels (and the WMMA forward) reach only for long sequences.
+
+// row r of the chunk: slice i0 + r / Lq, query r % Lq
+struct chunk_row {
+  int64_t slice, i, b, h;
+};
+__device__ __forceinline__ chunk_row chunk_row_of(const knnd_cuda_attention_args &a, int64_t i0, int64_t r) {
+  chunk_row c;
+  c.slice = i0 + r / a.Lq;
+  c.i = r % a.Lq;
+  c.b = c.slice / a.H;
+  c.h = c.slice % a.H;
+  return c;
+}
+
+// the score of key j as the softmax sees it: s (already scaled) plus the mask, -inf where hidden
+__device__ __forceinline__ float visible_score(const knnd_cuda_attention_args &a, const chunk_row &c, int64_t j,
+                                               float s) {
+  if (a.causal && j > c.i) return -INFINITY;
+  if (a.mask) {
+    const int64_t off = c.b * a.mask_stride[0] + c.h * a.mask_stride[1] + c.i * a.mask_stride[2] + j * a.mask_stride[3];
+    if (a.mask_u8) return ((const uint8_t *)a.mask)[off] ? s : -INFINITY;
+    return s + ((const float *)a.mask)[off];
+  }
+  return s;
+}
+
+// forward: S (f32, rows of Lk) -> P (T) and lse; one warp per row. A row with every key hidden
+// gets P = 0 and lse = -inf (its output is then 0, as the fused kernels give).
+template <typename T>
+__global__ void gemm_softmax_kernel(knnd_cuda_attention_args a, int64_t i0, int64_t rows, float *S, T *P, float *lse) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5, Lk = a.Lk;
+  for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps) {
+    const chunk_row c = chunk_row_of(a, i0, r);
+    float *srow = S + r * Lk;
+    T *prow = P + r * Lk;
+    float m = -INFINITY;
+    for (int64_t j = lane; j < Lk; j += 32) {
+      const float s = visible_score(a, c, j, srow[j]);
+      srow[j] = s;
+      m = fmaxf(m, s);
+    }
+    m = warp_max(m);
+    float l = 0.0f;
+    if (m != -INFINITY)
+      for (int64_t j = lane; j < Lk; j += 32) l += expf(srow[j] - m);
+    l = warp_sum(l);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t j = lane; j < Lk; j += 32)
+      prow[j] = knnd_cuda_from_float<T>(m == -INFINITY ? 0.0f : expf(srow[j] - m) * inv);
+    if (lane == 0) lse[c.slice * a.Lq + c.i] = l > 0.0f ? m + logf(l) : -INFINITY;
+  }
+}
+
+// backward: P = exp(S + mask − lse) from the forward's log-sum-exp, in f32 over S's cells and as T
+// into Pt (the operand of the dV GEMM)
+template <typename T>
+__global__ void gemm_recompute_p_kernel(knnd_cuda_attention_args a, int64_t i0, int64_t rows, float *S, T *Pt,
+                                        const float *lse) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5, Lk = a.Lk;
+  for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps) {
+    const chunk_row c = chunk_row_of(a, i0, r);
+    const float L = lse[c.slice * a.Lq + c.i];
+    float *srow = S + r * Lk;
+    T *prow = Pt + r * Lk;
+    for (int64_t j = lane; j < Lk; j += 32) {
+      const float s = visible_score(a, c, j, srow[j]);
+      const float p = L == -INFINITY || s == -INFINITY ? 0.0f : expf(s - L);
+      srow[j] = p;
+      prow[j] = knnd_cuda_from_float<T>(p);
+    }
+  }
+}
+
+// backward: dS = P ⊙ (dP − Δ) from the f32 probabilities, as T into dst (the operand of the dQ
+// and dK GEMMs) and, when ds is given, as f32 into the mask's gradient [B,H,Lq,Lk]
+template <typename T>
+__global__ void gemm_ds_kernel(knnd_cuda_attention_args a, int64_t i0, int64_t rows, const float *P, const float *dP,
+                               T *dst, const float *delta, float *ds) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5, Lk = a.Lk;
+  for (int64_t r = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < rows; r += warps) {
+    const chunk_row c = chunk_row_of(a, i0, r);
+    const float d = delta[c.slice * a.Lq + c.i];
+    const float *prow = P + r * Lk, *gp = dP + r * Lk;
+    T *drow = dst + r * Lk;
+    float *dsrow = ds ? ds + (c.slice * a.Lq + c.i) * Lk : nullptr;
+    for (int64_t j = lane; j < Lk; j += 32) {
+      const float v = prow[j] * (gp[j] - d);
+      drow[j] = knnd_cuda_from_float<T>(v);
+      if (dsrow) dsrow[j] = v;
+    }
+  }
+}
+
+// the GEMMs' batch pointers: for operand d and slice s (of B·H), its matrix's address. An
+// operand at (b, h) strides, or a chunk-local scratch buffer (slice s at (s mod chunk)·stride).
+constexpr int kGemmOperands = 10;
+struct gemm_ptrs {
+  const char *base[kGemmOperands];
+  int64_t sb[kGemmOperands], sh[kGemmOperands];  // bytes; sb < 0: scratch with slice stride sh
+};
+
+__global__ void gemm_fill_ptrs_kernel(gemm_ptrs d, int n_ops, int64_t BH, int64_t H, int64_t chunk, const void **out) {
+  KNND_CUDA_GRID_STRIDE(e, n_ops * BH) {
+    const int op = (int)(e / BH);
+    const int64_t sl = e % BH;
+    out[e] = d.sb[op] < 0 ? d.base[op] + (sl % chunk) * d.sh[op] : d.base[op] + (sl / H) * d.sb[op] + (sl % H) * d.sh[op];
+  }
+}
+
 // ---- launching -------------------------------------------------------------------------------
 // blocks loop over the work, so a grid of 65535 (far more than fit on the device at once) is enough
 unsigned grid_for(int64_t blocks) { return (unsigned)(blocks < 65535 ? blocks : 65535); }
@@ -577,6 +703,218 @@ knnd_status tc_forward(const knnd_cuda_attention_args *a, knnd_cuda_bh o, float 
   return dmax <= 64 ? launch(attention_forward_tc_kernel<__nv_bfloat16, 64>)
                     : launch(attention_forward_tc_kernel<__nv_bfloat16, 128>);
 }
+
+// ---- the GEMM path: choice and launching ------------------------------------------------------
+// KNND_ATTENTION_PATH=fused|gemm forces a path (read at each call: benchmarks and tests compare
+// the two). By default the forward takes the tensor-core kernel where it applies (f16/bf16: it
+// is as fast and needs no scratch), else the GEMM path for every case with at least kGemmMinKeys
+// keys whose one (b, h) slice of scores stays under kGemmSliceMax (beyond it, the fused kernels:
+// no N×N matrix in global memory for long sequences); the backward takes the GEMM path on the
+// same condition. Chunks of slices share a kGemmScratch budget.
+constexpr int64_t kGemmMinKeys = 64;
+constexpr size_t kGemmScratch = (size_t)16 << 20;
+constexpr size_t kGemmSliceMax = (size_t)512 << 20;
+
+enum class forced { none, fused, gemm };
+forced forced_path() {
+  const char *e = getenv("KNND_ATTENTION_PATH");
+  if (e && strcmp(e, "fused") == 0) return forced::fused;
+  if (e && strcmp(e, "gemm") == 0) return forced::gemm;
+  return forced::none;
+}
+
+// scratch per (b, h) slice: f32 scores (and, backward, f32 dP) and the 16-bit (or f32) operand
+size_t gemm_slice_bytes(const knnd_cuda_attention_args *a, bool backward) {
+  return (size_t)a->Lq * (size_t)a->Lk * ((backward ? 2 : 1) * sizeof(float) + knnd_dtype_size(a->dtype));
+}
+
+// the leading dimension a GEMM reads rows L x X of m with: their stride, or X for a single row
+// (any stride is fine there); 0 when rows overlap (an operand expanded along L): not a matrix
+// cuBLAS takes
+int64_t gemm_ld(const knnd_cuda_bh &m, int64_t L, int64_t X) { return L == 1 ? X : m.sl >= X ? m.sl : 0; }
+
+bool gemm_path_possible(const knnd_cuda_attention_args *a, bool backward) {
+  if (a->Lq <= 0 || a->Lk <= 0 || a->D <= 0 || a->Dv <= 0 || a->B * a->H <= 0) return false;
+  if (!gemm_ld(a->q, a->Lq, a->D) || !gemm_ld(a->k, a->Lk, a->D) || !gemm_ld(a->v, a->Lk, a->Dv)) return false;
+  return gemm_slice_bytes(a, backward) <= kGemmSliceMax;
+}
+
+int64_t gemm_chunk(const knnd_cuda_attention_args *a, bool backward) {
+  const int64_t BH = a->B * a->H, per = (int64_t)(kGemmScratch / gemm_slice_bytes(a, backward));
+  return per < 1 ? 1 : per < BH ? per : BH;
+}
+
+// scratch from the caching allocator, freed on return (stream order keeps it alive for the work
+// queued before)
+struct gemm_scratch {
+  int dev;
+  void *p[4] = {};
+  int n = 0;
+  explicit gemm_scratch(int d) : dev(d) {}
+  gemm_scratch(const gemm_scratch &) = delete;
+  gemm_scratch &operator=(const gemm_scratch &) = delete;
+  template <typename P> knnd_status get(size_t bytes, P **out) {
+    void *q = nullptr;
+    KNND_TRY(knnd_cuda_malloc(dev, bytes ? bytes : 1, &q));
+    p[n++] = q;
+    *out = (P *)q;
+    return KNND_OK;
+  }
+  ~gemm_scratch() {
+    for (int i = 0; i < n; i++) knnd_cuda_free(dev, p[i]);
+  }
+};
+
+// the batch pointers of every operand, filled once on the device; ptr(d, i0): operand d's
+// pointers from slice i0 on
+struct gemm_batch_ptrs {
+  gemm_ptrs d{};
+  int n = 0;
+  const void **dev_ptrs = nullptr;
+  int64_t BH = 0;
+  int add_bh(const void *data, const knnd_cuda_bh &m, size_t es) {
+    d.base[n] = (const char *)data;
+    d.sb[n] = m.sb * (int64_t)es;
+    d.sh[n] = m.sh * (int64_t)es;
+    return n++;
+  }
+  int add_scratch(const void *data, int64_t slice_elems, size_t es) {
+    d.base[n] = (const char *)data;
+    d.sb[n] = -1;
+    d.sh[n] = slice_elems * (int64_t)es;
+    return n++;
+  }
+  knnd_status fill(const knnd_cuda_attention_args *a, int64_t chunk, gemm_scratch &sc, cudaStream_t s) {
+    BH = a->B * a->H;
+    H = a->H;
+    KNND_TRY(sc.get(sizeof(void *) * (size_t)(n * BH), &dev_ptrs));
+    gemm_fill_ptrs_kernel<<<knnd_cuda_blocks(n * BH, KNND_CUDA_THREADS), KNND_CUDA_THREADS, 0, s>>>(d, n, BH, a->H,
+                                                                                                  chunk, dev_ptrs);
+    return knnd_cuda_launched("scaled_dot_product_attention (batch pointers)");
+  }
+  const void *const *ptr(int op, int64_t i0) const { return dev_ptrs + op * BH + i0; }
+  // slices i0 .. i0+n of operand op at one stride (bytes) from *first, when they are
+  int64_t H = 1;
+  bool uniform(int op, int64_t i0, int64_t n, const char **first, int64_t *stride) const {
+    if (d.sb[op] < 0) {  // scratch: chunks start at slice 0 of the buffer
+      *first = d.base[op];
+      *stride = d.sh[op];
+      return true;
+    }
+    *first = d.base[op] + (i0 / H) * d.sb[op] + (i0 % H) * d.sh[op];
+    if (n == 1 || d.sb[op] == H * d.sh[op] || i0 / H == (i0 + n - 1) / H) *stride = d.sh[op];
+    else if (H == 1) *stride = d.sb[op];
+    else return false;
+    return true;
+  }
+};
+
+// one batched GEMM over nb slices: C (f32 when c_f32) = alpha·op(A)·op(B); x: operand indices
+knnd_status gemm(const knnd_tensor *on, const gemm_batch_ptrs &p, knnd_dtype dt, bool c_f32, bool ta, bool tb,
+                 int64_t m, int64_t n, int64_t k, float alpha, int A, int64_t lda, int B, int64_t ldb, int C,
+                 int64_t ldc, int64_t i0, int64_t nb) {
+  knnd_cuda_gemm_batch g = {.dtype = dt, .c_f32 = c_f32, .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k,
+                            .batch = nb, .alpha = alpha, .beta = 0.0f, .a = p.ptr(A, i0), .b = p.ptr(B, i0),
+                            .c = (void *const *)p.ptr(C, i0), .lda = lda, .ldb = ldb, .ldc = ldc};
+  // one stride per operand over these slices: the strided-batched form (faster in cuBLAS)
+  const char *fa, *fb, *fc;
+  int64_t sa, sb, scs;
+  if (p.uniform(A, i0, nb, &fa, &sa) && p.uniform(B, i0, nb, &fb, &sb) && p.uniform(C, i0, nb, &fc, &scs)) {
+    const int64_t es = (int64_t)knnd_dtype_size(dt), esc = c_f32 ? (int64_t)sizeof(float) : es;
+    g.strided = true;
+    g.a0 = fa;
+    g.b0 = fb;
+    g.c0 = (void *)fc;
+    g.stride_a = sa / es;
+    g.stride_b = sb / es;
+    g.stride_c = scs / esc;
+  }
+  return knnd_cuda_gemm_batched(on, &g);
+}
+
+template <typename T>
+knnd_status gemm_forward(const knnd_tensor *on, const knnd_cuda_attention_args *a, knnd_cuda_bh o, float *lse,
+                         cudaStream_t s) {
+  const int64_t BH = a->B * a->H, Lq = a->Lq, Lk = a->Lk, nb = gemm_chunk(a, false);
+  gemm_scratch sc(on->storage->device.index);
+  float *S = nullptr;
+  T *P = nullptr;
+  KNND_TRY(sc.get(sizeof(float) * (size_t)(nb * Lq * Lk), &S));
+  KNND_TRY(sc.get(sizeof(T) * (size_t)(nb * Lq * Lk), &P));
+  gemm_batch_ptrs p;
+  const int q = p.add_bh(a->q.data, a->q, sizeof(T)), k = p.add_bh(a->k.data, a->k, sizeof(T)),
+            v = p.add_bh(a->v.data, a->v, sizeof(T)), out = p.add_bh(o.data, o, sizeof(T)),
+            sS = p.add_scratch(S, Lq * Lk, sizeof(float)), sP = p.add_scratch(P, Lq * Lk, sizeof(T));
+  KNND_TRY(p.fill(a, nb, sc, s));
+  const int64_t ldq = gemm_ld(a->q, Lq, a->D), ldk = gemm_ld(a->k, Lk, a->D), ldv = gemm_ld(a->v, Lk, a->Dv);
+  for (int64_t i0 = 0; i0 < BH; i0 += nb) {
+    const int64_t n = BH - i0 < nb ? BH - i0 : nb, rows = n * Lq;
+    // S = scale·Q·Kᵀ (f32)
+    KNND_TRY(gemm(on, p, a->dtype, true, false, true, Lq, Lk, a->D, a->scale, q, ldq, k, ldk, sS, Lk, i0, n));
+    gemm_softmax_kernel<T><<<knnd_cuda_blocks(rows * 32, kThreads), kThreads, 0, s>>>(*a, i0, rows, S, P, lse);
+    KNND_TRY(knnd_cuda_launched("scaled_dot_product_attention forward (softmax)"));
+    // O = P·V
+    KNND_TRY(gemm(on, p, a->dtype, false, false, false, Lq, a->Dv, Lk, 1.0f, sP, Lk, v, ldv, out, gemm_ld(o, Lq, a->Dv),
+                  i0, n));
+  }
+  return KNND_OK;
+}
+
+template <typename T>
+knnd_status gemm_backward(const knnd_tensor *on, const knnd_cuda_attention_args *a, const float *lse,
+                          const float *delta, knnd_cuda_bh dout, knnd_cuda_bh dq, knnd_cuda_bh dk, knnd_cuda_bh dv,
+                          float *ds, cudaStream_t s) {
+  const int64_t BH = a->B * a->H, Lq = a->Lq, Lk = a->Lk, nb = gemm_chunk(a, true);
+  const bool want_ds = dq.data || dk.data || ds;
+  gemm_scratch sc(on->storage->device.index);
+  float *S = nullptr, *dP = nullptr;
+  T *P = nullptr;
+  KNND_TRY(sc.get(sizeof(float) * (size_t)(nb * Lq * Lk), &S));
+  KNND_TRY(sc.get(sizeof(float) * (size_t)(nb * Lq * Lk), &dP));
+  KNND_TRY(sc.get(sizeof(T) * (size_t)(nb * Lq * Lk), &P));
+  gemm_batch_ptrs p;
+  const int q = p.add_bh(a->q.data, a->q, sizeof(T)), k = p.add_bh(a->k.data, a->k, sizeof(T)),
+            v = p.add_bh(a->v.data, a->v, sizeof(T)), g = p.add_bh(dout.data, dout, sizeof(T)),
+            gq = p.add_bh(dq.data, dq, sizeof(float)), gk = p.add_bh(dk.data, dk, sizeof(float)),
+            gv = p.add_bh(dv.data, dv, sizeof(float)), sS = p.add_scratch(S, Lq * Lk, sizeof(float)),
+            sdP = p.add_scratch(dP, Lq * Lk, sizeof(float));
+  const int sP = p.add_scratch(P, Lq * Lk, sizeof(T));
+  KNND_TRY(p.fill(a, nb, sc, s));
+  const int64_t ldq = gemm_ld(a->q, Lq, a->D), ldk = gemm_ld(a->k, Lk, a->D), ldv = gemm_ld(a->v, Lk, a->Dv),
+                ldg = gemm_ld(dout, Lq, a->Dv), ldgq = gemm_ld(dq, Lq, a->D), ldgk = gemm_ld(dk, Lk, a->D),
+                ldgv = gemm_ld(dv, Lk, a->Dv);
+  for (int64_t i0 = 0; i0 < BH; i0 += nb) {
+    const int64_t n = BH - i0 < nb ? BH - i0 : nb, rows = n * Lq;
+    const unsigned grid = knnd_cuda_blocks(rows * 32, kThreads);
+    // S = scale·Q·Kᵀ, then P (f32 over S, T into P)
+    KNND_TRY(gemm(on, p, a->dtype, true, false, true, Lq, Lk, a->D, a->scale, q, ldq, k, ldk, sS, Lk, i0, n));
+    gemm_recompute_p_kernel<T><<<grid, kThreads, 0, s>>>(*a, i0, rows, S, P, lse);
+    KNND_TRY(knnd_cuda_launched("scaled_dot_product_attention backward (probabilities)"));
+    if (dv.data)  // dV = Pᵀ·dO
+      KNND_TRY(gemm(on, p, a->dtype, true, true, false, Lk, a->Dv, Lq, 1.0f, sP, Lk, g, ldg, gv, ldgv, i0, n));
+    if (!want_ds) continue;
+    // dP = dO·Vᵀ, then dS = P ⊙ (dP − Δ) into P's T cells (and the mask's gradient)
+    KNND_TRY(gemm(on, p, a->dtype, true, false, true, Lq, Lk, a->Dv, 1.0f, g, ldg, v, ldv, sdP, Lk, i0, n));
+    gemm_ds_kernel<T><<<grid, kThreads, 0, s>>>(*a, i0, rows, S, dP, P, delta, ds);
+    KNND_TRY(knnd_cuda_launched("scaled_dot_product_attention backward (dS)"));
+    if (dq.data)  // dQ = scale·dS·K
+      KNND_TRY(gemm(on, p, a->dtype, true, false, false, Lq, a->D, Lk, a->scale, sP, Lk, k, ldk, gq, ldgq, i0, n));
+    if (dk.data)  // dK = scale·dSᵀ·Q
+      KNND_TRY(gemm(on, p, a->dtype, true, true, false, Lk, a->D, Lq, a->scale, sP, Lk, q, ldq, gk, ldgk, i0, n));
+  }
+  return KNND_OK;
+}
+// calls f(T{}) for the operands' dtype
+template <typename F> knnd_status with_dtype(const knnd_cuda_attention_args *a, F &&f) {
+  switch (a->dtype) {
+    case KNND_F32: return f(float{});
+    case KNND_F16: return f(__half{});
+    case KNND_BF16: return f(__nv_bfloat16{});
+    default:
+      return knnd_error(KNND_ERR_DTYPE, "scaled_dot_product_attention: dtype %s has no GPU kernel",
+                        knnd_dtype_name(a->dtype));
+  }
+}
 }  // namespace
 
 extern "C" knnd_status knnd_cuda_attention_forward(const knnd_tensor *on, const knnd_cuda_attention_args *a,
@@ -585,7 +923,11 @@ extern "C" knnd_status knnd_cuda_attention_forward(const knnd_tensor *on, const 
   if (blocks == 0) return KNND_OK;
   cudaStream_t s;
   KNND_TRY(knnd_cuda_prepare(on, &s));
-  if (tc_forward_applies(on, a)) return tc_forward(a, o, lse, s);
+  const forced f = forced_path();
+  const bool gemm_ok = gemm_path_possible(a, false);
+  if (f != forced::gemm && tc_forward_applies(on, a)) return tc_forward(a, o, lse, s);
+  if (gemm_ok && (f == forced::gemm || (f == forced::none && a->Lk >= kGemmMinKeys)))
+    return with_dtype(a, [&](auto t) -> knnd_status { return gemm_forward<decltype(t)>(on, a, o, lse, s); });
   const size_t smem = sizeof(float) * (size_t)(kTile * (a->D + 1) + kTile * a->Dv + kWarps * a->D);
   return with_types(a, [&](auto t, auto nc) -> knnd_status {
     auto kernel = attention_forward_kernel<decltype(t), decltype(nc)::value>;
@@ -610,6 +952,8 @@ extern "C" knnd_status knnd_cuda_attention_backward(const knnd_tensor *on, const
   const size_t smem_dq =
       sizeof(float) * (size_t)(kTile * (a->D + 1) + kTile * (a->Dv + 1) + kWarps * a->D + kWarps * a->Dv);
   const size_t smem_dkv = smem_dq + sizeof(float) * 2 * kTile;
+  const forced f = forced_path();
+  const bool gemm_path = gemm_path_possible(a, true) && (f == forced::gemm || (f == forced::none && a->Lk >= kGemmMinKeys));
   knnd_status st = with_types(a, [&](auto t, auto nc) -> knnd_status {
     using T = decltype(t);
     constexpr int NC = decltype(nc)::value;
@@ -617,6 +961,7 @@ extern "C" knnd_status knnd_cuda_attention_backward(const knnd_tensor *on, const
       attention_delta_kernel<T><<<knnd_cuda_blocks(rows * 32, kThreads), kThreads, 0, s>>>(*a, o, dout, delta, rows);
       KNND_TRY(knnd_cuda_launched("scaled_dot_product_attention backward (delta)"));
     }
+    if (gemm_path) return gemm_backward<T>(on, a, lse, delta, dout, dq, dk, dv, ds, s);
     if ((dq.data || ds) && q_tiles > 0) {
       auto kernel = attention_dq_kernel<T, NC>;
       KNND_TRY(allow_smem(kernel, smem_dq, op));

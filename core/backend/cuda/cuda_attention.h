@@ -1,7 +1,10 @@
 /* cuda_attention.h — fused scaled dot-product attention on the GPU (cuda_attention.cu), called
  * from core/ops/attention.c: a flash-attention forward (online softmax over key tiles, the
  * Lq×Lk matrix never stored) that keeps the log-sum-exp of each row, and a backward that
- * recomputes the probabilities tile by tile from it. */
+ * recomputes the probabilities tile by tile from it; for sequences whose per-head score matrix is
+ * affordable, the same contract through cuBLAS batched GEMMs over chunks of heads (scratch
+ * bounded, nothing N×N kept between forward and backward). KNND_ATTENTION_PATH=fused|gemm forces
+ * one path. */
 #ifndef KNND_CUDA_ATTENTION_H
 #define KNND_CUDA_ATTENTION_H
 

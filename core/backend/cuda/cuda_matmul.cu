@@ -43,6 +43,22 @@ knnd_status handle_for(int dev, cudaStream_t stream, cublasHandle_t *out) {
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
+// the cuBLAS type and compute type of a knnd dtype (TF32 for f32 when knnd_cuda_allow_tf32())
+knnd_status cublas_types(knnd_dtype dt, const char *op, cudaDataType_t *type, cublasComputeType_t *compute) {
+  *compute = CUBLAS_COMPUTE_32F;
+  switch (dt) {
+    case KNND_F32:
+      *type = CUDA_R_32F;
+      if (knnd_cuda_allow_tf32()) *compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      return KNND_OK;
+    case KNND_F16: *type = CUDA_R_16F; return KNND_OK;
+    case KNND_BF16: *type = CUDA_R_16BF; return KNND_OK;
+    default:
+      return knnd_error(KNND_ERR_DTYPE, "%s: dtype %s has no GPU GEMM (expected f32, f16 or bf16)", op,
+                        knnd_dtype_name(dt));
+  }
+}
+
 // a batch dim after merging: count matrices, x_stride elements apart in A, B and C
 struct batch_dim {
   int64_t count, sa, sb, sc;
@@ -91,18 +107,8 @@ extern "C" knnd_status knnd_cuda_gemm(const knnd_tensor *on, const knnd_cuda_gem
                       "%s: a GEMM of %lld x %lld x %lld (batch %lld) exceeds cuBLAS's 32-bit sizes",
                       op, (long long)g->m, (long long)g->n, (long long)g->k, (long long)inner.count);
   cudaDataType_t type;
-  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
-  switch (g->dtype) {
-    case KNND_F32:
-      type = CUDA_R_32F;
-      if (knnd_cuda_allow_tf32()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-      break;
-    case KNND_F16: type = CUDA_R_16F; break;
-    case KNND_BF16: type = CUDA_R_16BF; break;
-    default:
-      return knnd_error(KNND_ERR_DTYPE, "%s: dtype %s has no GPU GEMM (expected f32, f16 or bf16)", op,
-                        knnd_dtype_name(g->dtype));
-  }
+  cublasComputeType_t compute;
+  KNND_TRY(cublas_types(g->dtype, op, &type, &compute));
   cublasHandle_t h;
   KNND_TRY(handle_for(on->storage->device.index, stream, &h));
   // cuBLAS is column-major: a row-major C[m,n] is the column-major Cᵀ[n,m] = op(B)ᵀ·op(A)ᵀ, so
@@ -128,5 +134,37 @@ extern "C" knnd_status knnd_cuda_gemm(const knnd_tensor *on, const knnd_cuda_gem
         CUBLAS_GEMM_DEFAULT);
     if (s != CUBLAS_STATUS_SUCCESS) return cublas_status(s, "matmul: cublasGemmStridedBatchedEx");
   }
+  return KNND_OK;
+}
+
+extern "C" knnd_status knnd_cuda_gemm_batched(const knnd_tensor *on, const knnd_cuda_gemm_batch *g) {
+  static const char *op = "scaled_dot_product_attention";
+  if (g->m == 0 || g->n == 0 || g->batch == 0) return KNND_OK;
+  if (g->k == 0)
+    return knnd_error(KNND_ERR_ARG, "%s: an empty product (k = 0) has no batched GEMM", op);
+  if (!fits_int(g->m) || !fits_int(g->n) || !fits_int(g->k) || !fits_int(g->lda) || !fits_int(g->ldb) ||
+      !fits_int(g->ldc) || !fits_int(g->batch))
+    return knnd_error(KNND_ERR_SHAPE, "%s: a GEMM of %lld x %lld x %lld (batch %lld) exceeds cuBLAS's 32-bit sizes",
+                      op, (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch);
+  cudaStream_t stream;
+  KNND_TRY(knnd_cuda_prepare(on, &stream));
+  cudaDataType_t type, ctype;
+  cublasComputeType_t compute;
+  KNND_TRY(cublas_types(g->dtype, op, &type, &compute));
+  ctype = g->c_f32 ? CUDA_R_32F : type;
+  cublasHandle_t h;
+  KNND_TRY(handle_for(on->storage->device.index, stream, &h));
+  // row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ (see knnd_cuda_gemm)
+  const cublasOperation_t op_a = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasStatus_t s =
+      g->strided
+          ? cublasGemmStridedBatchedEx(h, op_b, op_a, (int)g->n, (int)g->m, (int)g->k, &g->alpha, g->b0, type,
+                                       (int)g->ldb, (long long)g->stride_b, g->a0, type, (int)g->lda,
+                                       (long long)g->stride_a, &g->beta, g->c0, ctype, (int)g->ldc,
+                                       (long long)g->stride_c, (int)g->batch, compute, CUBLAS_GEMM_DEFAULT)
+          : cublasGemmBatchedEx(h, op_b, op_a, (int)g->n, (int)g->m, (int)g->k, &g->alpha, g->b, type, (int)g->ldb,
+                                g->a, type, (int)g->lda, &g->beta, g->c, ctype, (int)g->ldc, (int)g->batch, compute,
+                                CUBLAS_GEMM_DEFAULT);
+  if (s != CUBLAS_STATUS_SUCCESS) return cublas_status(s, g->strided ? "scaled_dot_product_attention: cublasGemmStridedBatchedEx" : "scaled_dot_product_attention: cublasGemmBatchedEx");
   return KNND_OK;
 }

@@ -162,9 +162,14 @@ __global__ void avg_pool_forward_kernel(const float *__restrict__ src, float *__
     pool_window(pp, 1, x, g.iw, &w0, &w1, &wfull);
     const int64_t count = pp.count_include_pad ? hfull * wfull : (h1 - h0) * (w1 - w0);
     const float *in = src + p * g.ih * g.iw;
+    // each window row summed first, then the rows in order: the CPU's (separable) order, so
+    // both devices give the same f32 bits
     float s = 0.0f;
-    for (int64_t i = h0; i < h1; i++)
-      for (int64_t j = w0; j < w1; j++) s = __fadd_rn(s, in[i * g.iw + j]);
+    for (int64_t i = h0; i < h1; i++) {
+      float r = 0.0f;
+      for (int64_t j = w0; j < w1; j++) r = __fadd_rn(r, in[i * g.iw + j]);
+      s = __fadd_rn(s, r);
+    }
     dst[o] = count > 0 ? __fdiv_rn(s, (float)count) : 0.0f;
   }
 }

@@ -7,6 +7,7 @@
  * cuBLAS bf16 peak (torch.matmul 4096³ bf16).
  *   bench_gpu_kernels [iters=20]
  * Needs a CUDA device; no data files. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,9 +130,22 @@ int main(int argc, char **argv) {
       {ATTENTION, "sdpa_n4096", 64, 4096, 64, 0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    bench_case(&cases[i], KNND_F32, false, iters);
-    bench_case(&cases[i], KNND_F32, true, iters);
-    bench_case(&cases[i], KNND_BF16, false, iters);
+    /* attention: the default choice, then each path forced (KNND_ATTENTION_PATH), as <name>_fused
+     * and <name>_gemm (no torch counterpart: the table shows them beside the default) */
+    static const char *paths[] = {NULL, "fused", "gemm"};
+    for (int p = 0; p < (cases[i].k == ATTENTION ? 3 : 1); p++) {
+      kcase c = cases[i];
+      char name[64];
+      if (paths[p]) {
+        snprintf(name, sizeof name, "%s_%s", c.name, paths[p]);
+        c.name = name;
+        setenv("KNND_ATTENTION_PATH", paths[p], 1);
+      }
+      bench_case(&c, KNND_F32, false, iters);
+      bench_case(&c, KNND_F32, true, iters);
+      bench_case(&c, KNND_BF16, false, iters);
+      unsetenv("KNND_ATTENTION_PATH");
+    }
   }
   return 0;
 }
