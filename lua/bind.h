@@ -45,6 +45,14 @@ int knnd_lua_fail(lua_State *L, const char *fname);
   do {                                                          \
     if ((expr) != KNND_OK) knnd_lua_fail((L), (fname));         \
   } while (0)
+/* knnd_lua_fail dropping the whole leading chain of C op names ("fid_stats_load: h5_open: ...")
+ * that the Lua function's own name replaces: for bindings whose C calls are internal steps of
+ * the Lua function (files, stores, statistics) rather than ops that a message should name. */
+int knnd_lua_fail_chain(lua_State *L, const char *fname);
+#define KNND_LUA_CHECK_CHAIN(L, fname, expr)                    \
+  do {                                                          \
+    if ((expr) != KNND_OK) knnd_lua_fail_chain((L), (fname));   \
+  } while (0)
 
 /* ---- tensors ----------------------------------------------------------------------------- */
 /* Push a tensor userdata taking over the reference t (t NULL pushes nil). Also nudges the Lua

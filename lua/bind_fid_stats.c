@@ -20,22 +20,6 @@ typedef struct lua_stats {
   knnd_fid_stats *s;
 } lua_stats;
 
-/* knnd_lua_fail, also dropping a chain of C op names ("fid_stats_load: h5_open: ...") that the
- * Lua function's own name replaces */
-static int fail(lua_State *L, const char *fname) {
-  const char *msg = knnd_last_error();
-  for (;;) {
-    const char *p = msg;
-    while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_') p++;
-    if (p == msg || p[0] != ':' || p[1] != ' ') break;
-    msg = p + 2;
-  }
-  return luaL_error(L, "knnd.%s: %s", fname, *msg ? msg : "failed");
-}
-#define CHECK(L, fname, expr)                  \
-  do {                                         \
-    if ((expr) != KNND_OK) fail((L), (fname)); \
-  } while (0)
 
 static knnd_fid_stats *check_stats(lua_State *L, int idx, const char *fname) {
   lua_stats *u = luaL_testudata(L, idx, STATS_MT);
@@ -72,7 +56,7 @@ static int metrics_stats(lua_State *L) {
                              "\"inception-v3-fid/pool3\")", fname);
   const char *preprocess = knnd_lua_opt_string(L, 2, fname, "preprocess", "");
   knnd_fid_stats *s;
-  CHECK(L, fname, knnd_fid_stats_new((int64_t)dim, extractor, preprocess, &s));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_fid_stats_new((int64_t)dim, extractor, preprocess, &s));
   push_stats(L, s);
   return 1;
 }
@@ -85,27 +69,27 @@ static int metrics_load_stats(lua_State *L) {
   knnd_lua_check_opts(L, 2, fname, allowed);
   const char *extractor = knnd_lua_opt_string(L, 2, fname, "extractor", NULL);
   knnd_fid_stats *s;
-  CHECK(L, fname, knnd_fid_stats_load(path, extractor, &s));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_fid_stats_load(path, extractor, &s));
   push_stats(L, s);
   return 1;
 }
 
 static int stats_add(lua_State *L) {
   knnd_fid_stats *s = check_stats(L, 1, "FidStats:add");
-  CHECK(L, "FidStats:add", knnd_fid_stats_add(s, knnd_lua_check_tensor(L, 2, "FidStats:add")));
+  KNND_LUA_CHECK_CHAIN(L, "FidStats:add", knnd_fid_stats_add(s, knnd_lua_check_tensor(L, 2, "FidStats:add")));
   lua_settop(L, 1);
   return 1;
 }
 
 static int stats_finish(lua_State *L) {
-  CHECK(L, "FidStats:finish", knnd_fid_stats_finish(check_stats(L, 1, "FidStats:finish")));
+  KNND_LUA_CHECK_CHAIN(L, "FidStats:finish", knnd_fid_stats_finish(check_stats(L, 1, "FidStats:finish")));
   lua_settop(L, 1);
   return 1;
 }
 
 static int stats_save(lua_State *L) {
   knnd_fid_stats *s = check_stats(L, 1, "FidStats:save");
-  CHECK(L, "FidStats:save", knnd_fid_stats_save(s, luaL_checkstring(L, 2)));
+  KNND_LUA_CHECK_CHAIN(L, "FidStats:save", knnd_fid_stats_save(s, luaL_checkstring(L, 2)));
   return 0;
 }
 
@@ -129,7 +113,7 @@ static int stats_preprocess(lua_State *L) {
 /* an f32 tensor of `shape` holding the doubles v */
 static void push_doubles(lua_State *L, const char *fname, const double *v, int ndim, const int64_t *shape) {
   knnd_tensor *t;
-  CHECK(L, fname, knnd_tensor_empty(KNND_F32, ndim, shape, KNND_CPU, &t));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_tensor_empty(KNND_F32, ndim, shape, KNND_CPU, &t));
   float *f = knnd_tensor_data(t);
   int64_t n = knnd_tensor_numel(t);
   for (int64_t i = 0; i < n; i++) f[i] = (float)v[i];
@@ -170,7 +154,7 @@ static int metrics_frechet(lua_State *L) {
   const char *fname = "metrics.frechet";
   knnd_fid_stats *a = check_stats(L, 1, fname), *b = check_stats(L, 2, fname);
   double d;
-  CHECK(L, fname, knnd_fid_stats_frechet(a, b, &d));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_fid_stats_frechet(a, b, &d));
   lua_pushnumber(L, d);
   return 1;
 }
@@ -188,7 +172,7 @@ static double *tensor_doubles(lua_State *L, int idx, const char *fname, const ch
   }
   int64_t n = ndim == 1 ? d : d * d;
   double *v = lua_newuserdatauv(L, (size_t)n * sizeof *v, 0);
-  CHECK(L, fname, knnd_tensor_to_doubles(t, v, n));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_tensor_to_doubles(t, v, n));
   return v;
 }
 
@@ -207,7 +191,7 @@ static int metrics_frechet_raw(lua_State *L) {
   double *m2 = tensor_doubles(L, 3, fname, "mu2", 1, d);
   double *s2 = tensor_doubles(L, 4, fname, "sigma2", 2, d);
   double out;
-  CHECK(L, fname, knnd_frechet_distance(m1, s1, m2, s2, d, eps, &out));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_frechet_distance(m1, s1, m2, s2, d, eps, &out));
   lua_pushnumber(L, out);
   return 1;
 }
@@ -222,7 +206,8 @@ static int metrics_kid(lua_State *L) {
   lua_Integer size = knnd_lua_opt_int(L, 3, fname, "subset_size", 1000);
   knnd_generator g;
   double mean, std;
-  CHECK(L, fname, knnd_kid(a, b, (int64_t)subsets, (int64_t)size, opt_seed(L, 3, fname, &g), &mean, &std));
+  KNND_LUA_CHECK_CHAIN(L, fname,
+                       knnd_kid(a, b, (int64_t)subsets, (int64_t)size, opt_seed(L, 3, fname, &g), &mean, &std));
   lua_pushnumber(L, mean);
   lua_pushnumber(L, std);
   return 2;
@@ -234,7 +219,7 @@ static int metrics_clip_score(lua_State *L) {
   knnd_tensor *img = knnd_lua_check_tensor(L, 1, fname), *txt = knnd_lua_check_tensor(L, 2, fname);
   double mean;
   knnd_tensor *rows;
-  CHECK(L, fname, knnd_clip_score(img, txt, &mean, &rows));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_clip_score(img, txt, &mean, &rows));
   lua_pushnumber(L, mean);
   knnd_lua_push_tensor(L, rows);
   return 2;
@@ -249,7 +234,7 @@ static int metrics_r_precision(lua_State *L) {
   lua_Integer negatives = knnd_lua_opt_int(L, 3, fname, "negatives", 99);
   knnd_generator g;
   double r;
-  CHECK(L, fname, knnd_clip_r_precision(img, txt, (int64_t)negatives, opt_seed(L, 3, fname, &g), &r));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_clip_r_precision(img, txt, (int64_t)negatives, opt_seed(L, 3, fname, &g), &r));
   lua_pushnumber(L, r);
   return 1;
 }

@@ -36,22 +36,6 @@ typedef struct lua_cache {
   knnd_neighbor_cache *c;
 } lua_cache;
 
-/* knnd_lua_fail, also dropping the chain of C op names ("embstore_open: h5_open: ...") that
- * the Lua function's own name replaces */
-static int fail(lua_State *L, const char *fname) {
-  const char *msg = knnd_last_error();
-  for (;;) {
-    const char *p = msg;
-    while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_') p++;
-    if (p == msg || p[0] != ':' || p[1] != ' ') break;
-    msg = p + 2;
-  }
-  return luaL_error(L, "knnd.%s: %s", fname, *msg ? msg : "failed");
-}
-#define CHECK(L, fname, expr)                 \
-  do {                                        \
-    if ((expr) != KNND_OK) fail((L), (fname)); \
-  } while (0)
 
 /* ---- progress callbacks ---------------------------------------------------------------------
  * The Lua callback runs under lua_pcall: an error in it cancels the C call (which then frees
@@ -119,7 +103,7 @@ static knnd_progress_fn opt_progress(lua_State *L, int opts, const char *fname, 
 /* after a C call with a progress callback failed: re-raise the callback's own error if any */
 static int fail_progress(lua_State *L, const char *fname, lua_progress *p) {
   if (p->failed) return lua_error(L);
-  return fail(L, fname);
+  return knnd_lua_fail_chain(L, fname);
 }
 
 /* ---- embedding stores ------------------------------------------------------------------------ */
@@ -142,7 +126,7 @@ static knnd_embstore *to_store(lua_State *L, int idx, const char *fname, const c
     u->s = NULL;
     u->writing = false;
     luaL_setmetatable(L, EMBSTORE_MT);
-    CHECK(L, fname, knnd_embstore_open(path, &u->s));
+    KNND_LUA_CHECK_CHAIN(L, fname, knnd_embstore_open(path, &u->s));
     lua_replace(L, idx);
     return u->s;
   }
@@ -175,7 +159,7 @@ static int embeddings_create(lua_State *L) {
   u->s = NULL;
   u->writing = true;
   luaL_setmetatable(L, EMBSTORE_MT);
-  CHECK(L, fname, knnd_embstore_create(path, (int)dim, dt, &m, &u->s));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_embstore_create(path, (int)dim, dt, &m, &u->s));
   return 1;
 }
 
@@ -190,7 +174,7 @@ static int embeddings_save(lua_State *L) {
   read_meta(L, 3, fname, &m);
   knnd_tensor *ids = knnd_lua_opt_tensor_field(L, 3, fname, "ids");
   knnd_dtype dt = knnd_lua_opt_dtype(L, 3, fname, "dtype", KNND_F32);
-  CHECK(L, fname, knnd_embstore_save(path, e, ids, dt, &m));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_embstore_save(path, e, ids, dt, &m));
   return 0;
 }
 
@@ -208,7 +192,7 @@ static int store_append(lua_State *L) {
   if (!u->writing) luaL_error(L, "knnd.EmbeddingStore:append: the store was opened for reading");
   knnd_tensor *e = knnd_lua_check_tensor(L, 2, "EmbeddingStore:append");
   knnd_tensor *ids = knnd_lua_opt_tensor(L, 3, "EmbeddingStore:append");
-  CHECK(L, "EmbeddingStore:append", knnd_embstore_append(u->s, e, ids));
+  KNND_LUA_CHECK_CHAIN(L, "EmbeddingStore:append", knnd_embstore_append(u->s, e, ids));
   return 0;
 }
 
@@ -217,7 +201,7 @@ static int store_close(lua_State *L) {
   lua_embstore *u = luaL_checkudata(L, 1, EMBSTORE_MT);
   knnd_embstore *s = u->s;
   u->s = NULL;
-  if (s) CHECK(L, "EmbeddingStore:close", knnd_embstore_close(s));
+  if (s) KNND_LUA_CHECK_CHAIN(L, "EmbeddingStore:close", knnd_embstore_close(s));
   return 0;
 }
 
@@ -288,14 +272,14 @@ static int store_read(lua_State *L) {
   lua_Integer start = knnd_lua_check_int(L, 2, "EmbeddingStore:read", "start");
   lua_Integer count = knnd_lua_check_int(L, 3, "EmbeddingStore:read", "count");
   knnd_tensor *t;
-  CHECK(L, "EmbeddingStore:read", knnd_embstore_read(u->s, (int64_t)start - 1, (int64_t)count, &t));
+  KNND_LUA_CHECK_CHAIN(L, "EmbeddingStore:read", knnd_embstore_read(u->s, (int64_t)start - 1, (int64_t)count, &t));
   knnd_lua_push_tensor(L, t);
   return 1;
 }
 
 static int store_ids(lua_State *L) {
   knnd_tensor *t;
-  CHECK(L, "EmbeddingStore:ids", knnd_embstore_ids(check_store_ud(L, 1, "ids")->s, &t));
+  KNND_LUA_CHECK_CHAIN(L, "EmbeddingStore:ids", knnd_embstore_ids(check_store_ud(L, 1, "ids")->s, &t));
   knnd_lua_push_tensor(L, t);
   return 1;
 }
@@ -304,7 +288,7 @@ static int store_ids(lua_State *L) {
 static int store_gather(lua_State *L) {
   lua_embstore *u = check_store_ud(L, 1, "gather");
   knnd_tensor *rows = knnd_lua_check_tensor(L, 2, "EmbeddingStore:gather"), *t;
-  CHECK(L, "EmbeddingStore:gather", knnd_embstore_gather(u->s, rows, &t));
+  KNND_LUA_CHECK_CHAIN(L, "EmbeddingStore:gather", knnd_embstore_gather(u->s, rows, &t));
   knnd_lua_push_tensor(L, t);
   return 1;
 }
@@ -349,7 +333,7 @@ static int index_new(lua_State *L) {
   knnd_embstore *s = NULL;
   if (lua_getfield(L, 1, "store") != LUA_TNIL) s = to_store(L, -1, fname, "option 'store'");
   lua_index *u = push_index(L, s ? -1 : 0);
-  CHECK(L, fname, knnd_index_new(factory, (int)dim, s, &u->idx));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_index_new(factory, (int)dim, s, &u->idx));
   return 1;
 }
 
@@ -384,7 +368,7 @@ static int index_load(lua_State *L) {
   knnd_embstore *s = NULL;
   if (!lua_isnoneornil(L, 2) && lua_getfield(L, 2, "store") != LUA_TNIL) s = to_store(L, -1, fname, "option 'store'");
   lua_index *u = push_index(L, s ? -1 : 0);
-  CHECK(L, fname, knnd_index_load(path, s, &u->idx));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_index_load(path, s, &u->idx));
   return 1;
 }
 
@@ -397,14 +381,14 @@ static int index_gc(lua_State *L) {
 
 static int index_train(lua_State *L) {
   knnd_index *idx = check_index(L, "train");
-  CHECK(L, "Index:train", knnd_index_train(idx, knnd_lua_check_tensor(L, 2, "Index:train")));
+  KNND_LUA_CHECK_CHAIN(L, "Index:train", knnd_index_train(idx, knnd_lua_check_tensor(L, 2, "Index:train")));
   return 0;
 }
 
 static int index_add(lua_State *L) {
   knnd_index *idx = check_index(L, "add");
   knnd_tensor *x = knnd_lua_check_tensor(L, 2, "Index:add"), *labels = knnd_lua_opt_tensor(L, 3, "Index:add");
-  CHECK(L, "Index:add", knnd_index_add(idx, x, labels));
+  KNND_LUA_CHECK_CHAIN(L, "Index:add", knnd_index_add(idx, x, labels));
   return 0;
 }
 
@@ -425,10 +409,10 @@ static int push_search(lua_State *L, const char *fname, search_fn search, const 
   lua_Integer k = knnd_lua_check_int(L, 3, fname, "k");
   bool single = q->ndim == 1;
   if (single) {
-    CHECK(L, fname, knnd_unsqueeze(q, 0, &q2));
+    KNND_LUA_CHECK_CHAIN(L, fname, knnd_unsqueeze(q, 0, &q2));
     knnd_lua_push_tensor(L, q2); /* owned by Lua from here, also if the search fails */
   }
-  CHECK(L, fname, search(index, single ? q2 : q, (int64_t)k, &s, &l));
+  KNND_LUA_CHECK_CHAIN(L, fname, search(index, single ? q2 : q, (int64_t)k, &s, &l));
   if (single) {
     knnd_tensor *s1 = NULL, *l1 = NULL;
     knnd_status st = knnd_select(s, 0, 0, &s1);
@@ -437,7 +421,7 @@ static int push_search(lua_State *L, const char *fname, search_fn search, const 
     knnd_tensor_release(l);
     if (st) {
       knnd_tensor_release(s1);
-      fail(L, fname);
+      knnd_lua_fail_chain(L, fname);
     }
     s = s1;
     l = l1;
@@ -462,7 +446,7 @@ static int index_set(lua_State *L) {
     if (lua_type(L, -2) != LUA_TSTRING || !lua_isnumber(L, -1))
       luaL_error(L, "knnd.Index:set: expected name = number pairs (nprobe = 16, efSearch = 64), got %s = %s",
                  luaL_typename(L, -2), luaL_typename(L, -1));
-    CHECK(L, "Index:set", knnd_index_set_param(idx, lua_tostring(L, -2), lua_tonumber(L, -1)));
+    KNND_LUA_CHECK_CHAIN(L, "Index:set", knnd_index_set_param(idx, lua_tostring(L, -2), lua_tonumber(L, -1)));
     lua_pop(L, 1);
   }
   lua_settop(L, 1);
@@ -471,7 +455,7 @@ static int index_set(lua_State *L) {
 
 static int index_save(lua_State *L) {
   knnd_index *idx = check_index(L, "save");
-  CHECK(L, "Index:save", knnd_index_save(idx, knnd_lua_check_string(L, 2, "Index:save", "path")));
+  KNND_LUA_CHECK_CHAIN(L, "Index:save", knnd_index_save(idx, knnd_lua_check_string(L, 2, "Index:save", "path")));
   return 0;
 }
 
@@ -518,7 +502,7 @@ static int index_get_store(lua_State *L) {
 static int index_check_store(lua_State *L) {
   knnd_index *idx = check_index(L, "check_store");
   knnd_embstore *s = to_store(L, 2, "Index:check_store", "argument 2");
-  CHECK(L, "Index:check_store", knnd_index_check_store(idx, s));
+  KNND_LUA_CHECK_CHAIN(L, "Index:check_store", knnd_index_check_store(idx, s));
   return 0;
 }
 
@@ -558,7 +542,7 @@ static int index_knn(lua_State *L) {
   knn_opts(L, 3, fname, knn_allowed, &o, &ids);
   knnd_embstore *s = retrieval_store(L, 3, fname);
   knnd_knn_result r;
-  CHECK(L, fname, knnd_knn_search(idx, s, q, ids, &o, &r));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_knn_search(idx, s, q, ids, &o, &r));
   lua_createtable(L, 0, 4);
   knnd_lua_push_tensor(L, r.embeddings);
   lua_setfield(L, -2, "embeddings");
@@ -581,7 +565,7 @@ static int index_cond(lua_State *L) {
   knn_opts(L, 4, fname, cond_allowed, &o, &ids);
   knnd_cond_opts co = {knnd_lua_opt_number(L, 4, fname, "xi", 3.0), knnd_lua_opt_generator(L, 4, fname, "gen")};
   knnd_embstore *s = retrieval_store(L, 4, fname);
-  CHECK(L, fname, knnd_cond_retrieve(mode, idx, s, q, ids, &o, &co, &tokens));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_cond_retrieve(mode, idx, s, q, ids, &o, &co, &tokens));
   knnd_lua_push_tensor(L, tokens);
   return 1;
 }
@@ -600,7 +584,7 @@ static int cond_build_mode(lua_State *L, const char *mode, int first, const char
   static const char *const allowed[] = {"xi", "gen", NULL};
   knnd_lua_check_opts(L, opts, fname, allowed);
   knnd_cond_opts co = {knnd_lua_opt_number(L, opts, fname, "xi", 3.0), knnd_lua_opt_generator(L, opts, fname, "gen")};
-  CHECK(L, fname, knnd_cond_build(mode, q, nb, &co, &tokens));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_cond_build(mode, q, nb, &co, &tokens));
   knnd_lua_push_tensor(L, tokens);
   return 1;
 }
@@ -635,7 +619,7 @@ static int cond_tokens(lua_State *L) {
   lua_Integer k = luaL_optinteger(L, 2, 0);
   int t;
   bool needs;
-  CHECK(L, "cond.tokens", knnd_cond_mode_shape(mode, (int)k, &t, &needs));
+  KNND_LUA_CHECK_CHAIN(L, "cond.tokens", knnd_cond_mode_shape(mode, (int)k, &t, &needs));
   lua_pushinteger(L, t);
   lua_pushboolean(L, needs);
   return 2;
@@ -688,7 +672,7 @@ static int cache_open(lua_State *L) {
   lua_cache *c = lua_newuserdatauv(L, sizeof *c, 0);
   c->c = NULL;
   luaL_setmetatable(L, CACHE_MT);
-  CHECK(L, fname, knnd_neighbor_cache_open(path, idx, &c->c));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_neighbor_cache_open(path, idx, &c->c));
   return 1;
 }
 
@@ -707,7 +691,7 @@ static int cache_lookup(lua_State *L) {
   knnd_neighbor_cache_info i;
   knnd_neighbor_cache_get_info(c, &i);
   lua_Integer k = luaL_optinteger(L, 3, i.k);
-  CHECK(L, "NeighborCache:lookup", knnd_neighbor_cache_lookup(c, rows, (int)k, &out));
+  KNND_LUA_CHECK_CHAIN(L, "NeighborCache:lookup", knnd_neighbor_cache_lookup(c, rows, (int)k, &out));
   knnd_lua_push_tensor(L, out);
   return 1;
 }
@@ -774,7 +758,7 @@ static int gpu_index_new(lua_State *L) {
   lua_gpu_index *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->g = NULL;
   luaL_setmetatable(L, GPU_INDEX_MT);
-  CHECK(L, fname, knnd_gpu_index_new((int)dim, &o, &u->g));
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_gpu_index_new((int)dim, &o, &u->g));
   return 1;
 }
 
@@ -794,7 +778,7 @@ static int gpu_index_tostring(lua_State *L) {
 
 static int gpu_index_add(lua_State *L) {
   knnd_gpu_index *g = check_gpu_index(L, "add");
-  CHECK(L, "GpuIndex:add", knnd_gpu_index_add(g, knnd_lua_check_tensor(L, 2, "GpuIndex:add")));
+  KNND_LUA_CHECK_CHAIN(L, "GpuIndex:add", knnd_gpu_index_add(g, knnd_lua_check_tensor(L, 2, "GpuIndex:add")));
   return 0;
 }
 

@@ -4,16 +4,28 @@
 
 #include "bind.h"
 
-int knnd_lua_fail(lua_State *L, const char *fname) {
+/* raise with the message after the leading C op names that the Lua name replaces: with
+ * whole_chain every leading "<op>: " ("fid_stats_load: h5_open: ..."), else only one that
+ * repeats the function's own name ("conv2d: ..." from knnd.conv2d: do not say it twice) */
+static int fail(lua_State *L, const char *fname, bool whole_chain) {
   const char *msg = knnd_last_error();
-  size_t n = strlen(fname);
-  /* the C message usually starts with the op's own name ("conv2d: ..."): do not say it twice */
-  const char *base = strrchr(fname, '.') ? strrchr(fname, '.') + 1 : fname;
-  size_t bn = strlen(base);
-  if (strncmp(msg, base, bn) == 0 && msg[bn] == ':' && msg[bn + 1] == ' ') msg += bn + 2;
-  (void)n;
+  if (whole_chain) {
+    for (;;) {
+      const char *p = msg;
+      while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_') p++;
+      if (p == msg || p[0] != ':' || p[1] != ' ') break;
+      msg = p + 2;
+    }
+  } else {
+    const char *base = strrchr(fname, '.') ? strrchr(fname, '.') + 1 : fname;
+    size_t bn = strlen(base);
+    if (strncmp(msg, base, bn) == 0 && msg[bn] == ':' && msg[bn + 1] == ' ') msg += bn + 2;
+  }
   return luaL_error(L, "knnd.%s: %s", fname, *msg ? msg : "failed");
 }
+
+int knnd_lua_fail(lua_State *L, const char *fname) { return fail(L, fname, false); }
+int knnd_lua_fail_chain(lua_State *L, const char *fname) { return fail(L, fname, true); }
 
 static int64_t bytes_at_last_gc;
 

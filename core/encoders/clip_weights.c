@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "encoders/clip_internal.h"
+#include "io/io_internal.h"
 #include "tensor/internal.h"
 
 /* ---- the name-mapping table ---------------------------------------------------------------- */
@@ -173,63 +174,24 @@ static int64_t count_blocks(const source *s, const char *prefix) {
   }
 }
 
-/* The string value of `key` in a flat JSON object of strings (safetensors' __metadata__).
- * Values we read are short ASCII; a malformed object simply yields nothing. */
-static const char *json_string(const char *p, char *buf, size_t n) {
-  if (*p != '"') return NULL;
-  size_t k = 0;
-  for (p++; *p && *p != '"'; p++) {
-    char c = *p;
-    if (c == '\\') {
-      p++;
-      if (!*p) return NULL;
-      c = *p == 'n' ? '\n' : *p == 't' ? '\t' : *p == 'u' ? '?' : *p;
-      if (*p == 'u')
-        for (int i = 0; i < 4 && p[1]; i++) p++;
-    }
-    if (k + 1 < n) buf[k++] = c;
-  }
-  if (*p != '"') return NULL;
-  buf[k] = 0;
-  return p + 1;
+/* The string under `key` in the file's safetensors metadata (NULL: none) into buf, "" when
+ * absent; knnd_safetensors_meta_get parses it. */
+static knnd_status meta_get(const char *json, const char *key, char *buf, size_t n) {
+  char *v = NULL;
+  if (knnd_safetensors_meta_get(json, key, &v)) return knnd_error_context("clip: argument 'metadata_json': ");
+  snprintf(buf, n, "%s", v ? v : "");
+  free(v);
+  return KNND_OK;
 }
 
-static const char *skip_ws(const char *p) {
-  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
-  return p;
-}
-
-static bool meta_get(const char *json, const char *key, char *buf, size_t n) {
-  if (!json) return false;
-  const char *p = skip_ws(json);
-  if (*p++ != '{') return false;
-  char k[128], v[128];
-  for (;;) {
-    p = skip_ws(p);
-    if (*p == '}' || !(p = json_string(p, k, sizeof k))) return false;
-    p = skip_ws(p);
-    if (*p++ != ':') return false;
-    p = skip_ws(p);
-    if (!(p = json_string(p, v, sizeof v))) return false; /* __metadata__ holds strings only */
-    if (strcmp(k, key) == 0) {
-      size_t len = strlen(v);
-      if (len >= n) len = n - 1;
-      memcpy(buf, v, len);
-      buf[len] = 0;
-      return true;
-    }
-    p = skip_ws(p);
-    if (*p++ != ',') return false;
-  }
-}
-
-static bool meta_int(const char *json, const char *key, int64_t *out) {
+/* the same as an integer: *found false when absent or not an integer (*out kept then) */
+static knnd_status meta_int(const char *json, const char *key, bool *found, int64_t *out) {
   char v[64], *end = NULL;
-  if (!meta_get(json, key, v, sizeof v)) return false;
+  KNND_TRY(meta_get(json, key, v, sizeof v));
   long long x = strtoll(v, &end, 10);
-  if (end == v || *end) return false;
-  *out = x;
-  return true;
+  *found = end != v && !*end;
+  if (*found) *out = x;
+  return KNND_OK;
 }
 
 /* a hint that is set must agree with the weights */
@@ -245,7 +207,9 @@ static knnd_status agree(int64_t hint, int64_t *value, const char *field, const 
 static knnd_status infer_heads(int64_t hint, const char *meta, const char *key, int64_t width, const char *field,
                                int64_t *out) {
   int64_t h = hint;
-  if (!h && meta_int(meta, key, &h) && (h <= 0 || width % h)) h = 0;
+  bool found = false;
+  if (!h) KNND_TRY(meta_int(meta, key, &found, &h));
+  if (found && (h <= 0 || width % h)) h = 0;
   if (!h) {
     if (width % 64)
       return knnd_error(KNND_ERR_ARG,
@@ -321,13 +285,18 @@ knnd_status knnd_clip_config_infer(const knnd_state_dict *sd, const char *metada
   KNND_TRY(infer_heads(h->text_heads, metadata_json, "knnd.clip.text_heads", c.text_width, "text_heads", &c.text_heads));
   char v[64];
   c.activation = h->activation;
-  if (!c.activation && meta_get(metadata_json, "knnd.clip.activation", v, sizeof v))
-    c.activation = strcmp(v, "gelu") == 0 ? KNND_CLIP_GELU : KNND_CLIP_QUICK_GELU;
+  if (!c.activation) {
+    KNND_TRY(meta_get(metadata_json, "knnd.clip.activation", v, sizeof v));
+    if (*v) c.activation = strcmp(v, "gelu") == 0 ? KNND_CLIP_GELU : KNND_CLIP_QUICK_GELU;
+  }
   c.pooling = h->pooling;
   c.eot_token_id = h->eot_token_id;
-  if (!c.pooling && meta_get(metadata_json, "knnd.clip.pooling", v, sizeof v) && strcmp(v, "eot_id") == 0 &&
-      meta_int(metadata_json, "knnd.clip.eot_token_id", &c.eot_token_id))
-    c.pooling = KNND_CLIP_POOL_EOT_ID;
+  if (!c.pooling) {
+    KNND_TRY(meta_get(metadata_json, "knnd.clip.pooling", v, sizeof v));
+    bool found = false;
+    if (strcmp(v, "eot_id") == 0) KNND_TRY(meta_int(metadata_json, "knnd.clip.eot_token_id", &found, &c.eot_token_id));
+    if (found) c.pooling = KNND_CLIP_POOL_EOT_ID;
+  }
   c.layer_norm_eps = h->layer_norm_eps;
   KNND_TRY(knnd_clip_config_complete(&c, out));
   if (naming) *naming = s.naming;

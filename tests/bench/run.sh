@@ -8,19 +8,8 @@
 # Env:   KNND_BENCH_THREADS (default 2), KNND_BENCH_BUILD (default build-bench), PYTHON (python3),
 #        KNND_BENCH_SKIP_BUILD=1 (reuse the bench_ops and bench_mem already built there)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-threads=${KNND_BENCH_THREADS:-2}
-build=${KNND_BENCH_BUILD:-build-bench}
-python=${PYTHON:-python3}
-
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-if [ "${KNND_BENCH_SKIP_BUILD:-0}" != 1 ] && ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKNND_CUDA=OFF &&
-       cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target bench_ops bench_mem; } >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "run.sh: building bench_ops and bench_mem failed" >&2
-  exit 1
-fi
+. "$(dirname "$0")/lib.sh"
+bench_build bench_ops bench_mem
 
 filter=${1:-}
 if [ "$filter" != mem ]; then

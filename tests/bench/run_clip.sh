@@ -2,14 +2,11 @@
 # run_clip.sh — CLIP encoding throughput, knnd against transformers on PyTorch (CPU, same
 # threads): builds bench_clip (Release), runs both and prints items/s and the ratio.
 # Usage: bash tests/bench/run_clip.sh [batch] [reps]
-# Env:   KNND_BENCH_THREADS (default 2), KNND_BENCH_BUILD (default build-bench), PYTHON (python3)
+# Env:   KNND_BENCH_THREADS (default 2), KNND_BENCH_BUILD (default build-bench), PYTHON (python3),
+#        KNND_BENCH_SKIP_BUILD=1 (reuse the bench_clip already built)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-threads=${KNND_BENCH_THREADS:-2}
-build=${KNND_BENCH_BUILD:-build-bench}
-python=${PYTHON:-python3}
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKNND_CUDA=OFF >/dev/null
-cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target bench_clip >/dev/null
+. "$(dirname "$0")/lib.sh"
+bench_build bench_clip
 knnd_out=$(OMP_NUM_THREADS=$threads "$build/tests/bench/bench_clip" "$@")
 torch_out=$(KNND_BENCH_THREADS=$threads OMP_NUM_THREADS=$threads "$python" tests/bench/torch_clip_peer.py "$@" 2>/dev/null ||
             echo "# torch_clip_peer: not run (pip install torch transformers)")

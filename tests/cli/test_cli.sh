@@ -3,11 +3,7 @@
 # Usage: test_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd="$1"
-pass=0 fail=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
+. "$(dirname "$0")/lib.sh"
 
 out=$("$knnd" --help 2>&1); rc=$?
 check "help exits 0" $rc
@@ -52,5 +48,4 @@ out=$(TMPDIR="$PWD" "$knnd" run "$repo/experiments/tour.lua" 2>&1); rc=$?
 [ $rc = 0 ] && contains "$out" "tour done" && [ -s tour_grid.png ] && [ -s tour_plot.png ] && [ -s tour.safetensors ]
 check "experiments/tour.lua runs and writes its files ($out)" $?
 
-echo "$pass passed, $fail failed"
-[ $fail = 0 ]
+finish

@@ -5,13 +5,8 @@
 # Usage: test_clip_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd="$1"
-pass=0 fail=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
-dir=$(mktemp -d "$PWD/clip_cli.XXXXXX")
-cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch clip_cli
 
 out=$("$knnd" clip --help 2>&1); rc=$?
 check "clip --help exits 0" $rc
@@ -88,6 +83,4 @@ out=$("$knnd" clip encode model.safetensors x.h5 2>&1); rc=$?
 out=$("$knnd" clip encode missing.safetensors x.h5 --fashion-mnist test 2>&1); rc=$?
 [ $rc != 0 ] && contains "$out" "missing.safetensors"; check "a missing model is named ($out)" $?
 
-cd .. && rm -rf "$dir"
-echo "$pass passed, $fail failed"
-[ $fail = 0 ]
+finish

@@ -5,13 +5,8 @@
 # Usage: test_data_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd="$1"
-pass=0 fail=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
-dir=data_cli
-rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch data_cli
 
 out=$("$knnd" --help 2>&1)
 contains "$out" "data"; check "knnd --help lists the data command" $?
@@ -70,5 +65,4 @@ out=$("$knnd" data prepare mnist --out x.h5 2>&1); rc=$?
 out=$("$knnd" data 2>&1); rc=$?
 [ $rc = 2 ]; check "data without a subcommand is a usage error ($out)" $?
 
-echo "$pass passed, $fail failed"
-[ $fail = 0 ]
+finish

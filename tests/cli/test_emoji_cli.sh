@@ -6,14 +6,9 @@
 # Usage: test_emoji_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd="$1"
-pass=0 fail=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
+. "$(dirname "$0")/lib.sh"
 gemojione=/usr/local/share/knnd/gemojione/png
-dir=emoji_cli
-rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
+scratch emoji_cli
 
 out=$("$knnd" data prepare --help 2>&1); rc=$?
 [ $rc = 0 ] && contains "$out" "emojione" && contains "$out" "--font" && contains "$out" "--emoji-test"
@@ -70,5 +65,4 @@ out=$("$knnd" data prepare emojione no_such_dir --out x.h5 2>&1); rc=$?
 [ $rc = 1 ] && contains "$out" "cannot read the directory 'no_such_dir'"; check "emojione from a missing folder ($out)" $?
 [ ! -e x.h5 ]; check "no file is left behind by a failed prepare" $?
 
-echo "$pass passed, $fail failed"
-[ $fail = 0 ]
+finish

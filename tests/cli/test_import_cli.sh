@@ -6,13 +6,8 @@
 # Usage: test_import_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd="$1"
-pass=0 fail=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
-dir=import_cli
-rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch import_cli
 
 cat > make_trees.lua <<'LUA'
 local json = require "dkjson"
@@ -135,5 +130,4 @@ out=$("$knnd" data prepare coco --annotations broken.json --images coco --out ba
 [ $rc = 2 ]; check "a bad --captions-mode is a usage error ($out)" $?
 [ ! -e bad.h5 ]; check "no failed import left a file" $?
 
-echo "$pass passed, $fail failed"
-[ $fail = 0 ]
+finish

@@ -4,13 +4,8 @@
 # Usage: test_index_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd="$1"
-pass=0 fail=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
-dir=index_cli
-rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch index_cli
 
 # 3000 vectors around 30 centres (16-d), ids 1000.., plus stores of another dim and encoder
 cat > make_stores.lua <<'LUA'
@@ -117,5 +112,4 @@ out=$("$knnd" index info truncated.index 2>&1); rc=$?
 out=$("$knnd" index 2>&1); rc=$?
 [ $rc = 2 ]; check "index without a subcommand is a usage error ($out)" $?
 
-echo "$pass passed, $fail failed"
-[ $fail = 0 ]
+finish

@@ -6,13 +6,8 @@
 # Usage: test_notebook_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd="$1"
-pass=0 fail=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $1"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
-dir=notebook_cli
-rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch notebook_cli
 
 cat > make_results.lua <<'LUA'
 os.execute("mkdir -p qs/knn qs/no_knn")
@@ -76,5 +71,4 @@ chmod 755 ro
 out=$("$knnd" export-notebook 2>&1); rc=$?
 [ $rc != 0 ] && contains "$out" "results_dir"; check "the folder argument is required ($out)" $?
 
-echo "$pass passed, $fail failed"
-[ $fail = 0 ]
+finish

@@ -6,12 +6,8 @@
 # Usage: test_sweep_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd=$1
-fails=0
-check() { if [ "$2" = 0 ]; then echo "ok - $1"; else echo "not ok - $1"; fails=$((fails + 1)); fi; }
-contains() { grep -qF -- "$2" <<<"$1"; }
-dir=$(mktemp -d "$PWD/sweep_cli.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch sweep_cli
 
 cat > fit.lua <<'LUA'
 -- fit y = sin(3x) on [-2, 2] with a one-hidden-layer MLP for every width and seed
@@ -144,4 +140,4 @@ out=$("$knnd" results empty 2>&1); rc=$?
 out=$("$knnd" results ref --sort fid 2>&1); rc=$?
 [ $rc = 1 ] && contains "$out" "--sort fid: no such metric (the runs have: loss, width"; check "--sort an unknown metric ($out)" $?
 
-[ $fails = 0 ]
+finish

@@ -5,11 +5,8 @@
 # Usage: test_train_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd=$1
-fails=0
-check() { if [ "$2" = 0 ]; then echo "ok - $1"; else echo "not ok - $1"; fails=$((fails + 1)); fi; }
-dir=$(mktemp -d "$PWD/train_cli.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch train_cli
 
 # the data: 400 images at 16x16, a random-projection "encoder", an exact index and neighbour cache
 cat > setup.lua <<'EOF'
@@ -82,5 +79,4 @@ out=$("$knnd" run train.lua --set out=uninterrupted --set steps=50 2>&1); rc=$?
 [ $rc != 0 ] && [[ "$out" == *"checkpoint.h5"* ]]; check "a truncated checkpoint is a clear error ($out)" $?
 [ "$(stat -c %s uninterrupted/checkpoint.h5)" = 5000 ]; check "the truncated checkpoint is left as it was" $?
 
-echo "1..$((fails))"
-[ $fails = 0 ]
+finish

@@ -152,6 +152,14 @@ static void test_config_inferred(void **state) {
     knnd_clip_config wrong = small_hints;
     wrong.vision_width = 64;
     KT_FAILS(knnd_clip_config_infer(sd, NULL, &wrong, &c, NULL), KNND_ERR_SHAPE, "hints.vision_width");
+    /* the heads and the activation from metadata instead; metadata that is not JSON is an error */
+    KT_OK(knnd_clip_config_infer(sd, "{\"knnd.clip.vision_heads\": \"4\", \"knnd.clip.text_heads\": \"2\", "
+                                     "\"knnd.clip.activation\": \"gelu\"}", NULL, &c, NULL));
+    assert_int_equal(c.vision_heads, 4);
+    assert_int_equal(c.text_heads, 2);
+    assert_int_equal(c.activation, KNND_CLIP_GELU);
+    KT_FAILS(knnd_clip_config_infer(sd, "{\"knnd.clip.vision_heads\": ", NULL, &c, NULL), KNND_ERR_FORMAT,
+             "metadata_json");
     knnd_state_dict_free(sd);
   }
   knnd_state_dict_free(io_sd);

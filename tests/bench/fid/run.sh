@@ -8,23 +8,13 @@
 # Env:   KNND_BENCH_THREADS (default 2), KNND_BENCH_BATCH (50), KNND_BENCH_BUILD (build-bench),
 #        PYTHON (python3), KNND_BENCH_RUNS (2), KNND_BENCH_SKIP_BUILD=1 (reuse the built bench)
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+. "$(dirname "$0")/../lib.sh"
 iters=${1:-3}
 warmup=${2:-1}
-threads=${KNND_BENCH_THREADS:-2}
 batch=${KNND_BENCH_BATCH:-50}
-build=${KNND_BENCH_BUILD:-build-bench}
-python=${PYTHON:-python3}
 runs=${KNND_BENCH_RUNS:-2}
-
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-if [ "${KNND_BENCH_SKIP_BUILD:-0}" != 1 ] && ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKNND_CUDA=OFF &&
-       cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target bench_inception; } >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "run.sh: building bench_inception failed" >&2
-  exit 1
-fi
+bench_build bench_inception
+log=$work/results.log
 : >"$log"
 have_torch=1
 "$python" -c "import torch, pytorch_fid" 2>/dev/null || { have_torch=0; echo "# torch peer: not run (pip install torch pytorch-fid)"; }

@@ -6,20 +6,10 @@
 # Env:   KNND_BENCH_BUILD (default build-bench), PYTHON (python3), KNND_BENCH_THREADS (default 2),
 #        KNND_BENCH_SKIP_BUILD=1 (reuse the bench_frechet already built)
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+. "$(dirname "$0")/../lib.sh"
 rows=${1:-5000}
 repeats=${2:-3}
-build=${KNND_BENCH_BUILD:-build-bench}
-python=${PYTHON:-python3}
-threads=${KNND_BENCH_THREADS:-2}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-if [ "${KNND_BENCH_SKIP_BUILD:-0}" != 1 ] && ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKNND_CUDA=OFF &&
-       cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target bench_frechet; } >"$work/build.log" 2>&1; then
-  cat "$work/build.log" >&2
-  echo "run_frechet.sh: building bench_frechet failed" >&2
-  exit 1
-fi
+bench_build bench_frechet
 OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "$build/tests/bench/fid/bench_frechet" "$work" "$rows" "$repeats" \
   | tee "$work/knnd.txt"
 OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads "$python" tests/bench/fid/scipy_frechet_peer.py "$work" "$rows" 1 \

@@ -6,21 +6,11 @@
 # Env:   KNND_BENCH_THREADS (default 2), KNND_BENCH_BUILD (default build-bench), PYTHON
 #        (default /usr/bin/python3, which has Debian's python3-faiss), KNND_BENCH_OUT (index dir)
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
-threads=${KNND_BENCH_THREADS:-2}
-build=${KNND_BENCH_BUILD:-build-bench}
+. "$(dirname "$0")/../lib.sh"
 python=${PYTHON:-/usr/bin/python3}
 out=${KNND_BENCH_OUT:-$build/retrieval-bench}
 d=${2:-512}
-
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-if [ "${KNND_BENCH_SKIP_BUILD:-0}" != 1 ] && ! { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DKNND_CUDA=OFF &&
-       cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target bench_retrieval; } >"$log" 2>&1; then
-  cat "$log" >&2
-  echo "run.sh: building bench_retrieval failed" >&2
-  exit 1
-fi
+bench_build bench_retrieval
 
 knnd_out=$(OMP_NUM_THREADS=$threads "$build/tests/bench/bench_retrieval" "$out" "$@")
 if "$python" -c "import faiss" 2>/dev/null; then
