@@ -32,6 +32,7 @@ void knnd_lua_open_retrieval(lua_State *L); /* bind_retrieval.c: knnd.embeddings
 void knnd_lua_open_clip(lua_State *L);      /* bind_clip.c: knnd.clip (models, tokenizer, preprocessing) */
 void knnd_lua_open_cuda(lua_State *L);      /* bind_cuda.c: knnd.cuda, knnd.autocast, t:pin_memory() */
 void knnd_lua_open_diffusion(lua_State *L); /* bind_diffusion.c: knnd.diffusion (schedules, loss, samplers) */
+void knnd_lua_open_vqdiff(lua_State *L);    /* bind_vqdiffusion.c: knnd.vqdiff (VQ-Diffusion's mask-and-replace diffusion) */
 void knnd_lua_open_metrics(lua_State *L);   /* bind_metrics.c: knnd.metrics (FID Inception, statistics, FID, KID, CLIP score) */
 void knnd_lua_metrics_inception(lua_State *L); /* bind_inception.c: knnd.metrics.inception (table at -1) */
 void knnd_lua_metrics_stats(lua_State *L);     /* bind_fid_stats.c: stats, load_stats, frechet, kid, clip_score, r_precision */

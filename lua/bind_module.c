@@ -69,6 +69,7 @@ int luaopen_knnd(lua_State *L) {
   knnd_lua_open_clip(L);
   knnd_lua_open_cuda(L);
   knnd_lua_open_diffusion(L);
+  knnd_lua_open_vqdiff(L);
   knnd_lua_open_metrics(L);
   lua_newtable(L);
   lua_pushcfunction(L, lazy_submodule);

@@ -15,7 +15,8 @@ void knnd_lua_push_module(lua_State *L, knnd_module *m);
 /* the module at idx (borrowed) or NULL when the value is not a Module */
 knnd_module *knnd_lua_test_module(lua_State *L, int idx);
 knnd_module *knnd_lua_check_module(lua_State *L, int idx, const char *fname, const char *what);
-/* Add unet, transformer, transformer_block to the knnd.nn table at -1 (bind_models.c). */
+/* Add unet, transformer, transformer_block, vqvae, vector_quantizer to the knnd.nn table at -1,
+ * and the VQ methods (encode, decode, decode_latent, quantize) to Module (bind_models.c). */
 void knnd_lua_add_models(lua_State *L);
 knnd_optimizer *knnd_lua_test_optimizer(lua_State *L, int idx);
 knnd_ema *knnd_lua_test_ema(lua_State *L, int idx);

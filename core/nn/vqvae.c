@@ -1,0 +1,831 @@
+/* vqvae.c — the VQ-VAE of the discrete backbone: the vector quantiser (straight-through estimator,
+ * codebook/commitment losses or EMA updates, dead-code restarts, usage and perplexity) and the
+ * convolutional encoder/decoder of taming-transformers (taming/modules/diffusionmodules/model.py
+ * Encoder/Decoder, taming/modules/vqvae/quantize.py), built from knnd ops so they train with
+ * autograd. The nearest-code search, the EMA update and the restarts run on the host. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "knnd/autograd.h"
+#include "knnd/random.h"
+#include "knnd/vqvae.h"
+#include "nn/nn_internal.h"
+#include "tensor/internal.h"
+
+/* ---- the quantiser ------------------------------------------------------------------------ */
+static const char VQ_TYPE[] = "VectorQuantizer";
+static const char VQVAE_TYPE[] = "VQVAE";
+
+static knnd_status vq_fill_defaults(const knnd_vq_opts *in, const char *op, knnd_vq_opts *o) {
+  *o = *in;
+  if (o->num_codes == 0) o->num_codes = 512;
+  if (o->dim == 0) o->dim = 64;
+  if (o->beta == 0) o->beta = 0.25;
+  if (o->decay == 0) o->decay = 0.99;
+  if (o->eps == 0) o->eps = 1e-5;
+  if (o->num_codes < 1) return knnd_error(KNND_ERR_ARG, "%s: argument 'num_codes' is %lld (expected > 0)", op, (long long)o->num_codes);
+  if (o->dim < 1) return knnd_error(KNND_ERR_ARG, "%s: argument 'dim' is %lld (expected > 0)", op, (long long)o->dim);
+  if (o->update != KNND_VQ_LOSS && o->update != KNND_VQ_EMA)
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'update' is %d (expected KNND_VQ_LOSS or KNND_VQ_EMA)", op, (int)o->update);
+  if (!(o->beta >= 0)) return knnd_error(KNND_ERR_ARG, "%s: argument 'beta' is %g (expected >= 0)", op, o->beta);
+  if (!(o->decay > 0 && o->decay < 1))
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'decay' is %g (expected in (0, 1))", op, o->decay);
+  if (!(o->eps > 0)) return knnd_error(KNND_ERR_ARG, "%s: argument 'eps' is %g (expected > 0)", op, o->eps);
+  if (o->dead_after < 0)
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'dead_after' is %lld (expected >= 0)", op, (long long)o->dead_after);
+  return KNND_OK;
+}
+
+static knnd_status vq_embedding_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'indices' is missing");
+  knnd_tensor *w = m->n_params ? m->params[0] : m->buffers[0];
+  return knnd_embedding(w, in[0], out);
+}
+
+static knnd_status vq_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'z' is missing");
+  knnd_vq_result r = {0};
+  KNND_TRY(knnd_vq_quantize(m, in[0], &r));
+  *out = r.z_q;
+  r.z_q = NULL;
+  knnd_vq_result_clear(&r);
+  return KNND_OK;
+}
+
+static knnd_status new_f32(int ndim, const int64_t *shape, double fill, knnd_tensor **out) {
+  return knnd_tensor_full(KNND_F32, ndim, shape, fill, (knnd_device){KNND_DEVICE_CPU, 0}, out);
+}
+
+knnd_status knnd_nn_vector_quantizer(const knnd_vq_opts *opts, knnd_generator *g, knnd_module **out) {
+  if (!out) return knnd_error(KNND_ERR_ARG, "nn_vector_quantizer: argument 'out' is NULL");
+  *out = NULL;
+  if (!opts) return knnd_error(KNND_ERR_ARG, "nn_vector_quantizer: argument 'opts' is NULL");
+  knnd_vq_opts o;
+  KNND_TRY(vq_fill_defaults(opts, "nn_vector_quantizer", &o));
+  knnd_module *m = NULL, *emb = NULL;
+  KNND_TRY(knnd_nn_module_with_cfg(VQ_TYPE, vq_forward, &o, sizeof o, &m));
+  knnd_status st = knnd_module_new("Embedding", vq_embedding_forward, &emb);
+  const int64_t kd[2] = {o.num_codes, o.dim};
+  knnd_tensor *w = NULL, *t = NULL;
+  /* taming's VectorQuantizer: embedding.weight.data.uniform_(-1/K, 1/K) */
+  if (!st) st = knnd_tensor_empty(KNND_F32, 2, kd, (knnd_device){KNND_DEVICE_CPU, 0}, &w);
+  if (!st) st = knnd_uniform_(w, -1.0 / (double)o.num_codes, 1.0 / (double)o.num_codes, g);
+  if (!st) st = o.update == KNND_VQ_LOSS ? knnd_module_add_param(emb, "weight", w) : knnd_module_add_buffer(emb, "weight", w);
+  if (!st && o.update == KNND_VQ_EMA) {
+    /* taming's EmbeddingEMA: cluster_size zeros, embed_avg a copy of the weight */
+    if (!st) st = new_f32(1, kd, 0.0, &t);
+    if (!st) st = knnd_module_add_buffer(emb, "cluster_size", t);
+    knnd_tensor_release(t);
+    t = NULL;
+    if (!st) st = knnd_clone(w, &t);
+    if (!st) st = knnd_module_add_buffer(emb, "embed_avg", t);
+    knnd_tensor_release(t);
+    t = NULL;
+  }
+  knnd_tensor_release(w);
+  if (!st) {
+    st = knnd_nn_adopt(m, "embedding", emb);
+    emb = NULL;
+  }
+  if (!st) st = new_f32(1, kd, 0.0, &t);
+  if (!st) st = knnd_module_add_buffer(m, "unused_steps", t);
+  knnd_tensor_release(t);
+  knnd_module_release(emb);
+  return knnd_nn_built(st, m, out);
+}
+
+void knnd_vq_result_clear(knnd_vq_result *r) {
+  if (!r) return;
+  knnd_tensor *ts[5] = {r->z_q, r->indices, r->loss, r->codebook_loss, r->commitment_loss};
+  knnd_nn_release(5, ts);
+  memset(r, 0, sizeof *r);
+}
+
+static knnd_tensor *local_buffer(const knnd_module *m, const char *name) {
+  for (int i = 0; i < m->n_buffers; i++)
+    if (strcmp(m->buffer_names[i], name) == 0) return m->buffers[i];
+  return NULL;
+}
+
+static knnd_tensor *codebook_of(const knnd_module *vq) {
+  knnd_module *emb = knnd_module_child(vq, "embedding");
+  knnd_tensor *w = knnd_module_param(emb, "weight");
+  return w ? w : local_buffer(emb, "weight");
+}
+
+/* a contiguous f32 CPU copy of t that the caller may write (never t itself) */
+static knnd_status host_copy(const knnd_tensor *t, knnd_tensor **out) {
+  KNND_TRY(knnd_tensor_empty(KNND_F32, t->ndim, t->shape, (knnd_device){KNND_DEVICE_CPU, 0}, out));
+  knnd_status st = knnd_copy_(*out, t);
+  if (st) {
+    knnd_tensor_release(*out);
+    *out = NULL;
+  }
+  return st;
+}
+
+/* usage and perplexity of counts[0..K) over n vectors */
+static void histogram_stats(const int64_t *counts, int64_t K, int64_t n, double *usage, double *perplexity) {
+  int64_t used = 0;
+  double entropy = 0.0;
+  for (int64_t k = 0; k < K; k++) {
+    if (!counts[k]) continue;
+    used++;
+    const double p = (double)counts[k] / (double)n;
+    entropy -= p * log(p);
+  }
+  if (usage) *usage = (double)used / (double)K;
+  if (perplexity) *perplexity = n ? exp(entropy) : 0.0;
+}
+
+knnd_status knnd_vq_code_stats(knnd_tensor *indices, int64_t num_codes, double *usage, double *perplexity) {
+  static const char op[] = "vq_code_stats";
+  KNND_TRY(knnd_check_tensor(indices, op, "indices"));
+  KNND_TRY(knnd_check_index_dtype(indices, op, "indices"));
+  if (num_codes < 1) return knnd_error(KNND_ERR_ARG, "%s: argument 'num_codes' is %lld (expected > 0)", op, (long long)num_codes);
+  const int64_t n = knnd_tensor_numel(indices);
+  double *vals = malloc((size_t)(n ? n : 1) * sizeof *vals);
+  int64_t *counts = calloc((size_t)num_codes, sizeof *counts);
+  knnd_status st = (!vals || !counts) ? knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op) : KNND_OK;
+  if (!st) st = knnd_tensor_to_doubles(indices, vals, n);
+  for (int64_t i = 0; i < n && !st; i++) {
+    if (vals[i] < 0 || vals[i] >= (double)num_codes)
+      st = knnd_error(KNND_ERR_ARG, "%s: argument 'indices' holds %g at %lld (expected values in [0, %lld))", op,
+                      vals[i], (long long)i, (long long)num_codes);
+    else
+      counts[(int64_t)vals[i]]++;
+  }
+  if (!st) histogram_stats(counts, num_codes, n, usage, perplexity);
+  free(vals);
+  free(counts);
+  return st;
+}
+
+/* idx[n] = argmin_k ||z_n - e_k||² over rows z [N, D] and codes e [K, D]: ||e_k||² - 2 z_n·e_k
+ * (||z_n||² is the same for every k) from one GEMM, in blocks of rows; ties go to the lowest k */
+static knnd_status nearest_codes(const float *z, const float *e, int64_t N, int64_t K, int64_t D, int64_t *idx) {
+  enum { ROWS = 256 };
+  float *norms = malloc((size_t)K * sizeof *norms);
+  float *dots = malloc((size_t)ROWS * (size_t)K * sizeof *dots);
+  if (!norms || !dots) {
+    free(norms);
+    free(dots);
+    return knnd_error(KNND_ERR_NOMEM, "vq_quantize: out of memory for the distances (%lld codes)", (long long)K);
+  }
+  for (int64_t k = 0; k < K; k++) {
+    double s = 0.0;
+    for (int64_t d = 0; d < D; d++) s += (double)e[k * D + d] * e[k * D + d];
+    norms[k] = (float)s;
+  }
+  knnd_status st = KNND_OK;
+  for (int64_t r0 = 0; r0 < N && !st; r0 += ROWS) {
+    const int64_t rows = N - r0 < ROWS ? N - r0 : ROWS;
+    st = knnd_sgemm(false, true, rows, K, D, 1.0f, z + r0 * D, D, e, D, 0.0f, dots, K);
+#pragma omp parallel for num_threads(knnd_threads_for(rows * K))
+    for (int64_t r = 0; r < rows; r++) {
+      const float *dr = dots + r * K;
+      int64_t best = 0;
+      float best_d = norms[0] - 2.0f * dr[0];
+      for (int64_t k = 1; k < K; k++) {
+        const float d = norms[k] - 2.0f * dr[k];
+        if (d < best_d) {
+          best_d = d;
+          best = k;
+        }
+      }
+      idx[r0 + r] = best;
+    }
+  }
+  free(norms);
+  free(dots);
+  return st;
+}
+
+/* z [B, D, H, W] or [N, D] -> rows [N, D] (channels last), differentiable view or copy */
+static knnd_status channels_last_rows(knnd_tensor *z, knnd_tensor **out) {
+  if (z->ndim == 2) {
+    *out = knnd_tensor_retain(z);
+    return KNND_OK;
+  }
+  static const int perm[4] = {0, 2, 3, 1};
+  knnd_tensor *p = NULL;
+  KNND_TRY(knnd_permute(z, perm, &p));
+  const int64_t shape[2] = {-1, z->shape[1]};
+  knnd_status st = knnd_reshape(p, 2, shape, out);
+  knnd_tensor_release(p);
+  return st;
+}
+
+/* codes unused for dead_after quantisations take the values of random rows of z (jukebox's and
+ * vqtorch's restart: EMA statistics restart at that vector with a count of 1) */
+static knnd_status restart_dead(knnd_module *vq, const float *z, int64_t N, int64_t *restarted) {
+  const knnd_vq_opts *o = vq->impl;
+  const int64_t K = o->num_codes, D = o->dim;
+  knnd_tensor *unused_t = local_buffer(vq, "unused_steps"), *w_t = codebook_of(vq);
+  knnd_module *emb = knnd_module_child(vq, "embedding");
+  knnd_tensor *t[5] = {NULL};
+  knnd_tensor **unused = &t[0], **w = &t[1], **pick = &t[2], **avg = &t[3], **cs = &t[4];
+  knnd_status st = KNND_OK;
+  KNND_CHECK(host_copy(unused_t, unused));
+  int64_t n_dead = 0;
+  float *u = (float *)(*unused)->storage->data;
+  for (int64_t k = 0; k < K; k++) n_dead += u[k] >= (float)o->dead_after;
+  if (!n_dead || N == 0) goto cleanup;
+  *restarted = n_dead;
+  KNND_CHECK(knnd_tensor_empty(KNND_I64, 1, &n_dead, (knnd_device){KNND_DEVICE_CPU, 0}, pick));
+  KNND_CHECK(knnd_randint_(*pick, 0, N, NULL));
+  KNND_CHECK(host_copy(w_t, w));
+  const bool ema = o->update == KNND_VQ_EMA;
+  if (ema) {
+    KNND_CHECK(host_copy(local_buffer(emb, "embed_avg"), avg));
+    KNND_CHECK(host_copy(local_buffer(emb, "cluster_size"), cs));
+  }
+  {
+    const int64_t *rows = (const int64_t *)(*pick)->storage->data;
+    float *wd = (float *)(*w)->storage->data;
+    int64_t j = 0;
+    for (int64_t k = 0; k < K; k++) {
+      if (u[k] < (float)o->dead_after) continue;
+      memcpy(wd + k * D, z + rows[j++] * D, (size_t)D * sizeof *wd);
+      u[k] = 0.0f;
+      if (ema) {
+        memcpy((float *)(*avg)->storage->data + k * D, z + rows[j - 1] * D, (size_t)D * sizeof(float));
+        ((float *)(*cs)->storage->data)[k] = 1.0f;
+      }
+    }
+  }
+  KNND_CHECK(knnd_copy_(w_t, *w));
+  KNND_CHECK(knnd_copy_(unused_t, *unused));
+  if (ema) {
+    KNND_CHECK(knnd_copy_(local_buffer(emb, "embed_avg"), *avg));
+    KNND_CHECK(knnd_copy_(local_buffer(emb, "cluster_size"), *cs));
+  }
+cleanup:
+  knnd_nn_release(5, t);
+  return st;
+}
+
+/* Sonnet's VectorQuantizerEMA / taming's EmbeddingEMA without zero-debiasing:
+ * N_k <- γ N_k + (1-γ) n_k, m_k <- γ m_k + (1-γ) Σ_{z→k} z, and e_k = m_k / Ñ_k with the
+ * Laplace-smoothed Ñ_k = (N_k + ε) / (n + K ε) · n, n = Σ N_k */
+static knnd_status ema_update(knnd_module *vq, const float *z, const int64_t *idx, const int64_t *counts, int64_t N) {
+  const knnd_vq_opts *o = vq->impl;
+  const int64_t K = o->num_codes, D = o->dim;
+  knnd_module *emb = knnd_module_child(vq, "embedding");
+  knnd_tensor *avg_t = local_buffer(emb, "embed_avg"), *cs_t = local_buffer(emb, "cluster_size");
+  knnd_tensor *w_t = local_buffer(emb, "weight");
+  knnd_tensor *t[3] = {NULL};
+  knnd_status st = KNND_OK;
+  double *sums = calloc((size_t)(K * D), sizeof *sums);
+  if (!sums) return knnd_error(KNND_ERR_NOMEM, "vq_quantize: out of memory for the EMA update");
+  KNND_CHECK(host_copy(avg_t, &t[0]));
+  KNND_CHECK(host_copy(cs_t, &t[1]));
+  KNND_CHECK(knnd_tensor_empty(KNND_F32, 2, w_t->shape, (knnd_device){KNND_DEVICE_CPU, 0}, &t[2]));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t d = 0; d < D; d++) sums[idx[n] * D + d] += z[n * D + d];
+  {
+    float *avg = (float *)t[0]->storage->data, *cs = (float *)t[1]->storage->data, *w = (float *)t[2]->storage->data;
+    const double g = o->decay;
+    double total = 0.0;
+    for (int64_t k = 0; k < K; k++) {
+      cs[k] = (float)(g * cs[k] + (1.0 - g) * (double)counts[k]);
+      total += cs[k];
+      for (int64_t d = 0; d < D; d++) avg[k * D + d] = (float)(g * avg[k * D + d] + (1.0 - g) * sums[k * D + d]);
+    }
+    for (int64_t k = 0; k < K; k++) {
+      const double smoothed = ((double)cs[k] + o->eps) / (total + (double)K * o->eps) * total;
+      for (int64_t d = 0; d < D; d++) w[k * D + d] = (float)(avg[k * D + d] / smoothed);
+    }
+  }
+  KNND_CHECK(knnd_copy_(avg_t, t[0]));
+  KNND_CHECK(knnd_copy_(cs_t, t[1]));
+  KNND_CHECK(knnd_copy_(w_t, t[2]));
+cleanup:
+  free(sums);
+  knnd_nn_release(3, t);
+  return st;
+}
+
+/* quantise z; update: whether the module's state may change (training mode of forward) */
+static knnd_status vq_quantize(knnd_module *vq, knnd_tensor *z, bool update, knnd_vq_result *out) {
+  static const char op[] = "vq_quantize";
+  if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
+  memset(out, 0, sizeof *out);
+  if (!vq || !vq->type || strcmp(vq->type, VQ_TYPE) != 0) return knnd_error(KNND_ERR_ARG, "%s: argument 'vq' expected a VectorQuantizer module", op);
+  KNND_TRY(knnd_check_float(z, op, "z"));
+  const knnd_vq_opts *o = vq->impl;
+  const int64_t K = o->num_codes, D = o->dim;
+  if ((z->ndim != 2 && z->ndim != 4) || z->shape[1] != D)
+    return knnd_error(KNND_ERR_SHAPE, "%s: argument 'z' has %d dims with %lld channels at dim 1 (expected [B, %lld, H, W] or [N, %lld])",
+                      op, z->ndim, (long long)(z->ndim > 1 ? z->shape[1] : 0), (long long)D, (long long)D);
+  knnd_tensor *w = codebook_of(vq);
+  knnd_tensor *devs[2] = {z, w};
+  KNND_TRY(knnd_check_devices(op, 2, devs));
+  knnd_tensor *t[12] = {NULL};
+  knnd_tensor **rows = &t[0], **zh = &t[1], **wh = &t[2], **idx = &t[3], **q = &t[4], **qp = &t[5], **qd = &t[6],
+              **zd = &t[7], **diff = &t[8], **idx_dev = &t[9];
+  int64_t *counts = calloc((size_t)K, sizeof *counts);
+  knnd_status st = counts ? KNND_OK : knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
+  const bool was = knnd_set_grad_enabled(false);
+  if (st) goto cleanup;
+  KNND_CHECK(channels_last_rows(z, rows));
+  KNND_CHECK(host_copy(*rows, zh));
+  const int64_t N = (*zh)->shape[0];
+  const float *zdata = (const float *)(*zh)->storage->data;
+  if (update && o->dead_after > 0) KNND_CHECK(restart_dead(vq, zdata, N, &out->restarted));
+  KNND_CHECK(host_copy(w, wh));
+  {
+    int64_t ishape[KNND_MAX_DIMS];
+    int ind = 0;
+    for (int d = 0; d < z->ndim; d++)
+      if (d != 1) ishape[ind++] = z->shape[d];
+    KNND_CHECK(knnd_tensor_empty(KNND_I64, ind, ishape, (knnd_device){KNND_DEVICE_CPU, 0}, idx));
+  }
+  int64_t *ix = (int64_t *)(*idx)->storage->data;
+  KNND_CHECK(nearest_codes(zdata, (const float *)(*wh)->storage->data, N, K, D, ix));
+  for (int64_t n = 0; n < N; n++) counts[ix[n]]++;
+  histogram_stats(counts, K, N, &out->usage, &out->perplexity);
+  KNND_CHECK(knnd_to_device(*idx, z->storage->device, idx_dev));
+  knnd_set_grad_enabled(was);
+  /* q in z's layout, differentiable in the codebook (loss mode) */
+  KNND_CHECK(knnd_embedding(w, *idx_dev, q));
+  if (z->ndim == 4) {
+    static const int perm[4] = {0, 3, 1, 2};
+    KNND_CHECK(knnd_permute(*q, perm, qp));
+  } else {
+    *qp = knnd_tensor_retain(*q);
+  }
+  if ((*qp)->dtype != z->dtype) {
+    knnd_tensor *c = NULL;
+    KNND_CHECK(knnd_to_dtype(*qp, z->dtype, &c));
+    knnd_tensor_release(*qp);
+    *qp = c;
+  }
+  KNND_CHECK(knnd_detach(*qp, qd));
+  KNND_CHECK(knnd_detach(z, zd));
+  /* straight-through: z_q = z + sg(q - z) (van den Oord et al. 2017, eq. 3's gradient copy) */
+  KNND_CHECK(knnd_sub(*qd, *zd, diff));
+  KNND_CHECK(knnd_add(z, *diff, &out->z_q));
+  KNND_CHECK(knnd_mse_loss(*qp, *zd, KNND_REDUCE_MEAN, &out->codebook_loss));
+  KNND_CHECK(knnd_mse_loss(z, *qd, KNND_REDUCE_MEAN, &out->commitment_loss));
+  {
+    knnd_tensor *scaled = NULL;
+    KNND_CHECK(knnd_binary_scalar(KNND_BINARY_MUL, out->commitment_loss, o->beta, &scaled));
+    if (o->update == KNND_VQ_LOSS) {
+      st = knnd_add(out->codebook_loss, scaled, &out->loss);
+      knnd_tensor_release(scaled);
+      if (st) goto cleanup;
+    } else {
+      out->loss = scaled;
+    }
+  }
+  out->indices = knnd_tensor_retain(*idx_dev);
+  if (update) {
+    knnd_set_grad_enabled(false);
+    knnd_tensor *unused_t = local_buffer(vq, "unused_steps"), *uh = NULL;
+    KNND_CHECK(host_copy(unused_t, &uh));
+    float *u = (float *)uh->storage->data;
+    for (int64_t k = 0; k < K; k++) u[k] = counts[k] ? 0.0f : u[k] + 1.0f;
+    st = knnd_copy_(unused_t, uh);
+    knnd_tensor_release(uh);
+    if (st) goto cleanup;
+    if (o->update == KNND_VQ_EMA) KNND_CHECK(ema_update(vq, zdata, ix, counts, N));
+  }
+cleanup:
+  knnd_set_grad_enabled(was);
+  free(counts);
+  knnd_nn_release(12, t);
+  if (st) knnd_vq_result_clear(out);
+  return st;
+}
+
+knnd_status knnd_vq_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *out) {
+  return vq_quantize(vq, z, vq && vq->training, out);
+}
+
+/* ---- the encoder and decoder (taming's Encoder/Decoder without attention) ------------------ */
+typedef struct vqvae_cfg {
+  knnd_vqvae_opts o;
+  int levels;
+} vqvae_cfg;
+
+static knnd_status conv_layer(int64_t in, int64_t out, int64_t k, int64_t stride, knnd_generator *g, knnd_module **m) {
+  const knnd_conv2d_opts co = {.stride = {stride, stride}, .padding = {k / 2, k / 2}};
+  return knnd_nn_conv2d(in, out, k, k, &co, true, g, m);
+}
+
+static knnd_status add_conv(knnd_status st, knnd_module *parent, const char *name, int64_t in, int64_t out, int64_t k,
+                            int64_t stride, knnd_generator *g) {
+  if (st) return st;
+  knnd_module *c = NULL;
+  KNND_TRY(conv_layer(in, out, k, stride, g, &c));
+  return knnd_nn_adopt(parent, name, c);
+}
+
+static knnd_status add_norm(knnd_status st, knnd_module *parent, const char *name, int64_t groups, int64_t ch) {
+  if (st) return st;
+  knnd_module *n = NULL;
+  /* taming's Normalize: GroupNorm(32, C, eps=1e-6, affine=True) */
+  KNND_TRY(knnd_nn_group_norm(groups, ch, 1e-6, true, &n));
+  return knnd_nn_adopt(parent, name, n);
+}
+
+/* a container (ModuleList) whose children are run by the parent's forward */
+static knnd_status add_list(knnd_status st, knnd_module *parent, const char *name, knnd_module **out) {
+  *out = NULL;
+  if (st) return st;
+  knnd_module *l = NULL;
+  KNND_TRY(knnd_module_new("ModuleList", NULL, &l));
+  *out = l;
+  return knnd_nn_adopt(parent, name, l);
+}
+
+static knnd_status silu_of(knnd_module *m, const char *norm, knnd_tensor *x, knnd_tensor **out) {
+  knnd_tensor *n = NULL;
+  KNND_TRY(knnd_nn_child_forward(m, norm, x, &n));
+  knnd_status st = knnd_silu(n, out);
+  knnd_tensor_release(n);
+  return st;
+}
+
+/* taming's ResnetBlock (no timestep): x' + conv2(dropout(silu(norm2(conv1(silu(norm1(x))))))) */
+static knnd_status resnet_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'x' is missing");
+  const double *dropout = m->impl;
+  knnd_tensor *t[6] = {NULL};
+  knnd_status st = KNND_OK;
+  KNND_CHECK(silu_of(m, "norm1", in[0], &t[0]));
+  KNND_CHECK(knnd_nn_child_forward(m, "conv1", t[0], &t[1]));
+  KNND_CHECK(silu_of(m, "norm2", t[1], &t[2]));
+  KNND_CHECK(knnd_dropout(t[2], *dropout, m->training, NULL, &t[3]));
+  KNND_CHECK(knnd_nn_child_forward(m, "conv2", t[3], &t[4]));
+  if (knnd_module_child(m, "nin_shortcut"))
+    KNND_CHECK(knnd_nn_child_forward(m, "nin_shortcut", in[0], &t[5]));
+  else
+    t[5] = knnd_tensor_retain(in[0]);
+  KNND_CHECK(knnd_add(t[5], t[4], out));
+cleanup:
+  knnd_nn_release(6, t);
+  return st;
+}
+
+static knnd_status add_resnet(knnd_status st, knnd_module *parent, const char *name, const knnd_vqvae_opts *o,
+                              int64_t in, int64_t out, knnd_generator *g) {
+  if (st) return st;
+  knnd_module *m = NULL;
+  KNND_TRY(knnd_nn_module_with_cfg("ResnetBlock", resnet_forward, &o->dropout, sizeof o->dropout, &m));
+  st = add_norm(st, m, "norm1", o->norm_groups, in);
+  st = add_conv(st, m, "conv1", in, out, 3, 1, g);
+  st = add_norm(st, m, "norm2", o->norm_groups, out);
+  st = add_conv(st, m, "conv2", out, out, 3, 1, g);
+  if (in != out) st = add_conv(st, m, "nin_shortcut", in, out, 1, 1, g);
+  if (st) {
+    knnd_module_release(m);
+    return st;
+  }
+  return knnd_nn_adopt(parent, name, m);
+}
+
+static knnd_status run_child(knnd_module *m, const char *name, knnd_tensor **h) {
+  knnd_tensor *y = NULL;
+  KNND_TRY(knnd_nn_child_forward(m, name, *h, &y));
+  knnd_tensor_release(*h);
+  *h = y;
+  return KNND_OK;
+}
+
+/* the blocks of level i of down/up (index i), then its down/upsample when present */
+static knnd_status run_level(knnd_module *list, int i, const char *resample, knnd_tensor **h) {
+  char name[16];
+  snprintf(name, sizeof name, "%d", i);
+  knnd_module *level = knnd_module_child(list, name), *blocks = knnd_module_child(level, "block");
+  for (int j = 0; j < blocks->n_children; j++) {
+    knnd_tensor *y = NULL;
+    KNND_TRY(knnd_module_forward(blocks->children[j], 1, h, &y));
+    knnd_tensor_release(*h);
+    *h = y;
+  }
+  knnd_module *rs = knnd_module_child(level, resample);
+  if (!rs) return KNND_OK;
+  if (resample[0] == 'u') {
+    /* taming's Upsample: nearest ×2, then conv */
+    knnd_tensor *up = NULL;
+    KNND_TRY(knnd_interpolate(*h, (*h)->shape[2] * 2, (*h)->shape[3] * 2, KNND_INTERP_NEAREST, false, &up));
+    knnd_tensor_release(*h);
+    *h = up;
+  }
+  return run_child(rs, "conv", h);
+}
+
+static knnd_status run_tail(knnd_module *m, knnd_tensor **h) {
+  KNND_TRY(run_child(knnd_module_child(m, "mid"), "block_1", h));
+  return run_child(knnd_module_child(m, "mid"), "block_2", h);
+}
+
+static knnd_status run_out(knnd_module *m, knnd_tensor **h) {
+  knnd_tensor *a = NULL;
+  KNND_TRY(silu_of(m, "norm_out", *h, &a));
+  knnd_tensor_release(*h);
+  *h = a;
+  return run_child(m, "conv_out", h);
+}
+
+static knnd_status encoder_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'x' is missing");
+  const vqvae_cfg *c = m->impl;
+  knnd_tensor *h = NULL;
+  knnd_status st = KNND_OK;
+  KNND_CHECK(knnd_nn_child_forward(m, "conv_in", in[0], &h));
+  for (int i = 0; i < c->levels; i++) KNND_CHECK(run_level(knnd_module_child(m, "down"), i, "downsample", &h));
+  KNND_CHECK(run_tail(m, &h));
+  KNND_CHECK(run_out(m, &h));
+  *out = h;
+  h = NULL;
+cleanup:
+  knnd_tensor_release(h);
+  return st;
+}
+
+static knnd_status decoder_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'z' is missing");
+  const vqvae_cfg *c = m->impl;
+  knnd_tensor *h = NULL;
+  knnd_status st = KNND_OK;
+  KNND_CHECK(knnd_nn_child_forward(m, "conv_in", in[0], &h));
+  KNND_CHECK(run_tail(m, &h));
+  for (int i = c->levels - 1; i >= 0; i--) KNND_CHECK(run_level(knnd_module_child(m, "up"), i, "upsample", &h));
+  KNND_CHECK(run_out(m, &h));
+  *out = h;
+  h = NULL;
+cleanup:
+  knnd_tensor_release(h);
+  return st;
+}
+
+/* level i of an encoder (down) or decoder (up): n blocks in -> out channels, then a resampler */
+static knnd_status add_level(knnd_status st, knnd_module *list, int i, const knnd_vqvae_opts *o, int64_t in,
+                             int64_t outc, int n, const char *resample, knnd_generator *g) {
+  if (st) return st;
+  char name[16];
+  snprintf(name, sizeof name, "%d", i);
+  knnd_module *level = NULL, *blocks = NULL;
+  KNND_TRY(knnd_module_new("Level", NULL, &level));
+  st = add_list(st, level, "block", &blocks);
+  for (int j = 0; j < n && !st; j++) {
+    snprintf(name, sizeof name, "%d", j);
+    st = add_resnet(st, blocks, name, o, j == 0 ? in : outc, outc, g);
+  }
+  if (!st && resample) {
+    knnd_module *rs = NULL;
+    st = knnd_module_new(resample[0] == 'u' ? "Upsample" : "Downsample", NULL, &rs);
+    /* Downsample: stride-2 3×3 conv (padding 1 on all sides); Upsample: 3×3 conv after nearest ×2 */
+    st = add_conv(st, rs, "conv", outc, outc, 3, resample[0] == 'u' ? 1 : 2, g);
+    if (rs) st = st ? (knnd_module_release(rs), st) : knnd_nn_adopt(level, resample, rs);
+  }
+  snprintf(name, sizeof name, "%d", i);
+  if (st) {
+    knnd_module_release(level);
+    return st;
+  }
+  return knnd_nn_adopt(list, name, level);
+}
+
+static knnd_status add_mid(knnd_status st, knnd_module *parent, const knnd_vqvae_opts *o, int64_t ch, knnd_generator *g) {
+  knnd_module *mid = NULL;
+  st = add_list(st, parent, "mid", &mid);
+  st = add_resnet(st, mid, "block_1", o, ch, ch, g);
+  return add_resnet(st, mid, "block_2", o, ch, ch, g);
+}
+
+static knnd_status vqvae_forward_module(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'x' is missing");
+  knnd_vqvae_output o = {0};
+  KNND_TRY(knnd_vqvae_forward(m, in[0], &o));
+  *out = o.recon;
+  o.recon = NULL;
+  knnd_vqvae_output_clear(&o);
+  return KNND_OK;
+}
+
+static knnd_status vqvae_fill_defaults(const knnd_vqvae_opts *in, knnd_vqvae_opts *o, int *levels) {
+  static const char op[] = "nn_vqvae";
+  *o = *in;
+  KNND_TRY(vq_fill_defaults(&in->vq, op, &o->vq));
+  if (!o->in_channels) o->in_channels = 3;
+  if (!o->out_channels) o->out_channels = o->in_channels;
+  if (!o->channels) o->channels = 64;
+  if (!o->channel_mult[0]) {
+    o->channel_mult[0] = 1;
+    o->channel_mult[1] = 2;
+    o->channel_mult[2] = 2;
+  }
+  if (!o->num_res_blocks) o->num_res_blocks = 1;
+  if (!o->z_channels) o->z_channels = o->vq.dim;
+  if (!o->norm_groups) o->norm_groups = 32;
+  const struct { const char *name; int64_t v; } sizes[] = {
+      {"in_channels", o->in_channels}, {"out_channels", o->out_channels}, {"channels", o->channels},
+      {"num_res_blocks", o->num_res_blocks}, {"z_channels", o->z_channels}, {"norm_groups", o->norm_groups}};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (sizes[i].v < 1)
+      return knnd_error(KNND_ERR_ARG, "%s: argument '%s' is %lld (expected > 0)", op, sizes[i].name, (long long)sizes[i].v);
+  int n = 0;
+  while (n < KNND_VQVAE_MAX_LEVELS && o->channel_mult[n]) {
+    if (o->channel_mult[n] < 0)
+      return knnd_error(KNND_ERR_ARG, "%s: argument 'channel_mult' entry %d is %lld (expected > 0)", op, n,
+                        (long long)o->channel_mult[n]);
+    if ((o->channels * o->channel_mult[n]) % o->norm_groups)
+      return knnd_error(KNND_ERR_ARG, "%s: argument 'norm_groups' (%lld) does not divide channels·channel_mult[%d] = %lld",
+                        op, (long long)o->norm_groups, n, (long long)(o->channels * o->channel_mult[n]));
+    n++;
+  }
+  if (!(o->dropout >= 0 && o->dropout < 1))
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'dropout' is %g (expected in [0, 1))", op, o->dropout);
+  *levels = n;
+  return KNND_OK;
+}
+
+knnd_status knnd_nn_vqvae(const knnd_vqvae_opts *opts, knnd_generator *g, knnd_module **out) {
+  if (!out) return knnd_error(KNND_ERR_ARG, "nn_vqvae: argument 'out' is NULL");
+  *out = NULL;
+  if (!opts) return knnd_error(KNND_ERR_ARG, "nn_vqvae: argument 'opts' is NULL");
+  vqvae_cfg c;
+  KNND_TRY(vqvae_fill_defaults(opts, &c.o, &c.levels));
+  const knnd_vqvae_opts *o = &c.o;
+  const int L = c.levels;
+  const int64_t ch = o->channels, top = ch * o->channel_mult[L - 1], D = o->vq.dim;
+  knnd_module *m = NULL, *enc = NULL, *dec = NULL, *list = NULL, *vq = NULL;
+  KNND_TRY(knnd_nn_module_with_cfg(VQVAE_TYPE, vqvae_forward_module, &c, sizeof c, &m));
+  knnd_status st = knnd_nn_module_with_cfg("Encoder", encoder_forward, &c, sizeof c, &enc);
+  if (!st) st = knnd_nn_module_with_cfg("Decoder", decoder_forward, &c, sizeof c, &dec);
+  /* encoder: conv_in, down.i (num_res_blocks blocks ch·in_mult[i] -> ch·mult[i], a Downsample
+   * except at the last level), mid, norm_out, conv_out -> z_channels */
+  st = add_conv(st, enc, "conv_in", o->in_channels, ch, 3, 1, g);
+  st = add_list(st, enc, "down", &list);
+  for (int i = 0; i < L && !st; i++)
+    st = add_level(st, list, i, o, ch * (i ? o->channel_mult[i - 1] : 1), ch * o->channel_mult[i], (int)o->num_res_blocks,
+                   i < L - 1 ? "downsample" : NULL, g);
+  st = add_mid(st, enc, o, top, g);
+  st = add_norm(st, enc, "norm_out", o->norm_groups, top);
+  st = add_conv(st, enc, "conv_out", top, o->z_channels, 3, 1, g);
+  /* decoder: conv_in z_channels -> top, mid, up.i for i = L-1 .. 0 (num_res_blocks + 1 blocks,
+   * an Upsample except at level 0), norm_out, conv_out -> out_channels */
+  st = add_conv(st, dec, "conv_in", o->z_channels, top, 3, 1, g);
+  st = add_mid(st, dec, o, top, g);
+  st = add_list(st, dec, "up", &list);
+  {
+    int64_t block_in = top;
+    /* registered in order 0..L-1 as taming's self.up.insert(0, ...), so names match its layout */
+    int64_t ins[KNND_VQVAE_MAX_LEVELS];
+    for (int i = L - 1; i >= 0; i--) {
+      ins[i] = block_in;
+      block_in = ch * o->channel_mult[i];
+    }
+    for (int i = 0; i < L && !st; i++)
+      st = add_level(st, list, i, o, ins[i], ch * o->channel_mult[i], (int)o->num_res_blocks + 1,
+                     i > 0 ? "upsample" : NULL, g);
+  }
+  st = add_norm(st, dec, "norm_out", o->norm_groups, ch * o->channel_mult[0]);
+  st = add_conv(st, dec, "conv_out", ch * o->channel_mult[0], o->out_channels, 3, 1, g);
+  if (!st) {
+    st = knnd_nn_adopt(m, "encoder", enc);
+    enc = NULL;
+  }
+  if (!st) {
+    st = knnd_nn_adopt(m, "decoder", dec);
+    dec = NULL;
+  }
+  st = add_conv(st, m, "quant_conv", o->z_channels, D, 1, 1, g);
+  st = add_conv(st, m, "post_quant_conv", D, o->z_channels, 1, 1, g);
+  if (!st) st = knnd_nn_vector_quantizer(&o->vq, g, &vq);
+  if (!st) st = knnd_nn_adopt(m, "quantize", vq);
+  knnd_module_release(enc);
+  knnd_module_release(dec);
+  return knnd_nn_built(st, m, out);
+}
+
+void knnd_vqvae_output_clear(knnd_vqvae_output *o) {
+  if (!o) return;
+  knnd_tensor *ts[3] = {o->recon, o->recon_loss, o->loss};
+  knnd_nn_release(3, ts);
+  knnd_vq_result_clear(&o->vq);
+  memset(o, 0, sizeof *o);
+}
+
+static knnd_status check_vqvae(knnd_module *m, const char *op) {
+  if (!m || !m->type || strcmp(m->type, VQVAE_TYPE) != 0)
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'm' expected a VQVAE module (knnd_nn_vqvae)", op);
+  return KNND_OK;
+}
+
+static knnd_status check_image(knnd_module *m, knnd_tensor *x, const char *op) {
+  const vqvae_cfg *c = m->impl;
+  KNND_TRY(knnd_check_float(x, op, "x"));
+  const int64_t f = (int64_t)1 << (c->levels - 1);
+  if (x->ndim != 4)
+    return knnd_error(KNND_ERR_SHAPE, "%s: argument 'x' has %d dims (expected [B, %lld, H, W])", op, x->ndim,
+                      (long long)c->o.in_channels);
+  if (x->shape[1] != c->o.in_channels || x->shape[2] % f || x->shape[3] % f)
+    return knnd_error(KNND_ERR_SHAPE,
+                      "%s: argument 'x' is [%lld, %lld, %lld, %lld] (expected [B, %lld, H, W] with H, W divisible by %lld)",
+                      op, (long long)x->shape[0], (long long)x->shape[1], (long long)x->shape[2],
+                      (long long)x->shape[3], (long long)c->o.in_channels, (long long)f);
+  return KNND_OK;
+}
+
+/* x -> the pre-quantisation latent quant_conv(encoder(x)) [B, D, h, w] */
+static knnd_status encode_latent(knnd_module *m, knnd_tensor *x, knnd_tensor **z) {
+  knnd_tensor *h = NULL;
+  KNND_TRY(knnd_nn_child_forward(m, "encoder", x, &h));
+  knnd_status st = knnd_nn_child_forward(m, "quant_conv", h, z);
+  knnd_tensor_release(h);
+  return st;
+}
+
+knnd_status knnd_vqvae_encode(knnd_module *m, knnd_tensor *x, knnd_tensor **tokens, knnd_tensor **z_q) {
+  static const char op[] = "vqvae_encode";
+  if (tokens) *tokens = NULL;
+  if (z_q) *z_q = NULL;
+  KNND_TRY(check_vqvae(m, op));
+  KNND_TRY(check_image(m, x, op));
+  knnd_tensor *z = NULL;
+  knnd_vq_result r = {0};
+  KNND_TRY(encode_latent(m, x, &z));
+  knnd_status st = vq_quantize(knnd_module_child(m, "quantize"), z, false, &r);
+  knnd_tensor_release(z);
+  if (st) return st;
+  if (tokens) {
+    *tokens = r.indices;
+    r.indices = NULL;
+  }
+  if (z_q) {
+    *z_q = r.z_q;
+    r.z_q = NULL;
+  }
+  knnd_vq_result_clear(&r);
+  return KNND_OK;
+}
+
+knnd_status knnd_vqvae_decode_latent(knnd_module *m, knnd_tensor *z_q, knnd_tensor **out) {
+  static const char op[] = "vqvae_decode_latent";
+  if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
+  *out = NULL;
+  KNND_TRY(check_vqvae(m, op));
+  KNND_TRY(knnd_check_float(z_q, op, "z_q"));
+  const vqvae_cfg *c = m->impl;
+  if (z_q->ndim != 4 || z_q->shape[1] != c->o.vq.dim)
+    return knnd_error(KNND_ERR_SHAPE, "%s: argument 'z_q' has %d dims (expected [B, %lld, h, w])", op, z_q->ndim,
+                      (long long)c->o.vq.dim);
+  knnd_tensor *h = NULL;
+  KNND_TRY(knnd_nn_child_forward(m, "post_quant_conv", z_q, &h));
+  knnd_status st = knnd_nn_child_forward(m, "decoder", h, out);
+  knnd_tensor_release(h);
+  return st;
+}
+
+knnd_status knnd_vqvae_decode(knnd_module *m, knnd_tensor *tokens, knnd_tensor **out) {
+  static const char op[] = "vqvae_decode";
+  if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
+  *out = NULL;
+  KNND_TRY(check_vqvae(m, op));
+  KNND_TRY(knnd_check_tensor(tokens, op, "tokens"));
+  KNND_TRY(knnd_check_index_dtype(tokens, op, "tokens"));
+  const vqvae_cfg *c = m->impl;
+  if (tokens->ndim != 3)
+    return knnd_error(KNND_ERR_SHAPE, "%s: argument 'tokens' has %d dims (expected [B, h, w])", op, tokens->ndim);
+  double usage;
+  KNND_TRY(knnd_vq_code_stats(tokens, c->o.vq.num_codes, &usage, NULL)); /* range check naming the values */
+  knnd_tensor *e = NULL, *z = NULL;
+  static const int perm[4] = {0, 3, 1, 2};
+  knnd_status st = knnd_embedding(codebook_of(knnd_module_child(m, "quantize")), tokens, &e);
+  if (!st) st = knnd_permute(e, perm, &z);
+  if (!st) st = knnd_vqvae_decode_latent(m, z, out);
+  knnd_tensor_release(e);
+  knnd_tensor_release(z);
+  return st;
+}
+
+knnd_status knnd_vqvae_forward(knnd_module *m, knnd_tensor *x, knnd_vqvae_output *out) {
+  static const char op[] = "vqvae_forward";
+  if (!out) return knnd_error(KNND_ERR_ARG, "%s: argument 'out' is NULL", op);
+  memset(out, 0, sizeof *out);
+  KNND_TRY(check_vqvae(m, op));
+  KNND_TRY(check_image(m, x, op));
+  const vqvae_cfg *c = m->impl;
+  knnd_tensor *z = NULL;
+  knnd_status st = KNND_OK;
+  KNND_CHECK(encode_latent(m, x, &z));
+  KNND_CHECK(knnd_vq_quantize(knnd_module_child(m, "quantize"), z, &out->vq));
+  KNND_CHECK(knnd_vqvae_decode_latent(m, out->vq.z_q, &out->recon));
+  if (c->o.out_channels == c->o.in_channels) {
+    KNND_CHECK(knnd_mse_loss(out->recon, x, KNND_REDUCE_MEAN, &out->recon_loss));
+    KNND_CHECK(knnd_add(out->recon_loss, out->vq.loss, &out->loss));
+  } else {
+    out->loss = knnd_tensor_retain(out->vq.loss);
+  }
+cleanup:
+  knnd_tensor_release(z);
+  if (st) knnd_vqvae_output_clear(out);
+  return st;
+}
