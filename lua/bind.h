@@ -36,6 +36,7 @@ void knnd_lua_open_vqdiff(lua_State *L);    /* bind_vqdiffusion.c: knnd.vqdiff (
 void knnd_lua_open_metrics(lua_State *L);   /* bind_metrics.c: knnd.metrics (FID Inception, statistics, FID, KID, CLIP score) */
 void knnd_lua_metrics_inception(lua_State *L); /* bind_inception.c: knnd.metrics.inception (table at -1) */
 void knnd_lua_metrics_stats(lua_State *L);     /* bind_fid_stats.c: stats, load_stats, frechet, kid, clip_score, r_precision */
+void knnd_lua_open_stats(lua_State *L);        /* bind_stats.c: knnd._stats (t and binomial distributions from GSL; knnd.stats) */
 
 /* ---- errors ------------------------------------------------------------------------------ */
 /* Raise a Lua error "knnd.<fname>: <knnd_last_error()>" (a leading "<op>: " of the message

@@ -15,7 +15,16 @@
 -- run again. shard = {i, n} (1-based; default: SLURM_ARRAY_TASK_ID/COUNT, OMPI_COMM_WORLD_RANK/SIZE
 -- or PMI_RANK/SIZE) runs runs i, i+n, i+2n, ... of the order, so a job array or MPI ranks split one
 -- sweep. At the end the metrics of every run of the sweep found on disk are grouped over the seed
--- axis (mean ± sample std, n) and printed and saved as summary.csv and summary.md.
+-- axis (mean ± sample std, the 95% t confidence interval's half-width, n) and printed and saved as
+-- summary.csv and summary.md.
+--
+-- Paired comparisons: compare = {by = "mode", baseline = "no_knn", metrics = {"alignment", ...}}
+-- (or a list of such tables) adds to summary.md, and to paired.csv, a paired t-test of every other
+-- value of the grid axis `by` against the baseline (no baseline: every pair of values), matched on
+-- the seed and within each combination of the other axes: the mean difference, its 95% CI, t, df
+-- and the two-sided p (knnd.results.paired). Runs that share a seed share their data order,
+-- initialisation and sampling noise, so pairing removes that variance from the comparison.
+-- metrics defaults to the summary's; a metric no finished run reports yet is left out.
 --
 -- Other options: dir (results root, default "runs"), resume (default true; `knnd sweep` without
 -- --resume: false, and a folder that already holds runs is refused), retry_failed, seed_key
@@ -37,7 +46,7 @@ M.defaults = {}
 M.history = {}
 
 local ALLOWED = { name = 1, grid = 1, runs = 1, base = 1, run = 1, dir = 1, resume = 1, retry_failed = 1, shard = 1,
-  order = 1, seed_key = 1, metrics = 1, on_error = 1, progress = 1, echo = 1, quiet = 1 }
+  order = 1, seed_key = 1, metrics = 1, on_error = 1, progress = 1, echo = 1, quiet = 1, compare = 1 }
 
 local function fail(fmt, ...) error(("knnd.sweep: " .. fmt):format(...), 0) end
 
@@ -293,6 +302,95 @@ function M.plan(spec, cli_overrides)
   return planned, name_keys, axes
 end
 
+-- ---- paired comparisons ---------------------------------------------------------------------
+-- the `compare` option as a list of {by, baseline, metrics}, checked against the grid before any run
+-- (a baseline that --set took off its axis leaves that comparison out, with a note)
+local function compare_specs(compare, axes, grid, seed_key)
+  if compare == nil then return {} end
+  local usage = "{by = axis, baseline = value, metrics = {...}} or a list of them"
+  if type(compare) ~= "table" then fail("option 'compare' expected %s, got %s", usage, type(compare)) end
+  local list = compare.by ~= nil and { compare } or compare
+  if #list == 0 then fail("option 'compare' expected %s", usage) end
+  local axis_names = {}
+  for _, a in ipairs(axes) do if a.key ~= seed_key then axis_names[#axis_names + 1] = a.key end end
+  local out = {}
+  for i, c in ipairs(list) do
+    local what = #list > 1 and ("option 'compare'[%d]"):format(i) or "option 'compare'"
+    if type(c) ~= "table" then fail("%s expected a table {by = axis, baseline = value, metrics = {...}}, got %s", what, type(c)) end
+    for k in pairs(c) do
+      if k ~= "by" and k ~= "baseline" and k ~= "metrics" then
+        fail("%s: unknown key '%s' (expected by, baseline, metrics)", what, tostring(k))
+      end
+    end
+    local axis
+    for _, a in ipairs(axes) do if a.key == c.by and a.key ~= seed_key then axis = a end end
+    if not axis then
+      fail("%s: 'by' must name a grid axis other than the seed, got '%s' (the axes: %s)", what, tostring(c.by),
+        table.concat(axis_names, ", "))
+    end
+    local skip
+    if c.baseline ~= nil then
+      local function has(values)
+        for _, v in ipairs(values) do if value_text(v) == value_text(c.baseline) then return true end end
+        return false
+      end
+      if not has(grid[c.by]) then
+        local vals = {}
+        for j, v in ipairs(grid[c.by]) do vals[j] = value_text(v) end
+        fail("%s: the baseline '%s' is no value of the axis '%s' (its values: %s)", what, value_text(c.baseline), c.by,
+          table.concat(vals, ", "))
+      end
+      if not has(axis.values) then
+        skip = ("the baseline %s = %s is not in this sweep (--set %s)"):format(c.by, value_text(c.baseline), c.by)
+      end
+    end
+    local metrics = c.metrics
+    if type(metrics) == "string" then metrics = { metrics } end
+    if metrics ~= nil and (not is_list(metrics) or #metrics == 0) then
+      fail("%s: 'metrics' expected a list of metric names, got %s", what, type(c.metrics))
+    end
+    out[i] = { by = c.by, baseline = c.baseline, metrics = metrics, skip = skip }
+  end
+  return out
+end
+
+-- the comparisons as Markdown (for summary.md) and CSV (paired.csv); nil when there are none
+local function paired_report(specs, agg, seed_key)
+  if #specs == 0 then return nil end
+  local available = {}
+  for _, m in ipairs(agg.metrics) do available[m] = true end
+  local md, tables = {}, {}
+  for _, c in ipairs(specs) do
+    local metrics = {}
+    for _, m in ipairs(c.metrics or agg.metrics) do if available[m] then metrics[#metrics + 1] = m end end
+    local title = ("### %s%s\n\n"):format(c.by, c.baseline ~= nil and (" vs " .. value_text(c.baseline)) or "")
+    if c.skip then
+      md[#md + 1] = title .. "left out: " .. c.skip .. "\n"
+    elseif #metrics > 0 then
+      local pt = results.paired(agg, { by = c.by, baseline = c.baseline, metric = metrics })
+      md[#md + 1] = title .. results.paired_markdown(pt)
+      tables[#tables + 1] = pt
+    end
+  end
+  -- paired.csv: every comparison's rows under one header, the other axes as columns
+  local csv
+  if #tables > 0 then
+    local keys = {}
+    for _, k in ipairs(agg.by) do
+      local used = false
+      for _, pt in ipairs(tables) do for _, sk in ipairs(pt.strata) do if sk == k then used = true end end end
+      if used then keys[#keys + 1] = k end
+    end
+    local parts = {}
+    for i, pt in ipairs(tables) do parts[i] = results.paired_csv(pt, keys, i == 1) end
+    csv = table.concat(parts)
+  end
+  local text = ("## paired comparisons\n\npaired t-tests over %s: the runs of a and of b with the same %s form a pair; "
+    .. "a − b is the mean of their differences, with its 95%% confidence interval (t, n − 1 df) and the "
+    .. "two-sided p\n\n%s"):format(seed_key, seed_key, #md > 0 and table.concat(md, "\n") or "no finished runs to compare yet\n")
+  return text, csv
+end
+
 -- ---- running --------------------------------------------------------------------------------
 local function script_name()
   local s = type(arg) == "table" and type(arg[0]) == "string" and arg[0] or nil
@@ -384,6 +482,7 @@ function M.sweep(spec)
   shard = shard or { 1, 1 }
 
   local planned, name_keys, axes = M.plan(spec, config.cli_overrides())
+  local comparisons = compare_specs(spec.compare, axes, spec.grid, spec.seed_key or "seed")
   local mine = {}
   for _, p in ipairs(planned) do
     if (p.index - 1) % shard[2] == shard[1] - 1 then mine[#mine + 1] = p end
@@ -513,9 +612,12 @@ function M.sweep(spec)
   local agg = results.aggregate(all, { by = by, over = seed_key, metrics = spec.metrics })
   out.summary = agg
   local md = results.markdown(agg)
+  local paired_md, paired_csv = paired_report(comparisons, agg, seed_key)
   files.write_atomic(dir .. "/summary.csv", results.aggregate_csv(agg))
-  files.write_atomic(dir .. "/summary.md", ("# sweep %s\n\nmean ± sample std over %s (n = finished runs)\n\n%s")
-    :format(name, seed_key, md))
+  files.write_atomic(dir .. "/summary.md", ("# sweep %s\n\nmean ± sample std over %s, with the half-width of the mean's "
+    .. "95%% confidence interval (CI95: t, n − 1 df) and n = finished runs\n\n%s%s")
+    :format(name, seed_key, md, paired_md and ("\n" .. paired_md) or ""))
+  if paired_csv then files.write_atomic(dir .. "/paired.csv", paired_csv) end
   local counts = {}
   for _, r in ipairs(all) do counts[r.status] = (counts[r.status] or 0) + 1 end
   local ctext = {}
@@ -525,7 +627,8 @@ function M.sweep(spec)
   say(("\nsweep %s: %s (this process: %d ran, %d skipped, %d failed); mean ± std over %s:\n")
     :format(name, table.concat(ctext, ", "), out.ran, out.skipped, out.failed, seed_key))
   say(md)
-  say(("saved %s/summary.md and %s/summary.csv"):format(dir, dir))
+  if paired_md then say(paired_md) end
+  say(("saved %s/summary.md and %s/summary.csv%s"):format(dir, dir, paired_csv and (" and " .. dir .. "/paired.csv") or ""))
   M.history[#M.history + 1] = out
   if stop then fail("run %s failed: %s (on_error = 'stop')", out.failed_names[#out.failed_names], tostring(out.runs[#out.runs].error)) end
   return out

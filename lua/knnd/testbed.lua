@@ -48,7 +48,8 @@ local function merge(defaults, given)
 end
 
 --- knnd.testbed.fmnist{dir=, seed=0, k=10, clip={...}, judge={...}, stage=function(name, fn) end,
----   index_factory = "Flat", log = print} -> the testbed (each piece built once in dir)
+---   index_factory = "Flat", log = print, judge_path= (default dir/judge.h5)} -> the testbed (each
+---   piece built once in dir)
 --- stage(name, fn) wraps every build step (the quickstart times and prints them); default: fn()
 function M.fmnist(o)
   o = o or {}
@@ -82,14 +83,16 @@ function M.fmnist(o)
     m:save(clip_path)
     return m
   end)
-  -- the judge: a classifier trained on the labelled training images
-  local judge_path = dir .. "/judge.h5"
+  -- the judge: a classifier trained on the labelled training images. judge_path: a file several
+  -- folders share (testbeds that differ only in their CLIP), so that their scores compare
+  local judge_path = o.judge_path or dir .. "/judge.h5"
   tb.judge = stage("judge", function()
     if exists(judge_path) then return knnd.classifier.load(judge_path) end
     local clf = knnd.classifier.new { channels = 1, image_size = 28, classes = 10, seed = cfg.seed }
     knnd.classifier.train { model = clf, images = tb.train_set.images, labels = tb.train_set.labels,
       steps = cfg.judge.steps, batch = cfg.judge.batch, seed = cfg.seed, desc = "judge" }
     clf.test_accuracy = clf:accuracy(tb.test_set.images, tb.test_set.labels)
+    files.mkdir_p(judge_path:match("^(.*)/[^/]*$") or ".")
     clf:save(judge_path)
     return clf
   end)
@@ -161,8 +164,59 @@ function Testbed:cache_for(factory, k, params)
   return path
 end
 
+--- tb:subset(name, rows) -> {name =, rows = i64 [n] (0-based training rows), embeddings = path, cache = path}:
+--- the training images of `rows` (a list or an i64 tensor) as a database of their own, for a model
+--- that must not see the other images, not even as neighbours in its condition (held-out concepts).
+--- Built once under dir/data/subset-<name>/: emb.h5 (the rows' CLIP embeddings, their ids the rows)
+--- and nn.h5 (each training image's k nearest images among the subset, itself excluded; rows of
+--- emb.h5). Train with tb:train{rows = s.rows, cache = s.cache, database = s.embeddings}; sample with
+--- the full index (tb.index) or any other. A name already built from other rows is an error.
+function Testbed:subset(name, rows)
+  local fname = "knnd.testbed:subset"
+  if type(name) ~= "string" or not name:match("^[%w_.%-+=,]+$") then
+    error(("%s: argument 1 'name' expected a folder-safe name (letters, digits, _ . - + = ,), got %s"):format(fname,
+      tostring(name)), 2)
+  end
+  if knnd.is_tensor(rows) then rows = rows:reshape(-1):totable()
+  elseif type(rows) ~= "table" then
+    error(("%s: argument 2 'rows' expected a list of 0-based rows or an i64 tensor, got %s"):format(fname, type(rows)), 2)
+  end
+  local n, total = #rows, self.store:info().count
+  if n == 0 then error(("%s: argument 2 'rows' is empty"):format(fname), 2) end
+  for i = 1, n do
+    local r = math.tointeger(rows[i])
+    if not r or r < 0 or r >= total then
+      error(("%s: argument 2 'rows': element %d is %s (expected a row in 0..%d, the training set's)"):format(fname, i,
+        tostring(rows[i]), total - 1), 2)
+    end
+  end
+  rows = knnd.tensor(rows, { dtype = "i64" })
+  local dir = ("%s/data/subset-%s"):format(self.dir, name)
+  local s = { name = name, rows = rows, embeddings = dir .. "/emb.h5", cache = dir .. "/nn.h5" }
+  if exists(s.embeddings) then
+    local ids = knnd.embeddings.open(s.embeddings):ids()
+    if ids:numel() ~= n or knnd.eq(ids, rows):to("f32"):sum():item() ~= n then
+      error(("%s: '%s' holds another subset (%d rows) than the %d rows given under the name '%s' (remove the folder or "
+        .. "choose another name)"):format(fname, dir, ids:numel(), n, name), 2)
+    end
+  else
+    files.mkdir_p(dir)
+    local info = self.store:info()
+    local function meta(v) return v ~= "" and v or nil end
+    knnd.embeddings.save(s.embeddings, self.store:gather(rows), { ids = rows, encoder = meta(info.encoder),
+      encoder_hash = meta(info.encoder_hash), source = meta(info.source) })
+  end
+  if not exists(s.cache) then
+    local sub = knnd.embeddings.open(s.embeddings)
+    local idx = knnd.index.build { store = sub, factory = "Flat", progress = false }
+    knnd.cache.build(s.cache, idx, self.store, { k = self.cfg.k, exclude_self = true, progress = true })
+  end
+  return s
+end
+
 --- tb:train{mode=, k=, xi= (lafite_noise), out=, steps=, batch=, lr=, ema=, p_uncond=, prediction=, channels=, res_blocks=,
----   checkpoint_every=, seed=, cache= (path; default the Flat cache), name=, progress=}
+---   checkpoint_every=, seed=, cache= (path; default the Flat cache), rows= and database= (train on these
+---   rows only, their neighbours rows of this store: tb:subset), name=, progress=}
 --- -> the EMA model (loaded from out/model.h5), train's result. Resumes from out/checkpoint.h5.
 function Testbed:train(o)
   local u = merge(self.cfg.unet, o)
@@ -174,8 +228,8 @@ function Testbed:train(o)
     diffusion = { prediction = u.prediction } }
   if o.log ~= false then self.log(tostring(model)) end
   local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path,
-    cache = o.cache or self:cache_for("Flat", k), out = o.out, steps = u.steps, batch = u.batch, lr = u.lr,
-    ema = u.ema, seed = seed, checkpoint_every = u.checkpoint_every, name = o.name or o.mode,
+    cache = o.cache or self:cache_for("Flat", k), database = o.database, rows = o.rows, out = o.out, steps = u.steps,
+    batch = u.batch, lr = u.lr, ema = u.ema, seed = seed, checkpoint_every = u.checkpoint_every, name = o.name or o.mode,
     progress = o.progress }
   return knnd.knn_diffusion.load(o.out .. "/model.h5"), r
 end
@@ -277,26 +331,33 @@ function M.open(dir, o)
   return opened[dir]
 end
 
---- tb:train_and_score(cfg, run [, {index=, cache=, model_dir=}]) -> the final metrics of one sweep
+--- tb:train_and_score(cfg, run [, {index=, cache=, rows=, database=, model_dir=}]) -> the final metrics of one sweep
 --- run: trains cfg.mode with cfg.k neighbours for cfg.steps (batch, lr, seed from cfg when given)
 --- into model_dir (default run.dir/model; resumed), logs the loss curve as run metrics, evaluates
 --- with cfg.guidance / cfg.sample_steps / cfg.per_class, writes run.dir/samples.png (a row per
 --- class: its prompt and paraphrases). Metrics: alignment, FID[fmnist-cnn], KID[fmnist-cnn],
---- final_loss, train_seconds, eval_seconds.
+--- final_loss, train_seconds, eval_seconds; and tb:evaluate's table (per_class, the images) as a
+--- second value.
+--- rows, database: train on a subset (tb:subset).
 function Testbed:train_and_score(cfg, run, o)
   o = o or {}
   local t0 = knnd.wall_time()
   local model, r = self:train { mode = cfg.mode, k = cfg.k, xi = cfg.xi, steps = cfg.steps, batch = cfg.batch, lr = cfg.lr,
-    seed = cfg.seed, out = o.model_dir or run:path("model"), cache = o.cache, name = run.name, log = false }
+    seed = cfg.seed, out = o.model_dir or run:path("model"), cache = o.cache, rows = o.rows, database = o.database,
+    name = run.name, log = false }
   local log = r.log or {}
   for i, step in ipairs(log.steps or {}) do run:metric("loss", step, log.loss[i]) end
   local t1 = knnd.wall_time()
-  local m = self:score(model, cfg, run, o.index)
-  m.final_loss, m.train_seconds = r.loss, t1 - t0
-  return m
+  local m, e = self:score(model, cfg, run, o.index)
+  -- a model directory trained before (index_sweep shares one per training index) leaves nothing to
+  -- train and r.loss nil: the final loss is then the last row of its log.csv (r.log)
+  local losses = log.loss or {}
+  m.final_loss, m.train_seconds = r.loss or losses[#losses], t1 - t0
+  return m, e
 end
 
---- tb:score(model, cfg, run [, index]) -> the evaluation metrics of a trained model (see train_and_score)
+--- tb:score(model, cfg, run [, index]) -> the evaluation metrics of a trained model (see train_and_score),
+--- and tb:evaluate's table
 function Testbed:score(model, cfg, run, index)
   local t0 = knnd.wall_time()
   local e = self:evaluate { model = model, index = index, guidance = cfg.guidance, steps = cfg.sample_steps,
@@ -306,7 +367,7 @@ function Testbed:score(model, cfg, run, index)
   knnd.save_grid(run:path("samples.png"), e.images, { nrow = per, range = { -1, 1 }, scale = 1,
     title = ("%s: a row per class (its prompt and paraphrases)"):format(run.name) })
   return { alignment = e.alignment, [ref.label] = e.fid_cnn, [knnd.eval.fid_label(ref.extractor.id, "KID")] = e.kid_cnn,
-    eval_seconds = knnd.wall_time() - t0 }
+    eval_seconds = knnd.wall_time() - t0 }, e
 end
 
 return M

@@ -7,11 +7,8 @@
 set -u
 knnd=$1
 root=$(cd "$(dirname "$0")/../.." && pwd)
-fails=0
-check() { if [ "$2" = 0 ]; then echo "ok - $1"; else echo "not ok - $1"; fails=$((fails + 1)); fi; }
-dir=$(mktemp -d "$PWD/experiments_cli.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-cd "$dir" || exit 1
+. "$(dirname "$0")/lib.sh"
+scratch experiments_cli
 
 out=$("$knnd" run "$root/experiments/quickstart.lua" --set out=qs --set clip.steps=20 --set judge.steps=20 \
   --set unet.steps=6 --set unet.batch=8 --set unet.checkpoint_every=3 --set sample.steps=3 --set sample.per_prompt=2 \
@@ -100,5 +97,20 @@ out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=sw
   --set sample.steps=2 --set prompts="red apple,pizza" 2>&1); rc=$?
 [ $rc = 0 ] && [[ "$out" == *"with the EmojiOne index"* ]]; check "db_swap runs ($(echo "$out" | tail -2))" $?
 [ -s swap/swap_knn.png ] && [ -s swap/neighbors_emojione.png ] && [ -s swap/metrics.json ]; check "db_swap writes its grids and metrics" $?
+
+# held-out concepts on the toy testbed: 2 modes x 1 seed (the statistics are sweep_spec's), trained
+# without two classes (nor their images as neighbours), judged per held-out and seen class, paired
+# against no_knn
+out=$(sweep heldout.lua --set steps=2 --set batch=4 --set mode=knn,no_knn --set seed=1 --set heldout=sandal,bag); rc=$?
+[ $rc = 0 ] && grep -q "alignment_heldout" sweeps/heldout/summary.csv && grep -q "alignment_seen_ci95" sweeps/heldout/summary.csv \
+  && grep -q "| alignment_heldout | knn − no_knn | 1 |" sweeps/heldout/summary.md \
+  && grep -q "^alignment_heldout,mode,knn,no_knn,1," sweeps/heldout/paired.csv
+check "heldout sweeps modes into CIs and paired tests against no_knn ($(echo "$out" | tail -3))" $?
+[ -s qs/data/subset-heldout-5-8/nn.h5 ] && grep -q "held out: sandal, bag; training on" "sweeps/heldout/mode=knn,seed=1/log.jsonl"
+check "heldout trains on the seen classes' own database and neighbour cache" $?
+out=$("$knnd" sweep "$root/experiments/heldout.lua" --dir sweeps_bad --set testbed=qs --set steps=2 --set mode=knn --set seed=1 \
+  --set heldout=sandals 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"unknown class 'sandals'"* ]] && [[ "$out" == *"ankle boot"* ]]
+check "an unknown held-out class is an error listing the classes" $?
 
 [ $fails = 0 ]

@@ -1,6 +1,7 @@
 -- sweep_spec.lua — knnd.run (run folder, log, metrics, failure), knnd.sweep (grid order and
--- names, resume, failed and interrupted runs, shards, the summary over seeds) and knnd.results
--- (loading, filtering, comparing, CSV).
+-- names, resume, failed and interrupted runs, shards, the summary over seeds with 95% confidence
+-- intervals, paired comparisons) and knnd.results (loading, filtering, comparing, paired t-tests,
+-- CSV). The intervals and tests are checked against scipy (tests/reference/stats/stats_fixture.json).
 local knnd = require "knnd"
 local h = require "spec_helpers"
 local files = require "knnd.files"
@@ -18,6 +19,9 @@ local function names(planned)
   for i, p in ipairs(planned) do out[i] = p.name end
   return out
 end
+
+local here = debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./"
+local fx = assert(files.read_json(here .. "../reference/stats/stats_fixture.json"))
 
 local function lines(path)
   local out = {}
@@ -248,7 +252,7 @@ describe("knnd.sweep", function()
     h.errors_with(function() sweep.env_shard(env { PMI_RANK = "4", PMI_SIZE = "4" }) end, "PMI_RANK + 1 / PMI_SIZE")
   end)
 
-  it("summarises each group over seeds as mean ± sample std and saves it", function()
+  it("summarises each group over seeds as mean ± sample std with the 95% CI and saves it", function()
     local dir = tmpdir("summary")
     local values = { knn = { 1, 2, 3 }, no_knn = { 2, 4, 9 } }
     local out = knnd.sweep { name = "m", dir = dir, quiet = true, grid = { cond = { "knn", "no_knn" }, seed = { 1, 2, 3 } },
@@ -264,17 +268,151 @@ describe("knnd.sweep", function()
     h.assert_close(rows[2].stats.fid.std, math.sqrt(13), 1e-12)
     assert.are.equal(1, rows[2].stats.one.n)
     assert.is_nil(rows[2].stats.one.std)
+    assert.is_nil(rows[2].stats.one.ci95)
+    -- scipy: t.interval(0.95, 2, mean, sem) of {1, 2, 3} and {2, 4, 9}
+    local ci = {}
+    for _, c in ipairs(fx.mean_ci) do if c.level == 0.95 then ci[table.concat(c.xs, ",")] = c.half end end
+    h.assert_close(rows[1].stats.fid.ci95, ci["1.0,2.0,3.0"], 1e-10)
+    h.assert_close(rows[2].stats.fid.ci95, ci["2.0,4.0,9.0"], 1e-10)
     local csv = lines(dir .. "/m/summary.csv")
-    assert.are.same({ "cond,runs_finished,runs_total,fid_mean,fid_std,fid_n,one_mean,one_std,one_n",
-      "knn,3,3,2,1,3,7,,1", "no_knn,3,3,5,3.605551275,3,7,,1" }, csv)
+    assert.are.same({ "cond,runs_finished,runs_total,fid_mean,fid_std,fid_ci95,fid_n,one_mean,one_std,one_ci95,one_n",
+      "knn,3,3,2,1,2.484137712,3,7,,,1", "no_knn,3,3,5,3.605551275,8.956685895,3,7,,,1" }, csv)
     local md = files.read_all(dir .. "/m/summary.md")
-    assert.truthy(md:find("| knn | 3/3 | 2 ± 1 (n=3) | 7 (n=1) |", 1, true))
-    assert.truthy(md:find("| no_knn | 3/3 | 5 ± 3.6 (n=3) | 7 (n=1) |", 1, true))
+    assert.truthy(md:find("| knn | 3/3 | 2 ± 1 (CI95 ±2.5, n=3) | 7 (n=1) |", 1, true), md)
+    assert.truthy(md:find("| no_knn | 3/3 | 5 ± 3.6 (CI95 ±9, n=3) | 7 (n=1) |", 1, true), md)
+    assert.is_nil(md:find("paired comparisons", 1, true))
+    assert.is_nil(files.read_all(dir .. "/m/paired.csv"))
     assert.are.same({ 1, 2, 3 }, { results.mean_std { 2, 2 } == 2 and 1, 2, 3 })
     local m, s, n = results.mean_std { 1, 2, 3, 4 }
     assert.are.equal(2.5, m)
     h.assert_close(s, math.sqrt(5 / 3), 1e-12)
     assert.are.equal(4, n)
+  end)
+end)
+
+describe("knnd.sweep's paired comparisons", function()
+  local sw = fx.sweep -- alignment per mode over seeds 1..3, scipy's CIs and ttest_rel against no_knn
+  local function spec(dir, extra)
+    local s = { name = "p", dir = dir, quiet = true, grid = { mode = { "knn", "no_knn", "lafite_noise" }, k = { 5 },
+      seed = { 1, 2, 3 } }, run = function(cfg) return { alignment = sw.values[cfg.mode][cfg.seed], k = cfg.k } end }
+    for k, v in pairs(extra or {}) do s[k] = v end
+    return s
+  end
+
+  it("tests every mode against the baseline, paired on the seed, into summary.md and paired.csv", function()
+    local dir = tmpdir("paired")
+    local out = knnd.sweep(spec(dir, { compare = { by = "mode", baseline = "no_knn", metrics = { "alignment" } } }))
+    for _, row in ipairs(out.summary.rows) do
+      h.assert_close(row.stats.alignment.ci95, sw.ci95[row.group.mode], 1e-10)
+    end
+    local md = files.read_all(dir .. "/p/summary.md")
+    assert.truthy(md:find("## paired comparisons", 1, true), md)
+    assert.truthy(md:find("### mode vs no_knn", 1, true), md)
+    local r = sw.paired.knn
+    local row = ("| alignment | 5 | knn − no_knn | 3 | 0.6167 | 0.52 | %+.4g | [%+.4g, %+.4g] | %.3g (2) | %.3g |")
+      :format(r.diff, r.diff - r.ci, r.diff + r.ci, r.t, r.p)
+    assert.truthy(md:find(row, 1, true), row .. "\n" .. md)
+    local csv = lines(dir .. "/p/paired.csv")
+    assert.are.equal("k,metric,by,a,b,n,mean_a,mean_b,mean_diff,ci95,t,df,p", csv[1])
+    assert.are.equal(3, #csv)
+    for i, mode in ipairs { "knn", "lafite_noise" } do
+      local f = {}
+      for x in (csv[i + 1] .. ","):gmatch("([^,]*),") do f[#f + 1] = x end
+      assert.are.same({ "5", "alignment", "mode", mode, "no_knn", "3" }, { table.unpack(f, 1, 6) })
+      local want = sw.paired[mode]
+      h.assert_close({ tonumber(f[9]), tonumber(f[10]), tonumber(f[11]), tonumber(f[13]) },
+        { want.diff, want.ci, want.t, want.p }, 1e-8)
+      assert.are.equal("2", f[12])
+    end
+  end)
+
+  it("checks the comparison against the grid before running", function()
+    local dir = tmpdir("paired_bad")
+    local ran = false
+    local function bad(compare, text)
+      h.errors_with(function()
+        knnd.sweep(spec(dir, { compare = compare, run = function() ran = true end }))
+      end, text)
+    end
+    bad({ by = "cond", baseline = "no_knn" }, "knnd.sweep: option 'compare': 'by' must name a grid axis other than the seed, got 'cond' (the axes: k, mode)")
+    bad({ by = "seed" }, "'by' must name a grid axis other than the seed, got 'seed'")
+    bad({ by = "mode", baseline = "none" }, "option 'compare': the baseline 'none' is no value of the axis 'mode' (its values: knn, no_knn, lafite_noise)")
+    bad({ by = "mode", base = "no_knn" }, "option 'compare': unknown key 'base' (expected by, baseline, metrics)")
+    bad({ { by = "mode" }, { by = "k", metrics = {} } }, "option 'compare'[2]: 'metrics' expected a list of metric names")
+    bad("mode", "option 'compare' expected {by = axis, baseline = value, metrics = {...}} or a list of them, got string")
+    assert.is_false(ran)
+    -- --set taking the baseline off its axis leaves the comparison out, with a note
+    knnd.config.set_cli_overrides { mode = "knn,lafite_noise" }
+    local ok, err = pcall(knnd.sweep, spec(dir, { compare = { by = "mode", baseline = "no_knn" } }))
+    knnd.config.set_cli_overrides {}
+    assert(ok, err)
+    local md = files.read_all(dir .. "/p/summary.md")
+    assert.truthy(md:find("left out: the baseline mode = no_knn is not in this sweep (--set mode)", 1, true), md)
+  end)
+
+  it("without a baseline compares every pair; a list of comparisons gives a table each", function()
+    local dir = tmpdir("paired_all")
+    local out = knnd.sweep(spec(dir, { compare = { { by = "mode", metrics = "alignment" }, { by = "k" } } }))
+    local pt = results.paired(out.summary, { by = "mode", metric = "alignment" })
+    local got = {}
+    for _, r in ipairs(pt.rows) do got[#got + 1] = r.a .. "-" .. r.b end
+    assert.are.same({ "knn-no_knn", "knn-lafite_noise", "no_knn-lafite_noise" }, got)
+    h.assert_close(pt.rows[1].p, sw.paired.knn.p, 1e-10)
+    -- lafite_noise − no_knn is the negative of no_knn − lafite_noise: same p, opposite t
+    h.assert_close(pt.rows[3].t, -sw.paired.lafite_noise.t, 1e-10)
+    local md = files.read_all(dir .. "/p/summary.md")
+    assert.truthy(md:find("### mode\n", 1, true), md)
+    -- paired.csv: both comparisons under one header; k is a stratum of the mode table, mode of the k table
+    local csv = lines(dir .. "/p/paired.csv")
+    assert.are.equal("k,mode,metric,by,a,b,n,mean_a,mean_b,mean_diff,ci95,t,df,p", csv[1])
+    assert.are.equal(4, #csv) -- the three pairs of modes; a single k has no pairs
+    assert.truthy(csv[2]:match("^5,,alignment,mode,knn,no_knn,3,"), csv[2])
+    -- a single value of k: nothing to pair, so the k table is empty but present
+    assert.truthy(md:find("### k\n", 1, true), md)
+  end)
+end)
+
+describe("knnd.results.paired", function()
+  it("pairs runs on the seed within the other keys, from runs or an aggregate", function()
+    local dir = tmpdir("paired_runs")
+    -- two values of lr (strata) x two modes x three seeds; seed 3 of b at lr 0.1 failed: two pairs there
+    knnd.sweep { name = "q", dir = dir, quiet = true, grid = { lr = { 0.1, 0.2 }, mode = { "a", "b" }, seed = { 1, 2, 3 } },
+      run = function(cfg)
+        if cfg.lr == 0.1 and cfg.mode == "b" and cfg.seed == 3 then error("diverged") end
+        local p = fx.paired_t[4]
+        return { m = (cfg.mode == "a" and p.xs or p.ys)[cfg.seed + (cfg.lr == 0.2 and 3 or 0)] }
+      end }
+    local runs = results.load(dir .. "/q")
+    local pt = results.paired(runs, { by = "mode", baseline = "b", metric = "m" })
+    assert.are.same({ "lr" }, pt.strata)
+    assert.are.equal("seed", pt.pair_on)
+    assert.are.equal(2, #pt.rows)
+    assert.are.same({ 0.1, "a", "b", 2 }, { pt.rows[1].group.lr, pt.rows[1].a, pt.rows[1].b, pt.rows[1].n })
+    local p = fx.paired_t[4]
+    local want = knnd.stats.paired_t({ p.xs[1], p.xs[2] }, { p.ys[1], p.ys[2] })
+    h.assert_close(pt.rows[1].p, want.p, 1e-12)
+    local r2 = knnd.stats.paired_t({ p.xs[4], p.xs[5], p.xs[6] }, { p.ys[4], p.ys[5], p.ys[6] })
+    h.assert_close({ pt.rows[2].mean_diff, pt.rows[2].t, pt.rows[2].p }, { r2.diff, r2.t, r2.p }, 1e-12)
+    -- the same from the aggregate
+    local agg = results.aggregate(runs, { by = { "lr", "mode" } })
+    local pt2 = results.paired(agg, { by = "mode", baseline = "b", metric = "m" })
+    h.assert_close(pt2.rows[2].p, r2.p, 1e-12)
+    -- grouped by mode alone, each mode has two runs per seed (one per lr): no pairing is possible
+    h.errors_with(function() results.paired(results.aggregate(runs, { by = { "mode" } }), { by = "mode", metric = "m" }) end,
+      "knnd.results.paired: two finished runs of mode=a share seed = 1")
+    h.errors_with(function() results.paired(runs, { by = "mode", baseline = "c" }) end,
+      "knnd.results.paired: option 'baseline': 'c' is no value of 'mode' (the runs have: a, b)")
+    h.errors_with(function() results.paired(runs, { by = "mode", metric = "fid" }) end,
+      "knnd.results.paired: no metric 'fid' (the runs have: m)")
+    h.errors_with(function() results.paired(agg, { by = "k" }) end,
+      "knnd.results.paired: option 'by': the runs are not grouped by 'k' (their keys: lr, mode)")
+    h.errors_with(function() results.paired(agg, { by = "mode", pair_on = "lr" }) end,
+      "option 'pair_on' is 'lr' but the aggregate was made over 'seed'")
+    h.errors_with(function() results.paired(runs, { by = "mode", baseline = "b", metrc = "m" }) end,
+      "knnd.results.paired: unknown option 'metrc'")
+    h.errors_with(function() results.paired(runs) end, "knnd.results.paired: argument 2 expected an options table")
+    local md = results.paired_markdown(pt)
+    assert.truthy(md:find("| m | 0.1 | a − b | 2 |", 1, true), md)
   end)
 end)
 
