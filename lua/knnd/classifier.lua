@@ -10,6 +10,7 @@
 -- Two conv blocks (conv 3x3, GroupNorm, SiLU, max-pool 2) and a linear head on the flattened
 -- features; features(x) is the penultimate layer.
 local knnd = require "knnd"
+local options = require "knnd.options"
 
 local M = {}
 local Classifier = {}
@@ -28,17 +29,7 @@ local function positive_int(fname, name, v, default)
   return n
 end
 
-local function check_keys(fname, o, allowed)
-  if type(o) ~= "table" then fail(fname, "expected an options table, got %s", type(o)) end
-  for k in pairs(o) do
-    if not allowed[k] then
-      local names = {}
-      for n in pairs(allowed) do names[#names + 1] = n end
-      table.sort(names)
-      fail(fname, "unknown option '%s' (expected %s)", tostring(k), table.concat(names, ", "))
-    end
-  end
-end
+local function check_keys(fname, o, allowed) options.check_keys("knnd.classifier." .. fname, o, allowed) end
 
 local order = { "conv1", "norm1", "conv2", "norm2", "head" }
 
@@ -141,7 +132,7 @@ end
 
 function Classifier:save(path)
   knnd.io.save_checkpoint(path, { model = self:state_dict(), step = 0,
-    config = { format = M.FORMAT, model = self.config, accuracy = self.test_accuracy } })
+    config = { format = M.FORMAT, model = self.config, accuracy = self.test_accuracy, class_names = self.class_names } })
 end
 
 --- knnd.classifier.load(path) -> the classifier saved by clf:save
@@ -154,6 +145,7 @@ function M.load(path)
   local clf = M.new(ck.config.model)
   clf:load_state_dict(ck.model)
   clf.test_accuracy = ck.config.accuracy
+  clf.class_names = ck.config.class_names -- what each class is, when the trainer named them (knnd.style)
   return clf
 end
 

@@ -9,6 +9,7 @@
 --                   steps = 2000, batch = 256, lr = 1e-3, checkpoint = "clip.ck.h5"}
 --   local acc = knnd.clip.zero_shot{model = m, images = test.images, labels = test.labels, classes = names}
 local knnd = require "knnd"
+local options = require "knnd.options"
 
 local M = { methods = {} }
 
@@ -19,16 +20,7 @@ M.templates = {
   "a product photo of a {}.", "a small photo of the {}.",
 }
 
-local function check_opts(fname, opts, allowed)
-  if type(opts) ~= "table" then error(("knnd.%s: expected an options table, got %s"):format(fname, type(opts)), 3) end
-  local set, names = {}, {}
-  for _, k in ipairs(allowed) do set[k] = true names[#names + 1] = k end
-  for k in pairs(opts) do
-    if not set[k] then
-      error(("knnd.%s: unknown option '%s' (expected %s)"):format(fname, tostring(k), table.concat(names, ", ")), 3)
-    end
-  end
-end
+local function check_opts(fname, opts, allowed) options.check_keys("knnd." .. fname, opts, allowed) end
 
 local function require_opt(fname, opts, key, what)
   if opts[key] == nil then error(("knnd.%s: option '%s' is required (%s)"):format(fname, key, what), 3) end

@@ -17,6 +17,7 @@
 -- Importers of COCO, LN-COCO and CUB (lua/knnd/dataset_import.lua) write the same layout.
 -- Rows are 0-based everywhere (ds:caption(0) is the first), like every index tensor of knnd.
 local knnd = require "knnd"
+local options = require "knnd.options"
 
 local M = {}
 
@@ -34,20 +35,7 @@ M.caption_templates = {
 }
 
 local function check_opts(fname, opts, allowed)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then
-    error(("knnd.dataset.%s: expected an options table, got %s"):format(fname, type(opts)), 3)
-  end
-  for k in pairs(opts) do
-    if not allowed[k] then
-      local names = {}
-      for n in pairs(allowed) do names[#names + 1] = n end
-      table.sort(names)
-      error(("knnd.dataset.%s: unknown option '%s' (expected %s)"):format(fname, tostring(k),
-        table.concat(names, ", ")), 3)
-    end
-  end
-  return opts
+  return options.check_keys("knnd.dataset." .. fname, opts, allowed, { optional = true })
 end
 
 local function positive_int(fname, name, v, default)

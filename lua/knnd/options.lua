@@ -44,5 +44,30 @@ function M.check_unused()
   end
 end
 
+--- knnd.options.check_keys(fname, t, allowed[, how]) -> t: the options table t of the function fname
+--- (e.g. "knnd.eval.fid") may hold only the keys in allowed (a list of names, or a set
+--- {name = anything but nil}); otherwise an error "fname: unknown option 'x' (expected a, b, c)".
+--- how (optional): {optional = true} lets t be nil (then {} is returned); {what = "cond key"} names the
+--- keys in the message instead of "option". The one copy of the check every knnd.* module uses.
+function M.check_keys(fname, t, allowed, how)
+  local what = how and how.what or "option"
+  if t == nil and how and how.optional then return {} end
+  if type(t) ~= "table" then error(("%s: expected a table of %ss, got %s"):format(fname, what, type(t)), 0) end
+  local set = allowed
+  if allowed[1] ~= nil then
+    set = {}
+    for _, k in ipairs(allowed) do set[k] = true end
+  end
+  for k in pairs(t) do
+    if set[k] == nil then
+      local names = {}
+      for n in pairs(set) do names[#names + 1] = n end
+      table.sort(names)
+      error(("%s: unknown %s '%s' (expected %s)"):format(fname, what, tostring(k), table.concat(names, ", ")), 0)
+    end
+  end
+  return t
+end
+
 setmetatable(M, { __call = function(_, defaults) return M.declare(defaults) end })
 return M

@@ -15,6 +15,7 @@
 -- "FID[<name>]" (knnd.eval.fid_label), and only Inception FIDs on the same dataset are placed among
 -- the published systems.
 local knnd = require "knnd"
+local options = require "knnd.options"
 
 local M = {}
 
@@ -24,15 +25,7 @@ local function fail(fname, fmt, ...)
   error(("knnd.report.%s: " .. fmt):format(fname, ...), 0)
 end
 
-local function check_opts(fname, o, allowed)
-  if type(o) ~= "table" then fail(fname, "expected an options table {%s}, got %s", table.concat(allowed, "=, ") .. "=", type(o)) end
-  local set = {}
-  for _, k in ipairs(allowed) do set[k] = true end
-  for k in pairs(o) do
-    if not set[k] then fail(fname, "unknown option '%s' (expected %s)", tostring(k), table.concat(allowed, ", ")) end
-  end
-  return o
-end
+local function check_opts(fname, o, allowed) return options.check_keys("knnd.report." .. fname, o, allowed) end
 
 -- the column label of an extractor's metric; knnd.eval's rule, so tables and eval agree
 local function metric_label(extractor, metric)

@@ -13,6 +13,7 @@
 -- load), out/log.csv (step, loss, recon_loss, usage, perplexity, lr, seconds), all written
 -- atomically. Images are in [-1, 1]; PSNR is over that range (peak-to-peak 2).
 local knnd = require "knnd"
+local options = require "knnd.options"
 local exists = require("knnd.cliutil").exists
 local files = require "knnd.files"
 
@@ -23,17 +24,7 @@ local function fail(fname, fmt, ...)
   error(("knnd.vqvae.%s: " .. fmt):format(fname, ...), 3)
 end
 
-local function check_keys(fname, t, allowed)
-  if type(t) ~= "table" then fail(fname, "argument 1 expected an options table, got %s", type(t)) end
-  for k in pairs(t) do
-    if not allowed[k] then
-      local names = {}
-      for n in pairs(allowed) do names[#names + 1] = n end
-      table.sort(names)
-      fail(fname, "unknown option '%s' (expected %s)", tostring(k), table.concat(names, ", "))
-    end
-  end
-end
+local function check_keys(fname, t, allowed) options.check_keys("knnd.vqvae." .. fname, t, allowed) end
 
 local function positive_int(fname, name, v)
   local i = math.tointeger(v)
@@ -234,7 +225,7 @@ function M.save(model, path, cfg)
 end
 
 --- knnd.vqvae.load(path) -> the VQVAE module (eval mode) saved by save or train (model.h5 or
---- checkpoint.h5)
+--- checkpoint.h5), and its knnd.nn.vqvae options
 function M.load(path)
   if type(path) ~= "string" then fail("load", "argument 1 'path' expected a file path, got %s", type(path)) end
   if not exists(path) then fail("load", "'%s' not found", path) end
@@ -250,7 +241,7 @@ function M.load(path)
   local m = knnd.nn.vqvae(cfg.model)
   m:load_state_dict(ck.model)
   m:eval()
-  return m
+  return m, cfg.model
 end
 
 local eval_keys = { model = 1, dataset = 1, rows = 1, batch = 1 }

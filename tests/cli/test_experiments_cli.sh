@@ -94,9 +94,19 @@ out=$("$knnd" run "$root/experiments/stickers.lua" --set out=st --set clip.steps
 out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=missing --set out=swap 2>&1); rc=$?
 [ $rc != 0 ] && [[ "$out" == *"run experiments/stickers.lua first"* ]]; check "db_swap without a stickers run says what to do" $?
 out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=swap --set sample.per_prompt=1 \
-  --set sample.steps=2 --set prompts="red apple,pizza" 2>&1); rc=$?
+  --set sample.steps=2 --set prompts="red apple,pizza" --set seeds=1,2 --set style.steps=40 2>&1); rc=$?
 [ $rc = 0 ] && [[ "$out" == *"with the EmojiOne index"* ]]; check "db_swap runs ($(echo "$out" | tail -2))" $?
-[ -s swap/swap_knn.png ] && [ -s swap/neighbors_emojione.png ] && [ -s swap/metrics.json ]; check "db_swap writes its grids and metrics" $?
+[ -s swap/swap_knn.png ] && [ -s swap/swap_no_knn.png ] && [ -s swap/neighbors_emojione.png ] && [ -s swap/metrics.json ]
+check "db_swap writes its grids and metrics" $?
+# the style classifier, and per mode and index its EmojiOne share and the alignment over the sampling seeds
+[ -s swap/style.h5 ] && grep -q '"heldout_accuracy"' swap/style.json && grep -q '"emojione_share"' swap/metrics.json \
+  && grep -q '"closer_to_emojione_emojione_index"' swap/metrics.json && grep -q "| knn | swap: EmojiOne - own |" swap/db_swap.md \
+  && grep -q "| knn - no_knn | EmojiOne |" swap/db_swap.md && grep -q "over 2 sampling seeds" swap/db_swap.md
+check "db_swap reports the style classifier's EmojiOne share and the alignment per mode and index, with paired tests" $?
+out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=swap --set sample.per_prompt=1 \
+  --set sample.steps=2 --set prompts="red apple" --set seeds=1 --set modes=knn 2>&1); rc=$?
+[ $rc = 0 ] && [[ "$out" == *"style classifier from swap/style.h5"* ]] && [[ "$out" == *"held-out accuracy"* ]]
+check "a rerun of db_swap reuses its style classifier ($(echo "$out" | tail -1))" $?
 
 # held-out concepts on the toy testbed: 2 modes x 1 seed (the statistics are sweep_spec's), trained
 # without two classes (nor their images as neighbours), judged per held-out and seen class, paired
@@ -112,5 +122,13 @@ out=$("$knnd" sweep "$root/experiments/heldout.lua" --dir sweeps_bad --set testb
   --set heldout=sandals 2>&1); rc=$?
 [ $rc != 0 ] && [[ "$out" == *"unknown class 'sandals'"* ]] && [[ "$out" == *"ankle boot"* ]]
 check "an unknown held-out class is an error listing the classes" $?
+
+# the modality gap on the toy testbed: one barely trained CLIP in its own folder (qs-clip5, sharing
+# qs's judge), its gap measured, knn and no_knn over 2 seeds, the benefit paired by seed and plotted
+out=$(sweep modality_gap.lua --set steps=2 --set batch=4 --set clip_steps=5 --set seed=1,2 --set gap_images=500); rc=$?
+[ $rc = 0 ] && grep -q "gap_topk" sweeps/modality_gap/summary.csv && grep -q '"text_topk"' qs-clip5/modality_gap.json \
+  && grep -q "^5," sweeps/modality_gap/benefit.csv && grep -q "alignment: knn - no_knn" sweeps/modality_gap/benefit.md \
+  && [ -s sweeps/modality_gap/benefit_vs_gap.png ] && [ -s sweeps/modality_gap/fid_benefit_vs_gap.png ] && [ ! -e qs-clip5/judge.h5 ]
+check "modality_gap measures the CLIP's gap and kNN's paired benefit against it ($(echo "$out" | tail -3))" $?
 
 [ $fails = 0 ]
