@@ -68,12 +68,12 @@ knnd_status knnd_autograd_record(const char *op, knnd_tensor *out, int n_inputs,
                                  knnd_backward_fn backward, knnd_node **node) {
   *node = NULL;
   if (grad_disabled) return KNND_OK;
-  if (n_inputs > KNND_NODE_MAX_INPUTS) return knnd_error(KNND_ERR_ARG, "%s: too many inputs for autograd", op);
   bool any = false;
   for (int i = 0; i < n_inputs; i++)
     if (inputs[i] && inputs[i]->requires_grad) any = true;
-  if (!any) return KNND_OK;
+  if (!any) return KNND_OK; /* nothing to record, however many inputs (e.g. cat of many token batches) */
   if (!knnd_dtype_is_float(out->dtype)) return KNND_OK; /* integer results carry no gradient */
+  if (n_inputs > KNND_NODE_MAX_INPUTS) return knnd_error(KNND_ERR_ARG, "%s: too many inputs for autograd", op);
   knnd_node *n = calloc(1, sizeof *n);
   if (!n) return knnd_error(KNND_ERR_NOMEM, "out of memory recording %s", op);
   n->refcount = 1;

@@ -2,7 +2,7 @@
  * and the DDPM / DDIM / DPM-Solver++(2M) steps, all written with ops so they run on any device.
  * The formulas follow Hugging Face diffusers' schedulers (see core/include/knnd/diffusion.h). */
 #include "knnd/diffusion.h"
-#include "tensor/internal.h"
+#include "diffusion_internal.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -181,9 +181,8 @@ static knnd_status check_d(const char *op, const knnd_diffusion *d) {
   return KNND_OK;
 }
 
-/* The per-example timesteps t [B] (i64/i32, each in [0, T)) as a malloc'd host array (B values). */
-static knnd_status read_timesteps(const char *op, const knnd_diffusion *d, const knnd_tensor *t, int64_t batch,
-                                  int64_t **out) {
+knnd_status knnd_diffusion_read_timesteps(const char *op, const knnd_tensor *t, int64_t batch, int64_t num_timesteps,
+                                          int64_t **out) {
   *out = NULL;
   if (!t) return knnd_error(KNND_ERR_ARG, "%s: argument 't' is NULL (expected an i64 tensor [B])", op);
   if (t->dtype != KNND_I64 && t->dtype != KNND_I32)
@@ -206,9 +205,9 @@ static knnd_status read_timesteps(const char *op, const knnd_diffusion *d, const
   knnd_status st = knnd_tensor_to_doubles(t, v, n);
   for (int64_t i = 0; st == KNND_OK && i < n; i++) {
     iv[i] = (int64_t)v[i];
-    if (iv[i] < 0 || iv[i] >= d->o.num_timesteps)
+    if (iv[i] < 0 || iv[i] >= num_timesteps)
       st = knnd_error(KNND_ERR_RANGE, "%s: argument 't' holds %" PRId64 " at position %" PRId64
-                      ", out of range (expected 0 <= t < T = %" PRId64 ")", op, iv[i], i, d->o.num_timesteps);
+                      ", out of range (expected 0 <= t < T = %" PRId64 ")", op, iv[i], i, num_timesteps);
   }
   free(v);
   if (st != KNND_OK) {
@@ -217,6 +216,11 @@ static knnd_status read_timesteps(const char *op, const knnd_diffusion *d, const
   }
   *out = iv;
   return KNND_OK;
+}
+
+static knnd_status read_timesteps(const char *op, const knnd_diffusion *d, const knnd_tensor *t, int64_t batch,
+                                  int64_t **out) {
+  return knnd_diffusion_read_timesteps(op, t, batch, d->o.num_timesteps, out);
 }
 
 /* A [B,1,...,1] f32 tensor (ndim of `like`) of per-example values, on like's device. */

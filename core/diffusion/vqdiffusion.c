@@ -4,7 +4,7 @@
  * What gradients flow through is written with ops; what only depends on tokens (the one-step and
  * cumulative transition terms of a one-hot x_t, masks, weights) is built on the host. */
 #include "knnd/vqdiffusion.h"
-#include "tensor/internal.h"
+#include "diffusion_internal.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -274,39 +274,7 @@ static knnd_status read_tokens(const char *op, const char *name, knnd_tensor *x,
 
 /* t [B] (i64/i32) with every value in [0, T), as a malloc'd host array */
 static knnd_status read_timesteps(const char *op, const knnd_vqdiff *d, knnd_tensor *t, int64_t batch, int64_t **out) {
-  *out = NULL;
-  if (!t) return knnd_error(KNND_ERR_ARG, "%s: argument 't' is NULL (expected i64 timesteps [B])", op);
-  if (t->dtype != KNND_I64 && t->dtype != KNND_I32)
-    return knnd_error(KNND_ERR_DTYPE, "%s: argument 't' has dtype %s (expected i64 or i32)", op,
-                      knnd_dtype_name(t->dtype));
-  if (t->ndim != 1 || t->shape[0] != batch) {
-    char s[128];
-    knnd_shape_str(t->ndim, t->shape, s, sizeof s);
-    return knnd_error(KNND_ERR_SHAPE, "%s: argument 't' has shape %s (expected [%" PRId64 "], one per example)", op, s,
-                      batch);
-  }
-  int64_t n = batch;
-  double *v = malloc((size_t)(n ? n : 1) * sizeof(double));
-  int64_t *iv = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
-  if (!v || !iv) {
-    free(v);
-    free(iv);
-    return knnd_error(KNND_ERR_NOMEM, "%s: no memory for %" PRId64 " timesteps", op, n);
-  }
-  knnd_status st = knnd_tensor_to_doubles(t, v, n);
-  for (int64_t i = 0; st == KNND_OK && i < n; i++) {
-    iv[i] = (int64_t)v[i];
-    if (iv[i] < 0 || iv[i] >= d->o.num_timesteps)
-      st = knnd_error(KNND_ERR_RANGE, "%s: argument 't' holds %" PRId64 " at position %" PRId64
-                      ", out of range (expected 0 <= t < T = %" PRId64 ")", op, iv[i], i, d->o.num_timesteps);
-  }
-  free(v);
-  if (st != KNND_OK) {
-    free(iv);
-    return st;
-  }
-  *out = iv;
-  return KNND_OK;
+  return knnd_diffusion_read_timesteps(op, t, batch, d->o.num_timesteps, out);
 }
 
 /* product of the dims after the first `lead` of a shape */

@@ -304,6 +304,19 @@ describe("joining and indexing", function()
     assert.are.same({ 4 }, parts[3]:totable())
     local two = knnd.arange(6):view(2, 3):split({ 1, 2 }, 2)
     assert.are.same({ { 1, 2 }, { 4, 5 } }, two[2]:totable())
+    -- more inputs than an autograd node holds (8): joined in groups when one needs a gradient, in one
+    -- go when none does (integer tokens, or tensors without requires_grad) -- no error either way
+    local many, ints = {}, {}
+    for i = 1, 20 do
+      many[i] = knnd.full({ 2 }, i)
+      ints[i] = knnd.full({ 2 }, i, { dtype = "i64" })
+    end
+    assert.are.same({ 40 }, knnd.cat(many):shape())
+    assert.are.equal(20, knnd.cat(ints):totable()[40])
+    many[3].requires_grad = true
+    local joined = knnd.cat(many)
+    joined:sum():backward()
+    assert.are.same({ 1, 1 }, many[3].grad:totable())
     errors_with(function() knnd.cat {} end, "knnd.cat: argument 1 expected a non-empty list of tensors")
     errors_with(function() knnd.cat { a, 1 } end, "knnd.cat: argument 1 entry 2 expected a tensor, got number")
     errors_with(function() knnd.cat(a) end, "knnd.cat: argument 1 expected a list of tensors")
