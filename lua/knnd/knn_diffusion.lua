@@ -18,7 +18,13 @@
 -- embedding (cond_embed). Classifier-free guidance: with probability p_uncond a sample's whole
 -- token set is replaced by a learned null token set (Ho & Salimans 2022); at sampling the
 -- guided output is uncond + s·(cond − uncond).
+--
+-- backbone = "discrete" swaps the UNet for VQ-Diffusion's transformer over the tokens of a trained
+-- VQ-VAE (knnd.discrete; discrete = {vqvae = "runs/vq/model.h5", dim =, heads =, layers =, T =, ...}):
+-- the same condition tokens, null condition, training loop, generation and saving.
 local knnd = require "knnd"
+local discrete = require "knnd.discrete"
+local options = require "knnd.options"
 
 local M = {}
 local Model = {}
@@ -33,17 +39,7 @@ local function fail(fname, fmt, ...)
 end
 
 local function check_keys(fname, what, t, allowed)
-  if t == nil then return {} end
-  if type(t) ~= "table" then fail(fname, "%s expected a table, got %s", what, type(t)) end
-  for k in pairs(t) do
-    if allowed[k] == nil then
-      local names = {}
-      for n in pairs(allowed) do names[#names + 1] = n end
-      table.sort(names)
-      fail(fname, "unknown %s '%s' (expected %s)", what, tostring(k), table.concat(names, ", "))
-    end
-  end
-  return t
+  return options.check_keys("knnd.knn_diffusion." .. fname, t, allowed, { optional = true, what = what })
 end
 
 -- a copy of defaults with the given values (one level of nesting, checked)
@@ -73,11 +69,23 @@ M.defaults = {
     num_head_channels = 32, dropout = 0.0, use_scale_shift_norm = true, norm_groups = 32 },
   cond = { mode = "knn", k = 10, dim = 512, p_uncond = 0.1, xi = 3.0 },
   diffusion = { schedule = "cosine", T = 1000, prediction = "eps", min_snr_gamma = 5.0 },
+  -- backbone = "discrete": vqvae is the path of a knnd.vqvae model (or the module, with vqvae_model its
+  -- options); truncation the sampler's top-r mass (VQ-Diffusion's 0.86)
+  discrete = { vqvae = "", vqvae_model = false, dim = 128, heads = 4, layers = 4, mlp_ratio = 4, dropout = 0.0,
+    T = 100, aux_weight = 5e-4, truncation = 0.86 },
 }
 
+M.BACKBONES = { "continuous", "discrete" }
+
 local function resolve_config(fname, cfg)
-  check_keys(fname, "option", cfg, { image_size = 1, channels = 1, unet = 1, cond = 1, diffusion = 1, seed = 1 })
+  check_keys(fname, "option", cfg, { image_size = 1, channels = 1, unet = 1, cond = 1, diffusion = 1, seed = 1,
+    backbone = 1, discrete = 1 })
+  local backbone = cfg.backbone or "continuous"
+  if backbone ~= "continuous" and backbone ~= "discrete" then
+    fail(fname, "option 'backbone' is '%s' (expected continuous or discrete)", tostring(backbone))
+  end
   local r = {
+    backbone = backbone,
     image_size = positive_int(fname, "image_size", cfg.image_size),
     channels = positive_int(fname, "channels", cfg.channels or 3),
     seed = math.tointeger(cfg.seed or 0) or fail(fname, "option 'seed' expected an integer"),
@@ -85,6 +93,25 @@ local function resolve_config(fname, cfg)
     cond = merged(fname, "cond", cfg.cond, M.defaults.cond),
     diffusion = merged(fname, "diffusion", cfg.diffusion, M.defaults.diffusion),
   }
+  if backbone == "discrete" then
+    local dc = merged(fname, "discrete", cfg.discrete, M.defaults.discrete)
+    for _, key in ipairs { "dim", "heads", "layers", "mlp_ratio", "T" } do
+      dc[key] = positive_int(fname, "discrete." .. key, dc[key])
+    end
+    if dc.T < 2 then fail(fname, "option 'discrete.T' is %d (expected at least 2)", dc.T) end
+    if dc.dim % dc.heads ~= 0 then
+      fail(fname, "option 'discrete.dim' (%d) is not a multiple of 'discrete.heads' (%d)", dc.dim, dc.heads)
+    end
+    if not (dc.truncation > 0 and dc.truncation <= 1) then
+      fail(fname, "option 'discrete.truncation' is %g (expected 0 < r <= 1)", dc.truncation)
+    end
+    if dc.vqvae == "" or (type(dc.vqvae) ~= "string" and not knnd.nn.is_module(dc.vqvae)) then
+      fail(fname, "backbone 'discrete' needs option 'discrete.vqvae' (the path of a trained knnd.vqvae model)")
+    end
+    r.discrete = dc
+  elseif cfg.discrete ~= nil then
+    fail(fname, "option 'discrete' is for backbone = 'discrete' (the backbone is '%s')", backbone)
+  end
   local modes = {}
   for _, m in ipairs(knnd.cond.modes()) do modes[m] = true end
   if not modes[r.cond.mode] then
@@ -102,12 +129,47 @@ local function resolve_config(fname, cfg)
 end
 
 -- ---- the model ----------------------------------------------------------------------------
+-- the learned null condition: unit-norm random tokens, like the embeddings it stands in for
+local function null_tokens(c)
+  local null = knnd.randn(c.cond.tokens, c.cond.dim, { gen = knnd.Generator(c.seed + 1) })
+  null = (null / null:square():sum { dim = 2, keepdim = true }:sqrt()):contiguous()
+  null.requires_grad = true
+  return null
+end
+
+-- backbone = "discrete": the frozen VQ-VAE (from its file, or built from its stored options when a saved
+-- model is loaded: the weights then come with the model's) and VQ-Diffusion's transformer
+local function new_discrete(fname, c)
+  local dc = c.discrete
+  local vq, vq_cfg = dc.vqvae, dc.vqvae_model
+  if type(vq) == "string" and vq_cfg then
+    vq = knnd.nn.vqvae(vq_cfg)
+  elseif type(vq) == "string" then
+    local ok, m, mcfg = pcall(knnd.vqvae.load, vq)
+    if not ok then fail(fname, "option 'discrete.vqvae': %s", tostring(m)) end
+    vq, vq_cfg = m, mcfg
+  elseif not vq_cfg then
+    fail(fname, "option 'discrete.vqvae' is a module: give its knnd.nn.vqvae options as 'discrete.vqvae_model' too")
+  end
+  dc.vqvae_model = vq_cfg
+  if (vq_cfg.in_channels or 3) ~= c.channels then
+    fail(fname, "the VQ-VAE takes %d channels but the model is built for %d", vq_cfg.in_channels or 3, c.channels)
+  end
+  local ok, net = pcall(discrete.new, { vqvae = vq, vqvae_config = vq_cfg, image_size = c.image_size,
+    channels = c.channels, dim = dc.dim, heads = dc.heads, layers = dc.layers, mlp_ratio = dc.mlp_ratio,
+    dropout = dc.dropout, context_dim = c.cond.dim, T = dc.T, aux_weight = dc.aux_weight, seed = c.seed })
+  if not ok then fail(fname, "cannot build the discrete backbone: %s", tostring(net)) end
+  if type(dc.vqvae) ~= "string" then dc.vqvae = "(module)" end
+  return setmetatable({ net = net, null = null_tokens(c), config = c }, Model)
+end
+
 --- knnd.knn_diffusion.new{image_size=, channels=3, unet={...}, cond={mode=, k=, dim=, p_uncond=, xi=},
 --- diffusion={schedule=, T=, prediction=, min_snr_gamma=}, seed=0} -> a model
 function M.new(cfg)
   local fname = "new"
   if type(cfg) ~= "table" then fail(fname, "expected a config table, got %s", type(cfg)) end
   local c = resolve_config(fname, cfg)
+  if c.backbone == "discrete" then return new_discrete(fname, c) end
   local u = c.unet
   local net = knnd.nn.unet {
     in_channels = c.channels, out_channels = c.channels, channels = u.channels, channel_mult = u.channel_mult,
@@ -118,11 +180,7 @@ function M.new(cfg)
   local d = c.diffusion
   local diffusion = knnd.diffusion.new { schedule = d.schedule, T = d.T, prediction = d.prediction,
     min_snr_gamma = d.min_snr_gamma }
-  -- the learned null condition: unit-norm random tokens, like the embeddings it stands in for
-  local null = knnd.randn(c.cond.tokens, c.cond.dim, { gen = knnd.Generator(c.seed + 1) })
-  null = (null / null:square():sum { dim = 2, keepdim = true }:sqrt()):contiguous()
-  null.requires_grad = true
-  return setmetatable({ net = net, null = null, diffusion = diffusion, config = c }, Model)
+  return setmetatable({ net = net, null = null_tokens(c), diffusion = diffusion, config = c }, Model)
 end
 
 --- m:parameters() -> the UNet's parameters then the null tokens; m:parameter_names() their state-dict names
@@ -170,6 +228,13 @@ function Model:eval() self.net:eval() end
 
 function Model:__tostring()
   local c = self.config
+  if c.backbone == "discrete" then
+    local dc, n = c.discrete, self.net
+    return ("knnd.knn_diffusion (%dx%dx%d; discrete: %dx%d tokens of %d codes, transformer dim %d x %d layers, "
+      .. "%d heads; cond %s k=%d dim=%d, %d tokens; mask-and-replace T=%d), %d parameters (VQ-VAE frozen)")
+      :format(c.channels, c.image_size, c.image_size, n.h, n.w, n.K, dc.dim, dc.layers, dc.heads, c.cond.mode,
+        c.cond.k, c.cond.dim, c.cond.tokens, dc.T, self:num_params())
+  end
   return ("knnd.knn_diffusion (%dx%dx%d; UNet base %d, mults %s; cond %s k=%d dim=%d, %d tokens; %s/%s T=%d), %d parameters")
     :format(c.channels, c.image_size, c.image_size, c.unet.channels, table.concat(c.unet.channel_mult, ","),
       c.cond.mode, c.cond.k, c.cond.dim, c.cond.tokens, c.diffusion.schedule, c.diffusion.prediction, c.diffusion.T,
@@ -229,6 +294,7 @@ Model.__call = Model.forward
 
 --- m:loss(x0 [B,C,H,W] in [-1,1], tokens [B,T,D] [, {gen=}]) -> the diffusion loss (a scalar)
 function Model:loss(x0, tokens, opts)
+  if self.config.backbone == "discrete" then return self.net:loss(x0, tokens, opts) end
   local gen = opts and opts.gen
   local B = x0:size(1)
   local d = self.diffusion
@@ -245,13 +311,15 @@ end
 function Model:sample(opts)
   local fname = "Model:sample"
   check_keys(fname, "option", opts, { tokens = 1, sampler = 1, steps = 1, guidance = 1, eta = 1, seed = 1, gen = 1,
-    progress = 1, noise = 1, clip = 1 })
+    progress = 1, noise = 1, clip = 1, truncation = 1 })
   local tokens = opts.tokens or fail(fname, "option 'tokens' ([B,T,D], from m:condition) is required")
   local c = self.config
   if tokens:dim() ~= 3 or tokens:size(2) ~= c.cond.tokens or tokens:size(3) ~= c.cond.dim then
     fail(fname, "tokens are %s (expected [B, %d, %d] for mode %s)", table.concat(tokens:shape(), "x"), c.cond.tokens,
       c.cond.dim, c.cond.mode)
   end
+  if c.backbone == "discrete" then return self:sample_discrete(fname, opts, tokens) end
+  if opts.truncation ~= nil then fail(fname, "option 'truncation' is for backbone = 'discrete'") end
   local sampler = opts.sampler or "dpmpp"
   if sampler ~= "dpmpp" and sampler ~= "ddim" and sampler ~= "ddpm" then
     fail(fname, "option 'sampler' is '%s' (expected dpmpp, ddim or ddpm)", tostring(sampler))
@@ -307,12 +375,43 @@ function Model:sample(opts)
   return res
 end
 
+-- Model:sample for backbone = "discrete": VQ-Diffusion's sampler (sampler "vqdiff"; steps: about that many
+-- of the T timesteps, the fast sampler's skip; default all T)
+function Model:sample_discrete(fname, opts, tokens)
+  local dc = self.config.discrete
+  if opts.sampler ~= nil and opts.sampler ~= "vqdiff" then
+    fail(fname, "option 'sampler' is '%s' (the discrete backbone samples with vqdiff)", tostring(opts.sampler))
+  end
+  for _, key in ipairs { "eta", "noise", "clip" } do
+    if opts[key] ~= nil then fail(fname, "option '%s' is for the continuous backbone", key) end
+  end
+  local steps = positive_int(fname, "steps", opts.steps or dc.T)
+  local r = opts.truncation or dc.truncation
+  if type(r) ~= "number" or not (r > 0 and r <= 1) then
+    fail(fname, "option 'truncation' is %s (expected 0 < r <= 1)", tostring(r))
+  end
+  local B = tokens:size(1)
+  local was_training = self.net.training
+  self.net:eval()
+  local ok, res = pcall(knnd.no_grad, function()
+    return self.net:sample { ctx = tokens, null = self:null_tokens(B), steps = steps, guidance = opts.guidance or 3.0,
+      truncation = r, gen = opts.gen or knnd.Generator(opts.seed or 0), progress = opts.progress }
+  end)
+  if was_training then self.net:train() end
+  if not ok then error(res, 0) end
+  return res
+end
+
 local function stored_config(m)
   local c = m.config
   local cond = {}
   for k, v in pairs(c.cond) do if k ~= "tokens" and k ~= "needs_neighbors" then cond[k] = v end end
-  return { image_size = c.image_size, channels = c.channels, seed = c.seed, unet = c.unet, cond = cond,
+  local out = { image_size = c.image_size, channels = c.channels, seed = c.seed, unet = c.unet, cond = cond,
     diffusion = c.diffusion }
+  if c.backbone == "discrete" then
+    out.backbone, out.discrete = c.backbone, c.discrete
+  end
+  return out
 end
 M.stored_config = stored_config
 
@@ -581,7 +680,8 @@ end
 
 -- ---- generation from text -----------------------------------------------------------------
 local generate_keys = { model = 1, clip = 1, index = 1, prompts = 1, query = 1, n = 1, sampler = 1, steps = 1,
-  guidance = 1, seed = 1, grid = 1, neighbor_grid = 1, images = 1, progress = 1, batch = 1, scale = 1, title = 1 }
+  guidance = 1, seed = 1, grid = 1, neighbor_grid = 1, images = 1, progress = 1, batch = 1, scale = 1, title = 1,
+  truncation = 1 }
 
 --- knnd.knn_diffusion.generate{model=, prompts={...}, clip= (a knnd.clip model) | query= f32 [P,D],
 ---   index= (any index with its store: swapping it swaps the database), n=4 per prompt,
@@ -636,7 +736,7 @@ function M.generate(o)
   for first = 1, total, chunk do
     local m = math.min(chunk, total - first + 1)
     images:narrow(1, first, m):copy_(model:sample { tokens = tokens:narrow(1, first, m), sampler = o.sampler,
-      steps = o.steps, guidance = o.guidance, gen = gen })
+      steps = o.steps, guidance = o.guidance, gen = gen, truncation = o.truncation })
     if bar then bar:update(m) end
   end
   if bar then bar:close() end

@@ -7,6 +7,8 @@
 --   judge.h5             a Fashion-MNIST classifier: text alignment, and the FID[fmnist-cnn] features
 --   data/train_emb.h5    the CLIP image embeddings; data/train.index (FAISS Flat); data/train_nn.h5
 --                        (each image's nearest other images: the training condition)
+--   vqvae/model.h5       the discrete backbone's VQ-VAE (7x7 tokens), trained when a discrete model is
+--                        first asked for (tb:vqvae())
 --
 --   local tb = knnd.testbed.fmnist{dir = "runs/quickstart"}
 --   local model, r = tb:train{mode = "knn", k = 10, steps = 600, out = "runs/x/knn"}
@@ -29,6 +31,11 @@ M.defaults = {
   unet = { channels = 32, res_blocks = 1, steps = 600, batch = 64, lr = 1e-3, p_uncond = 0.1, ema = 0.99,
     checkpoint_every = 100, prediction = "v" },
   sample = { sampler = "dpmpp", steps = 20, guidance = 3.0, eval_per_class = 20 },
+  -- backbone = "discrete": a VQ-VAE downsampling by 4 (28x28 -> 7x7 tokens of 128 codes, EMA codebook), then
+  -- VQ-Diffusion's transformer over those 49 tokens (T = 100, as COCO's config; the sampler visits
+  -- sample.steps of them)
+  vqvae = { steps = 1500, batch = 64, lr = 2e-3, channels = 32, num_codes = 128, embed_dim = 16 },
+  discrete = { dim = 128, heads = 4, layers = 4, T = 100, truncation = 0.86 },
 }
 
 local PARAPHRASES = { "a {} on a white background", "a picture of a {}", "a product photo of a {}" }
@@ -214,18 +221,52 @@ function Testbed:subset(name, rows)
   return s
 end
 
---- tb:train{mode=, k=, xi= (lafite_noise), out=, steps=, batch=, lr=, ema=, p_uncond=, prediction=, channels=, res_blocks=,
----   checkpoint_every=, seed=, cache= (path; default the Flat cache), rows= and database= (train on these
----   rows only, their neighbours rows of this store: tb:subset), name=, progress=}
+--- tb:vqvae([{steps=, batch=, lr=}]) -> the path of the testbed's VQ-VAE (vqvae/model.h5), trained on the
+--- training images the first time (resumable; the options replace the testbed's vqvae settings then),
+--- its reconstruction PSNR on 1,000 test images logged
+function Testbed:vqvae(o)
+  local dir = self.dir .. "/vqvae"
+  local path = dir .. "/model.h5"
+  if exists(path) then return path end
+  local v = merge(self.cfg.vqvae, o)
+  self.stage("vqvae", function()
+    local r = knnd.vqvae.train { dataset = self.ds_path, out = dir, steps = v.steps, batch = v.batch, lr = v.lr,
+      seed = self.cfg.seed, name = "vqvae", model = { channels = v.channels, channel_mult = { 1, 2, 2 },
+        num_res_blocks = 1, num_codes = v.num_codes, embed_dim = v.embed_dim, codebook = "ema" } }
+    local test_path = dir .. "/test1000.h5"
+    if not exists(test_path) then
+      knnd.dataset.prepare_fashion_mnist { out = test_path, split = "test", size = 28, channels = 1, limit = 1000,
+        progress = false }
+    end
+    local e = knnd.vqvae.evaluate { model = r.model, dataset = test_path }
+    self.log(("vqvae: %d steps, test PSNR %.2f dB, codebook usage %.0f%%, perplexity %.1f"):format(r.steps, e.psnr,
+      100 * e.usage, e.perplexity))
+  end)
+  return path
+end
+
+--- tb:train{backbone= ("continuous" or "discrete"), mode=, k=, xi= (lafite_noise), out=, steps=, batch=, lr=, ema=,
+---   p_uncond=, prediction=, channels=, res_blocks=, checkpoint_every=, seed=, cache= (path; default the Flat cache),
+---   rows= and database= (train on these rows only, their neighbours rows of this store: tb:subset), name=,
+---   progress=}
 --- -> the EMA model (loaded from out/model.h5), train's result. Resumes from out/checkpoint.h5.
+--- The discrete backbone trains with the same budget, condition and optimiser settings as the UNet.
 function Testbed:train(o)
   local u = merge(self.cfg.unet, o)
   local k = o.k or self.cfg.k
   local seed = o.seed or self.cfg.seed
-  local model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed,
-    unet = { channels = u.channels, num_res_blocks = u.res_blocks },
-    cond = { mode = o.mode or "knn", k = k, dim = self.clip_dim, p_uncond = u.p_uncond, xi = o.xi },
-    diffusion = { prediction = u.prediction } }
+  local cond = { mode = o.mode or "knn", k = k, dim = self.clip_dim, p_uncond = u.p_uncond, xi = o.xi }
+  local model
+  if (o.backbone or "continuous") == "discrete" then
+    local dc = self.cfg.discrete
+    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed, backbone = "discrete", cond = cond,
+      discrete = { vqvae = self:vqvae(), dim = dc.dim, heads = dc.heads, layers = dc.layers, T = dc.T,
+        truncation = dc.truncation } }
+  else
+    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed,
+      unet = { channels = u.channels, num_res_blocks = u.res_blocks }, cond = cond,
+      diffusion = { prediction = u.prediction } }
+  end
   if o.log ~= false then self.log(tostring(model)) end
   local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path,
     cache = o.cache or self:cache_for("Flat", k), database = o.database, rows = o.rows, out = o.out, steps = u.steps,
@@ -272,8 +313,9 @@ end
 function Testbed:evaluate(o)
   local s = merge(self.cfg.sample, o)
   local per = math.max(1, s.eval_per_class // (1 + self.paraphrases))
+  local discrete = o.model.config.backbone == "discrete"
   local g = knnd.knn_diffusion.generate { model = o.model, clip = self.clip, index = o.index or self.index,
-    prompts = self.eval_prompts, n = per, sampler = s.sampler, steps = s.steps, guidance = s.guidance,
+    prompts = self.eval_prompts, n = per, sampler = not discrete and s.sampler or nil, steps = s.steps, guidance = s.guidance,
     seed = (o.seed or self.cfg.seed) + 1, progress = o.progress }
   local target = {}
   for i = 0, g.prompt_index:numel() - 1 do target[i + 1] = self.eval_class[g.prompt_index:get(i + 1) + 1] end
@@ -311,7 +353,9 @@ function M.base(extra)
     batch = C.param(64, "training batch", { min = 1 }),
     guidance = C.param(3.0, "classifier-free guidance scale at sampling (0: unconditional, 1: conditional only)",
       { min = 0 }),
-    sample_steps = C.param(20, "sampler steps", { min = 1 }),
+    sample_steps = C.param(20, "sampler steps (the discrete backbone: about that many of its T timesteps)", { min = 1 }),
+    backbone = C.param("continuous", "the diffusion backbone: the UNet over pixels, or VQ-Diffusion's transformer "
+      .. "over VQ-VAE tokens", { values = { "continuous", "discrete" } }),
     sampler = C.param("dpmpp", "sampler", { values = { "dpmpp", "ddim", "ddpm" } }),
     per_class = C.param(20, "samples judged per class (its prompt and 3 paraphrases)", { min = 4 }),
     seed = 0,
@@ -342,7 +386,7 @@ end
 function Testbed:train_and_score(cfg, run, o)
   o = o or {}
   local t0 = knnd.wall_time()
-  local model, r = self:train { mode = cfg.mode, k = cfg.k, xi = cfg.xi, steps = cfg.steps, batch = cfg.batch, lr = cfg.lr,
+  local model, r = self:train { backbone = cfg.backbone, mode = cfg.mode, k = cfg.k, xi = cfg.xi, steps = cfg.steps, batch = cfg.batch, lr = cfg.lr,
     seed = cfg.seed, out = o.model_dir or run:path("model"), cache = o.cache, rows = o.rows, database = o.database,
     name = run.name, log = false }
   local log = r.log or {}

@@ -131,4 +131,15 @@ out=$(sweep modality_gap.lua --set steps=2 --set batch=4 --set clip_steps=5 --se
   && [ -s sweeps/modality_gap/benefit_vs_gap.png ] && [ -s sweeps/modality_gap/fid_benefit_vs_gap.png ] && [ ! -e qs-clip5/judge.h5 ]
 check "modality_gap measures the CLIP's gap and kNN's paired benefit against it ($(echo "$out" | tail -3))" $?
 
+# the two backbones on the toy testbed: the testbed's VQ-VAE built once (a few steps), then the UNet
+# and VQ-Diffusion's transformer trained and scored alike, paired by seed
+out=$(sweep backbone_ablation.lua --set steps=2 --set batch=4 --set vq_steps=3 --set seed=1); rc=$?
+[ $rc = 0 ] && [ -s qs/vqvae/model.h5 ] && grep -q "^discrete," sweeps/backbone_ablation/summary.csv \
+  && grep -q "| alignment | discrete − continuous | 1 |" sweeps/backbone_ablation/summary.md \
+  && [ -s "sweeps/backbone_ablation/backbone=discrete,seed=1/samples.png" ]
+check "backbone_ablation trains and scores both backbones on one testbed ($(echo "$out" | tail -3))" $?
+out=$(sweep backbone_ablation.lua --set backbone=pixels 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"pixels"* ]] && [[ "$out" == *"discrete"* ]]
+check "an unknown backbone is an error naming the choices" $?
+
 [ $fails = 0 ]

@@ -1,0 +1,198 @@
+-- discrete.lua — the discrete backbone of knnd.knn_diffusion (backbone = "discrete"): VQ-Diffusion's
+-- denoising transformer over the tokens of a frozen VQ-VAE, trained with the mask-and-replace
+-- diffusion of knnd.vqdiff (core/diffusion/vqdiffusion.c).
+--
+--   local net = require("knnd.discrete").new{vqvae = vq, vqvae_config = cfg, image_size = 28,
+--     dim = 128, heads = 4, layers = 4, context_dim = 512, T = 100, seed = 0}
+--   local loss, parts = net:loss(images, tokens_ctx)       -- images in [-1, 1], ctx [B, T', D]
+--   local images = net:sample{ctx = ctx, null = null_ctx, steps = 25, guidance = 3, truncation = 0.86}
+--
+-- The network follows microsoft/VQ-Diffusion's Text2ImageTransformer (the COCO config): a token
+-- embedding over the K codes plus [MASK] and a 2-D positional embedding (DalleMaskImageEmbedding:
+-- a row and a column table added), blocks of AdaLN self-attention, cross-attention to the
+-- condition and MLP (knnd.nn.transformer), then LayerNorm and Linear to the K code logits; weights
+-- N(0, 0.02) as its _init_weights. The condition is knnd.knn_diffusion's token set (the CLIP
+-- vectors of the query and its k neighbours) — the same knnd.cond code as the continuous backbone.
+-- Sampling starts from all-[MASK] tokens and visits the fast sampler's timesteps; each step
+-- guides the x0 prediction with the learned null condition (Improved VQ-Diffusion), truncates it
+-- (top-r mass) and draws the next tokens, as VQ-Diffusion's generate_content.
+local knnd = require "knnd"
+
+local M = {}
+local Net = {}
+Net.__index = Net
+M.Net = Net
+
+local function fail(fname, fmt, ...) error(("knnd.knn_diffusion.%s: " .. fmt):format(fname, ...), 0) end
+
+-- the child modules, in the order of their parameters and state-dict names
+local PARTS = { "emb", "height_emb", "width_emb", "blocks", "ln_out", "to_logits" }
+
+--- knnd.discrete.new{vqvae= (a knnd.nn.vqvae module), vqvae_config= (its options), image_size=, channels=,
+---   dim=, heads=, layers=, mlp_ratio=, dropout=, context_dim=, T=, aux_weight=, seed=} -> a network
+function M.new(o)
+  local fname = "new"
+  local vq = o.vqvae
+  if not knnd.nn.is_module(vq) or vq:type() ~= "VQVAE" then
+    fail(fname, "option 'discrete.vqvae' expected a knnd.nn.vqvae module or the path of a knnd.vqvae model")
+  end
+  vq:eval()
+  -- the token grid and the codebook size, from the VQ-VAE itself
+  local probe = knnd.zeros(1, o.channels, o.image_size, o.image_size)
+  local grid = knnd.no_grad(function() return vq:encode(probe) end)
+  local h, w = grid:size(2), grid:size(3)
+  local K = vq:state_dict()["quantize.embedding.weight"]:size(1)
+  local dim = o.dim
+  local g = knnd.Generator(o.seed)
+  local self = setmetatable({ vqvae = vq, vqvae_config = o.vqvae_config, K = K, h = h, w = w, dim = dim,
+    training = true }, Net)
+  self.emb = knnd.nn.Embedding(K + 1, dim, { gen = g })
+  self.height_emb = knnd.nn.Embedding(h, dim, { gen = g })
+  self.width_emb = knnd.nn.Embedding(w, dim, { gen = g })
+  self.blocks = knnd.nn.transformer { dim = dim, num_heads = o.heads, context_dim = o.context_dim,
+    mlp_ratio = o.mlp_ratio, dropout = o.dropout, diffusion_steps = o.T, num_blocks = o.layers, gen = g }
+  self.ln_out = knnd.nn.LayerNorm(dim)
+  self.to_logits = knnd.nn.Linear(dim, K, { gen = g })
+  knnd.no_grad(function()
+    for _, name in ipairs { "emb", "height_emb", "width_emb", "to_logits" } do
+      local wt = self[name].weight
+      wt:copy_(knnd.randn_like(wt, { gen = g }) * 0.02)
+    end
+    self.to_logits.bias:fill_(0)
+  end)
+  self.process = knnd.vqdiff.new { num_classes = K, T = o.T, aux_weight = o.aux_weight }
+  self.rows = knnd.arange(0, h, { dtype = "i64" })
+  self.cols = knnd.arange(0, w, { dtype = "i64" })
+  return self
+end
+
+--- net:named_parameters() -> {{name=, tensor=}, ...} of the trained parts (the VQ-VAE is frozen)
+function Net:named_parameters()
+  local out = {}
+  for _, part in ipairs(PARTS) do
+    for _, np in ipairs(self[part]:named_parameters()) do
+      out[#out + 1] = { name = part .. "." .. np.name, tensor = np.tensor }
+    end
+  end
+  return out
+end
+
+function Net:parameters()
+  local p = {}
+  for i, np in ipairs(self:named_parameters()) do p[i] = np.tensor end
+  return p
+end
+
+--- net:state_dict() -> name -> tensor: the trained parts and the frozen VQ-VAE (under "vqvae."), so that
+--- a saved model decodes on its own
+function Net:state_dict()
+  local sd = {}
+  for _, np in ipairs(self:named_parameters()) do sd[np.name] = np.tensor end
+  for k, v in pairs(self.vqvae:state_dict()) do sd["vqvae." .. k] = v end
+  return sd
+end
+
+function Net:load_state_dict(sd)
+  local parts, vq = {}, {}
+  for _, part in ipairs(PARTS) do parts[part] = {} end
+  for k, v in pairs(sd) do
+    local head, rest = k:match("^([^.]+)%.(.+)$")
+    if head == "vqvae" then
+      vq[rest] = v
+    elseif head and parts[head] then
+      parts[head][rest] = v
+    else
+      fail("load", "unexpected tensor '%s' in the weights of a discrete model", k)
+    end
+  end
+  for _, part in ipairs(PARTS) do self[part]:load_state_dict(parts[part]) end
+  self.vqvae:load_state_dict(vq)
+  self.vqvae:eval()
+end
+
+function Net:train()
+  self.training = true
+  for _, part in ipairs(PARTS) do self[part]:train() end
+end
+
+function Net:eval()
+  self.training = false
+  for _, part in ipairs(PARTS) do self[part]:eval() end
+end
+
+--- net:forward(x_t tokens i64 [B, N] in [0, K], t [B], ctx [B, T', D]) -> logits [B, K, N]
+function Net:forward(x, t, ctx)
+  local B, N = x:size(1), x:size(2)
+  local pos = (self.height_emb(self.rows):view(self.h, 1, self.dim) + self.width_emb(self.cols):view(1, self.w, self.dim))
+    :reshape(1, N, self.dim)
+  local hdn = self.emb(x) + pos
+  hdn = self.blocks(hdn, t, ctx)
+  return self.to_logits(self.ln_out(hdn)):transpose(2, 3):view(B, self.K, N)
+end
+Net.__call = Net.forward
+
+--- net:encode(images [B,C,H,W] in [-1, 1]) -> i64 tokens [B, h·w] (the frozen VQ-VAE, no gradient)
+function Net:encode(x)
+  return knnd.no_grad(function() return self.vqvae:encode(x) end):reshape(x:size(1), self.h * self.w)
+end
+
+--- net:decode(tokens [B, h·w] in [0, K)) -> images f32 [B,C,H,W] in [-1, 1]
+function Net:decode(tokens)
+  local B = tokens:size(1)
+  return knnd.no_grad(function() return knnd.clamp(self.vqvae:decode(tokens:view(B, self.h, self.w)), -1, 1) end)
+end
+
+--- net:loss(images [B,C,H,W] in [-1, 1], ctx [B,T',D] [, {gen=}]) -> the VQ-Diffusion loss (scalar), its parts
+--- t is drawn uniformly (the reference's importance sampling of t is not used)
+function Net:loss(x0, ctx, opts)
+  local gen = opts and opts.gen
+  local tokens = self:encode(x0)
+  local B = tokens:size(1)
+  local t = knnd.randint(0, self.process:num_timesteps(), { B }, { gen = gen, dtype = "i64" })
+  local xt = self.process:q_sample(tokens, t, { gen = gen })
+  return self.process:loss(self:forward(xt, t, ctx), tokens, xt, t)
+end
+
+--- the skip of the fast sampler that visits about `steps` timesteps (0: every one of the T)
+function Net:skip_for(steps)
+  local T = self.process:num_timesteps()
+  if steps >= T then return 0 end
+  return math.max(0, math.ceil(T / steps) - 1)
+end
+
+--- net:sample{ctx= [B,T',D], null= [B,T',D] (the unconditional tokens), steps=, guidance=,
+---   truncation=, gen=, progress=} -> images f32 [B,C,H,W] in [-1, 1]
+function Net:sample(o)
+  local ctx, gen = o.ctx, o.gen
+  local B, N = ctx:size(1), self.h * self.w
+  local vq, scale, r = self.process, o.guidance, o.truncation
+  local skip = self:skip_for(o.steps)
+  local ts = vq:timesteps(skip)
+  local guided = math.abs(scale - 1) > 1e-3
+  local both = guided and knnd.cat({ ctx, o.null }, 1) or ctx
+  local x = knnd.full({ B, N }, self.K, { dtype = "i64" })
+  local bar = o.progress and knnd.progress { total = #ts, desc = "sample", unit = "step" } or nil
+  for _, t in ipairs(ts) do
+    local xin = guided and knnd.cat({ x, x }, 1) or x
+    local logits = self:forward(xin, knnd.full({ xin:size(1) }, t, { dtype = "i64" }), both)
+    local lx0
+    if guided then
+      lx0 = vq:cfg(vq:log_x0(logits:narrow(1, B + 1, B)), vq:log_x0(logits:narrow(1, 1, B)), scale)
+    else
+      lx0 = vq:log_x0(logits)
+    end
+    if r < 1 then lx0 = vq:truncate(lx0, r) end
+    x = vq:p_sample(lx0, x, t, { skip = skip, gen = gen })
+    if bar then bar:update(1) end
+  end
+  if bar then bar:close() end
+  return self:decode(x)
+end
+
+function Net:num_params()
+  local n = 0
+  for _, p in ipairs(self:parameters()) do n = n + p:numel() end
+  return n
+end
+
+return M

@@ -1,0 +1,181 @@
+-- discrete_spec.lua — knnd.knn_diffusion with backbone = "discrete" (knnd.discrete: VQ-Diffusion's
+-- transformer over VQ-VAE tokens) on real Fashion-MNIST images: the config and its errors, the
+-- network's shapes and gradients, the same condition tokens as the continuous backbone, sampling
+-- (range, determinism, the guidance identity), a self-contained save/load (the VQ-VAE's weights
+-- travel with the model), training that resumes exactly and learns, and generation from an index.
+local knnd = require "knnd"
+local h = require "spec_helpers"
+local kd = knnd.knn_diffusion
+local function tmp(name) return h.tmp("discrete_spec", name) end
+local function rundir(name)
+  local p = tmp(name)
+  os.execute(("rm -rf '%s'"):format(p))
+  return p
+end
+
+-- 400 real images at 16x16; stand-in embeddings (a fixed random projection of the pixels, as
+-- knn_diffusion_spec), an exact index, a neighbour cache; a small VQ-VAE (downsampling by 4: 4x4
+-- tokens of 32 codes) trained for a few steps and saved as knnd.vqvae.train writes it
+local N, D, S = 400, 24, 16
+local ds_path, emb_path, cache_path = tmp("fm16.h5"), tmp("emb.h5"), tmp("nn.h5")
+knnd.dataset.prepare_fashion_mnist { out = ds_path, split = "train", size = S, limit = N, progress = false }
+local ds = knnd.dataset.open(ds_path)
+local pixels = ds:images(knnd.arange(0, N, { dtype = "i64" })):to("f32"):view(N, -1) / 255
+local emb = knnd.matmul(pixels, knnd.randn(S * S, D, { gen = knnd.Generator(7) }))
+emb = emb / emb:square():sum { dim = 2, keepdim = true }:sqrt()
+knnd.embeddings.save(emb_path, emb, { encoder = "random-projection", encoder_hash = "spec" })
+local store = knnd.embeddings.open(emb_path)
+local index = knnd.index.build { store = store, factory = "Flat" }
+knnd.cache.build(cache_path, index, store, { k = 4, exclude_self = true })
+local vq_dir = rundir("vq")
+knnd.vqvae.train { dataset = ds_path, out = vq_dir, steps = 20, batch = 16, lr = 2e-3, seed = 1, progress = false,
+  model = { channels = 16, channel_mult = { 1, 2, 2 }, num_res_blocks = 1, norm_groups = 8, num_codes = 32,
+    embed_dim = 8 } }
+local vq_path = vq_dir .. "/model.h5"
+
+local function tiny(mode, extra)
+  local cfg = { image_size = S, channels = 1, seed = 3, backbone = "discrete", cond = { mode = mode or "knn", k = 4, dim = D },
+    discrete = { vqvae = vq_path, dim = 32, heads = 2, layers = 2, T = 20 } }
+  for k, v in pairs(extra or {}) do cfg[k] = v end
+  return kd.new(cfg)
+end
+
+local function same(a, b) return knnd.eq(a, b):to("f32"):min():item() == 1 end
+
+describe("backbone = discrete: the model", function()
+  it("builds the transformer over the VQ-VAE's token grid, with the mode's null token set", function()
+    for mode, tokens in pairs { knn = 5, no_knn = 1, knn_only = 4, lafite_noise = 1 } do
+      local m = tiny(mode)
+      assert.are.equal("discrete", m.config.backbone)
+      assert.are.same({ tokens, D }, m.null:shape())
+      assert.are.equal(4, m.net.h)
+      assert.are.equal(4, m.net.w)
+      assert.are.equal(32, m.net.K)
+      assert.truthy(tostring(m):find("discrete: 4x4 tokens of 32 codes", 1, true))
+      assert.are.equal(#m:parameters(), #m:parameter_names())
+    end
+    -- the VQ-VAE is frozen: none of its tensors is a parameter, all are in the state dict
+    local m = tiny("knn")
+    for _, name in ipairs(m:parameter_names()) do assert.is_nil(name:find("^vqvae%."), name) end
+    assert.is_not_nil(m:state_dict()["vqvae.quantize.embedding.weight"])
+  end)
+
+  it("names what is wrong in the config", function()
+    h.errors_with(function() tiny("knn", { discrete = { dim = 32 } }) end, "needs option 'discrete.vqvae'")
+    h.errors_with(function() tiny("knn", { discrete = { vqvae = vq_path, dimm = 3 } }) end, "unknown discrete 'dimm'")
+    h.errors_with(function() tiny("knn", { discrete = { vqvae = vq_path, dim = 30, heads = 4 } }) end,
+      "option 'discrete.dim' (30) is not a multiple of 'discrete.heads' (4)")
+    h.errors_with(function() tiny("knn", { discrete = { vqvae = vq_path, truncation = 0 } }) end, "truncation")
+    h.errors_with(function() tiny("knn", { discrete = { vqvae = tmp("none.h5") } }) end, "not found")
+    h.errors_with(function() tiny("knn", { channels = 3 }) end, "the VQ-VAE takes 1 channels but the model is built for 3")
+    h.errors_with(function() tiny("knn", { backbone = "pixels" }) end, "option 'backbone' is 'pixels'")
+    h.errors_with(function() kd.new { image_size = S, channels = 1, cond = { dim = D }, discrete = { dim = 3 } } end,
+      "option 'discrete' is for backbone = 'discrete'")
+  end)
+
+  it("maps tokens to code logits [B, K, N] and its loss reaches every trained tensor", function()
+    local m = tiny("knn")
+    local x = ds:images(knnd.arange(0, 4, { dtype = "i64" })):float() * (2 / 255) - 1
+    local tokens = m.net:encode(x)
+    assert.are.same({ 4, 16 }, tokens:shape())
+    local ctx = m:condition(emb:narrow(1, 1, 4), store:gather(knnd.tensor({ { 5, 6, 7, 8 }, { 9, 10, 11, 12 },
+      { 13, 14, 15, 16 }, { 17, 18, 19, 20 } }, { dtype = "i64" })))
+    local logits = m.net(tokens, knnd.tensor({ 0, 5, 10, 19 }, { dtype = "i64" }), ctx)
+    assert.are.same({ 4, 32, 16 }, logits:shape())
+    local loss, parts = m:loss(x, ctx, { gen = knnd.Generator(1) })
+    assert.are.same({}, loss:shape())
+    assert.is_true(loss:item() > 0 and loss:item() < math.huge)
+    assert.is_true(parts.vb:item() > 0)
+    loss:backward()
+    for i, p in ipairs(m.net:parameters()) do
+      assert.is_not_nil(p.grad, m.net:named_parameters()[i].name)
+    end
+  end)
+end)
+
+describe("backbone = discrete: sampling", function()
+  local m = tiny("knn")
+  local ctx = m:condition(emb:narrow(1, 1, 2), store:gather(knnd.tensor({ { 5, 6, 7, 8 }, { 9, 10, 11, 12 } },
+    { dtype = "i64" })), { inference = true })
+
+  it("gives images in [-1, 1], the same for the same seed, others for another", function()
+    local a = m:sample { tokens = ctx, steps = 5, seed = 1 }
+    assert.are.same({ 2, 1, S, S }, a:shape())
+    assert.is_true(a:min():item() >= -1 and a:max():item() <= 1)
+    assert.is_true(same(a, m:sample { tokens = ctx, steps = 5, seed = 1 }))
+    assert.is_false(same(a, m:sample { tokens = ctx, steps = 5, seed = 2 }))
+    assert.is_false(same(a, m:sample { tokens = ctx, steps = 5, seed = 1, truncation = 0.5 }))
+  end)
+
+  it("at guidance 0 is the unconditional model, i.e. the null tokens at guidance 1", function()
+    local u = m:sample { tokens = ctx, steps = 4, seed = 5, guidance = 0 }
+    local n = m:sample { tokens = m:null_tokens(2), steps = 4, seed = 5, guidance = 1 }
+    h.assert_close(u, n:totable(), 1e-5)
+  end)
+
+  it("names the continuous backbone's options and bad values", function()
+    h.errors_with(function() m:sample { tokens = ctx, sampler = "ddim" } end, "the discrete backbone samples with vqdiff")
+    h.errors_with(function() m:sample { tokens = ctx, eta = 1 } end, "option 'eta' is for the continuous backbone")
+    h.errors_with(function() m:sample { tokens = ctx, truncation = 2 } end, "option 'truncation' is 2")
+    local c = kd.new { image_size = S, channels = 1, unet = { channels = 32, channel_mult = { 1, 2 } },
+      cond = { mode = "no_knn", dim = D } }
+    h.errors_with(function() c:sample { tokens = c:null_tokens(1), truncation = 0.5 } end,
+      "option 'truncation' is for backbone = 'discrete'")
+  end)
+
+  it("saves the VQ-VAE with the model: loading needs no VQ-VAE file", function()
+    local vq_copy = tmp("vq_copy.h5")
+    os.execute(("cp '%s' '%s'"):format(vq_path, vq_copy))
+    local mc = tiny("knn", { discrete = { vqvae = vq_copy, dim = 32, heads = 2, layers = 2, T = 20 } })
+    local path = tmp("model.h5")
+    mc:save(path)
+    os.remove(vq_copy)
+    local back = kd.load(path)
+    assert.are.equal("discrete", back.config.backbone)
+    local sa, sb = mc:state_dict(), back:state_dict()
+    for k, v in pairs(sa) do assert.is_true(same(v, sb[k]), k) end
+    assert.is_true(same(mc:sample { tokens = ctx, steps = 3, seed = 4 }, back:sample { tokens = ctx, steps = 3, seed = 4 }))
+  end)
+end)
+
+describe("backbone = discrete: training", function()
+  local function run(dir, extra)
+    local o = { model = tiny("knn"), dataset = ds_path, embeddings = emb_path, cache = cache_path, steps = 10, batch = 16,
+      lr = 1e-3, out = dir, progress = false, checkpoint_every = 4 }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return kd.train(o)
+  end
+
+  it("resumes from a checkpoint exactly: the same losses and weights as an uninterrupted run", function()
+    local da, db = rundir("run_a"), rundir("run_b")
+    local full = run(da)
+    local part = run(db, { until_step = 6 })
+    assert.are.equal(6, part.steps)
+    local rest = run(db)
+    assert.are.equal(6, rest.resumed_from)
+    assert.are.same(full.log.loss, rest.log.loss)
+    local a, b = kd.load(da .. "/model.h5"), kd.load(db .. "/model.h5")
+    local sa, sb = a:state_dict(), b:state_dict()
+    for k, v in pairs(sa) do assert.is_true(same(v, sb[k]), k) end
+  end)
+
+  it("learns: the loss of the last steps is below that of the first", function()
+    local r = run(rundir("run_learn"), { steps = 60, lr = 2e-3, model = tiny("no_knn") })
+    local function mean(i, j)
+      local s = 0
+      for k = i, j do s = s + r.log.loss[k] end
+      return s / (j - i + 1)
+    end
+    local first, last = mean(1, 10), mean(51, 60)
+    print(("# mean loss %.4f (steps 1-10) -> %.4f (51-60)"):format(first, last))
+    assert.is_true(last < 0.8 * first, ("mean loss %.4f (steps 1-10) -> %.4f (51-60)"):format(first, last))
+  end)
+
+  it("generates from prompts' embeddings and their neighbours in an index, and writes the grid", function()
+    local grid = tmp("gen.png")
+    local r = kd.generate { model = tiny("knn"), prompts = { "first", "second" }, query = emb:narrow(1, 1, 2), index = index,
+      n = 2, steps = 4, grid = grid, progress = false }
+    assert.are.same({ 4, 1, S, S }, r.images:shape())
+    assert.is_true(h.exists(grid))
+  end)
+end)
