@@ -22,11 +22,19 @@ import numpy as np
 K = 10
 PARAMS = {"flat": None, "ivf_flat": ("nprobe", 16), "ivf_pq": ("nprobe", 16), "hnsw": ("efSearch", 64)}
 THRESHOLD = 0.99  # knnd's default duplicate_threshold
+ROWS = [r for r in os.environ.get("KNND_BENCH_ROWS", "").split(",") if r]  # as bench_retrieval.c: empty is all
+
+
+def selected(name):
+    return not ROWS or name in ROWS
 
 
 def best_of(n, fn):
+    """the best of n timings of fn(); a run over 30 s is not repeated (as bench_retrieval.c)"""
     best, out = float("inf"), None
-    for _ in range(n):
+    for i in range(n):
+        if i and best > 30:
+            break
         t = time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - t)
@@ -83,7 +91,7 @@ def exclusion_rows(out):
     for name, index_file, rows_file, dups in (("cache_self", "flat.index", "cache_rows.i64", False),
                                               ("knn_dups", "dups.index", "dups_rows.i64", True)):
         rows_path = os.path.join(out, rows_file)
-        if not os.path.exists(rows_path):
+        if not selected(name) or not os.path.exists(rows_path):
             continue
         knnd_rows = np.fromfile(rows_path, dtype=np.int64).reshape(-1, K)
         index = faiss.read_index(os.path.join(out, index_file))
@@ -108,16 +116,12 @@ def main():
     exact = np.fromfile(os.path.join(out, "exact_labels.i64"), dtype=np.int64).reshape(-1, K)
     for name, param in PARAMS.items():
         path = os.path.join(out, name + ".index")
-        if not os.path.exists(path):
+        if not selected(name) or not os.path.exists(path):
             continue
         index = faiss.read_index(path)
         if param:
             faiss.ParameterSpace().set_index_parameter(index, *param)
-        best = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            _, labels = index.search(q, K)
-            best = min(best, time.perf_counter() - t)
+        best, (_, labels) = best_of(2, lambda: index.search(q, K))
         recall = np.mean([len(set(a) & set(e)) / K for a, e in zip(labels, exact)])
         print(f"ROW {name} {best * 1e3:.2f} {len(q) / best:.0f} {recall:.4f}", flush=True)
     exclusion_rows(out)

@@ -2,9 +2,11 @@
 # run.sh — build bench_retrieval (Release), run it, then FAISS's Python bindings on the same index
 # files and queries, and print QPS, recall@10 and knnd's overhead against FAISS per index type.
 # Usage: bash tests/bench/retrieval/run.sh [N [D [Q [NLIST]]]]   (defaults 100000 512 10000 1024;
-#        the issue's full run is 1000000 512 10000 4096 — hours of index building on 2 cores)
+#        the issue's 1M x 512 run is 1000000 512 10000 1024: 50 min on 2 cores, 16 of them building HNSW)
 # Env:   KNND_BENCH_THREADS (default 2), KNND_BENCH_BUILD (default build-bench), PYTHON
-#        (default /usr/bin/python3, which has Debian's python3-faiss), KNND_BENCH_OUT (index dir)
+#        (default /usr/bin/python3, which has Debian's python3-faiss), KNND_BENCH_OUT (index dir),
+#        KNND_BENCH_ROWS=ivf_pq,hnsw (only these rows, on both sides), KNND_BENCH_REUSE=1 (load the
+#        index files KNND_BENCH_OUT holds from an earlier run of the same shape instead of building)
 set -euo pipefail
 . "$(dirname "$0")/../lib.sh"
 python=${PYTHON:-/usr/bin/python3}

@@ -26,26 +26,4 @@ for mode in train sample; do
     fi
   done
 done
-"$python" - "$log" <<'PY'
-import sys
-rows = [dict(kv.split("=", 1) for kv in l.split()[1:]) for l in open(sys.argv[1]) if l.startswith("RESULT ")]
-def best(impl, mode, key):  # the better of the runs: other processes may load the machine
-    v = [float(r[key]) for r in rows if r["impl"] == impl and r["mode"] == mode]
-    return min(v) if v else None
-def params(impl):
-    return next((r["params"] for r in rows if r["impl"] == impl), "-")
-fmt = lambda v, p=0: "-" if v is None else f"{v:.{p}f}"
-ratio = lambda a, b: a / b if a is not None and b else None
-print(f"parameters: knnd {params('knnd')}, torch {params('torch')}")
-print("| mode | knnd ms | torch ms | knnd/torch | knnd MiB | torch MiB | knnd/torch | knnd +MiB | torch +MiB | knnd/torch |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for mode in ("train", "sample"):
-    km, tm = best("knnd", mode, "ms"), best("torch", mode, "ms")
-    kp, tp = best("knnd", mode, "peak_mib"), best("torch", mode, "peak_mib")
-    kb, tb = best("knnd", mode, "base_mib"), best("torch", mode, "base_mib")
-    kd, td = (kp - kb if kp is not None else None), (tp - tb if tp is not None else None)
-    print(f"| {mode} | {fmt(km)} | {fmt(tm)} | {fmt(ratio(km, tm), 2)} | {fmt(kp)} | {fmt(tp)} | {fmt(ratio(kp, tp), 2)} | "
-          f"{fmt(kd)} | {fmt(td)} | {fmt(ratio(kd, td), 2)} |")
-print("MiB: peak RSS of the process; +MiB: its increase over the RSS before the model was built "
-      "(knnd: at start; torch: after import torch)")
-PY
+"$python" tests/bench/peer_table.py "$log" train,sample

@@ -8,22 +8,17 @@ Prints a RESULT line in bench_unet's format (impl=torch).
     python3 tests/bench/unet/torch_unet_peer.py [--mode train|sample] [--iters 5] [--warmup 2]"""
 import argparse
 import os
-import resource
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "reference"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "..", "reference"), os.path.join(HERE, "..")]
 import unet_reference as ref  # noqa: E402
+from torch_bench import max_rss_mib, timed_result  # noqa: E402
 
 BATCH = 32
-
-
-def max_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def main():
@@ -57,17 +52,7 @@ def main():
     def sample_step():
         model(x, t, ctx)
 
-    fn = train_step if train else sample_step
-    for _ in range(a.warmup):
-        fn()
-    ms = []
-    for _ in range(a.iters):
-        t0 = time.perf_counter()
-        fn()
-        ms.append((time.perf_counter() - t0) * 1e3)
-    print(f"RESULT impl=torch model=unet mode={a.mode} batch={BATCH} threads={torch.get_num_threads()} "
-          f"ms={statistics.median(ms):.2f} min_ms={min(ms):.2f} peak_mib={max_rss_mib():.1f} base_mib={base:.1f} "
-          f"params={params}", flush=True)
+    timed_result(train_step if train else sample_step, "unet", a.mode, BATCH, a.iters, a.warmup, base, params)
 
 
 if __name__ == "__main__":
