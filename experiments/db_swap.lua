@@ -185,7 +185,7 @@ for ri, src in ipairs(sources) do
       for _, k in ipairs(METRICS) do values[mode][ix][k][ri] = {} end
       for si, seed in ipairs(seeds) do
         local g = kd.generate { model = model, clip = r.clip, index = ix == "noto" and r.noto_index or r.e1_index,
-          prompts = prompts, n = s.per_prompt, sampler = s.sampler, steps = s.steps, guidance = s.guidance, seed = seed,
+          prompts = prompts, n = s.per_prompt, sampler = model:sampler_option(s.sampler), steps = s.steps, guidance = s.guidance, seed = seed,
           progress = false }
         if ri == 1 and si == 1 then grid_rows[ix] = g.images end
         local m = measure(r, g)

@@ -5,6 +5,12 @@
 -- among all 3,655 names.
 --
 --   knnd run experiments/stickers.lua [--set out=runs/stickers --set unet.steps=3000]
+--   knnd run experiments/stickers.lua --set backbone=discrete   # VQ-Diffusion over VQ-VAE tokens instead
+--
+-- backbone = discrete trains a VQ-VAE on the emoji first (out/vqvae/: 32x32 -> 8x8 tokens of 256
+-- codes, its PSNR printed) and then VQ-Diffusion's transformer over its tokens with the same
+-- condition, budget (unet.steps, batch, lr, EMA) and judge; the models go to out/<mode>-discrete/
+-- (db_swap.lua takes them with --set modes=knn-discrete,no_knn-discrete).
 --
 -- experiments/db_swap.lua then samples this model with the EmojiOne index swapped in. Stages keep
 -- their results in the run folder and are skipped on a rerun; training resumes from checkpoints.
@@ -16,11 +22,14 @@ local opt = knnd.options {
   seed = 0,
   size = 32,
   modes = "knn,no_knn",
+  backbone = knnd.config.param("continuous", "the diffusion backbone", { values = { "continuous", "discrete" } }),
   k = 10,
   clip = { steps = 1500, batch = 256, width = 96, layers = 2, lr = 1e-3, merges = 800, context = 24 },
   unet = { channels = 64, res_blocks = 1, steps = 2000, batch = 32, lr = 3e-4, p_uncond = 0.1, ema = 0.999,
     checkpoint_every = 200, flip = false },
   sample = { sampler = "dpmpp", steps = 25, guidance = 3.0, per_prompt = 6 },
+  vqvae = { steps = 2000, batch = 32, lr = 1e-3, channels = 64, num_codes = 256, embed_dim = 32 },
+  discrete = { dim = 256, heads = 8, layers = 6, T = 100, truncation = 0.86 },
   prompts = "red apple,grinning face,cat face,pizza,rocket,green heart,sun,snowman,house,ghost,"
     .. "woman technologist,soccer ball",
 }
@@ -111,29 +120,54 @@ do
   metrics.mean_cos_text_to_nn = tn.scores:mean():item()
 end
 
+-- the discrete backbone's VQ-VAE, trained once on the emoji (resumable)
+local discrete = opt.backbone == "discrete"
+local vq_path = out .. "/vqvae/model.h5"
+if discrete then
+  stage("vqvae", function()
+    local v = opt.vqvae
+    local r = knnd.vqvae.train { dataset = ds_path, out = out .. "/vqvae", steps = v.steps, batch = v.batch, lr = v.lr,
+      seed = opt.seed, name = "vqvae", model = { channels = v.channels, channel_mult = { 1, 2, 2 }, num_res_blocks = 1,
+        num_codes = v.num_codes, embed_dim = v.embed_dim, codebook = "ema" } }
+    local e = knnd.vqvae.evaluate { model = r.model, dataset = ds_path }
+    metrics.vqvae = { psnr = e.psnr, usage = e.usage, perplexity = e.perplexity, steps = r.steps }
+    print(("VQ-VAE: %d steps, PSNR %.2f dB on the %d emoji, codebook usage %.0f%%, perplexity %.1f"):format(r.steps,
+      e.psnr, e.count, 100 * e.usage, e.perplexity))
+  end)
+end
+
 local modes = {}
 for m in opt.modes:gmatch("[^,%s]+") do modes[#modes + 1] = m end
 local logs = {}
 metrics.modes = {}
 for _, mode in ipairs(modes) do
-  local dir = out .. "/" .. mode
-  local r = stage("train " .. mode, function()
-    local model = kd.new { image_size = opt.size, channels = 3, seed = opt.seed,
-      unet = { channels = opt.unet.channels, num_res_blocks = opt.unet.res_blocks, attention_resolutions = { 16, 8 } },
-      cond = { mode = mode, k = opt.k, dim = opt.clip.width, p_uncond = opt.unet.p_uncond } }
+  local name = discrete and (mode .. "-discrete") or mode
+  local dir = out .. "/" .. name
+  local r = stage("train " .. name, function()
+    local cond = { mode = mode, k = opt.k, dim = opt.clip.width, p_uncond = opt.unet.p_uncond }
+    local model
+    if discrete then
+      local dc = opt.discrete
+      model = kd.new { image_size = opt.size, channels = 3, seed = opt.seed, backbone = "discrete", cond = cond,
+        discrete = { vqvae = vq_path, dim = dc.dim, heads = dc.heads, layers = dc.layers, T = dc.T,
+          truncation = dc.truncation } }
+    else
+      model = kd.new { image_size = opt.size, channels = 3, seed = opt.seed, cond = cond,
+        unet = { channels = opt.unet.channels, num_res_blocks = opt.unet.res_blocks, attention_resolutions = { 16, 8 } } }
+    end
     print(tostring(model))
     return kd.train { model = model, dataset = ds_path, embeddings = emb_path, cache = cache_path, out = dir,
       steps = opt.unet.steps, batch = opt.unet.batch, lr = opt.unet.lr, ema = opt.unet.ema, seed = opt.seed,
-      checkpoint_every = opt.unet.checkpoint_every, flip = opt.unet.flip, name = mode }
+      checkpoint_every = opt.unet.checkpoint_every, flip = opt.unet.flip, name = name }
   end)
-  logs[#logs + 1] = { name = mode, log = r.log }
+  logs[#logs + 1] = { name = name, log = r.log }
   local model = kd.load(dir .. "/model.h5")
   local m = { final_loss = r.loss }
-  stage("sample " .. mode, function()
+  stage("sample " .. name, function()
     local s = opt.sample
     local g = kd.generate { model = model, clip = clip, index = index, prompts = prompts, n = s.per_prompt,
-      sampler = s.sampler, steps = s.steps, guidance = s.guidance, seed = opt.seed, grid = dir .. "/samples.png",
-      title = ("%s: emoji from their names (the UNet never saw a caption)"):format(mode) }
+      sampler = model:sampler_option(s.sampler), steps = s.steps, guidance = s.guidance, seed = opt.seed,
+      grid = dir .. "/samples.png", title = ("%s: emoji from their names (the model never saw a caption)"):format(name) }
     -- alignment: is the prompt's own name CLIP's best match for the sample, among all names?
     local target, judged = {}, {}
     for i, p in ipairs(g.prompts) do
@@ -149,11 +183,11 @@ for _, mode in ipairs(modes) do
       m.samples_judged = #judged
     end
   end)
-  metrics.modes[mode] = m
+  metrics.modes[name] = m
   print(("%s: the prompt's name is CLIP's top-1 (top-10) of %d names for %.1f%% (%.1f%%) of %d samples")
-    :format(mode, n, 100 * (m.clip_top1 or 0), 100 * (m.clip_top10 or 0), m.samples_judged or 0))
+    :format(name, n, 100 * (m.clip_top1 or 0), 100 * (m.clip_top10 or 0), m.samples_judged or 0))
 end
-kd.plot_losses { path = out .. "/loss.png", runs = logs, title = "stickers: UNet training loss by mode" }
+kd.plot_losses { path = out .. "/loss.png", runs = logs, title = ("stickers: %s training loss by mode"):format(discrete and "VQ-Diffusion" or "UNet") }
 metrics.timings = timings
 metrics.wall_seconds = knnd.wall_time() - t_start
 kd.write_atomic(out .. "/metrics.json", require("dkjson").encode(metrics, { indent = true }) .. "\n")

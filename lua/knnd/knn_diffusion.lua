@@ -375,6 +375,13 @@ function Model:sample(opts)
   return res
 end
 
+--- m:sampler_option(name) -> the sampler option to give m:sample / generate for a script's configured
+--- sampler name: the name for the continuous backbone, nil (its own, vqdiff) for the discrete one
+function Model:sampler_option(name)
+  if self.config.backbone == "discrete" then return nil end
+  return name
+end
+
 -- Model:sample for backbone = "discrete": VQ-Diffusion's sampler (sampler "vqdiff"; steps: about that many
 -- of the T timesteps, the fast sampler's skip; default all T)
 function Model:sample_discrete(fname, opts, tokens)

@@ -415,9 +415,12 @@ end
 
 -- the keys whose values differ between a stored config (from run.json) and a planned one, as
 -- "key: old -> new"; both go through JSON first so that only real differences count
-local function config_diff(stored, planned)
+-- defaults (optional): the base's default config; a key the stored config lacks that the planned one
+-- holds at its default is no difference (the sweep's schema gained that key after the run)
+local function config_diff(stored, planned, defaults)
   local function norm(t) return config.flatten(require("dkjson").decode(config.to_json(t), 1, nil, nil, nil) or {}) end
   local a, b = norm(stored), norm(planned)
+  local d = defaults and norm(defaults) or {}
   local keys, seen = {}, {}
   for k in pairs(a) do seen[k] = true; keys[#keys + 1] = k end
   for k in pairs(b) do if not seen[k] then keys[#keys + 1] = k end end
@@ -426,6 +429,7 @@ local function config_diff(stored, planned)
   for _, k in ipairs(keys) do
     local x, y = a[k], b[k]
     local tx, ty = x == nil and "nil" or value_text(x), y == nil and "nil" or value_text(y)
+    if x == nil and d[k] ~= nil and value_text(d[k]) == ty then ty = tx end
     if tx ~= ty then out[#out + 1] = ("%s: %s -> %s"):format(k, tx, ty) end
   end
   return out
@@ -504,10 +508,12 @@ function M.sweep(spec)
 
   -- a finished run of another config under the same name (a --set that the names do not show)
   -- must not pass for this one
+  local defaults = spec.base and select(2, pcall(config.resolve, spec.base, {}, { prefix = "knnd.sweep", noun = "key" }))
+  if type(defaults) ~= "table" then defaults = nil end
   for _, p in ipairs(mine) do
     local info = knnd_run.read_info(dir .. "/" .. p.name)
     if info and info.status == "finished" then
-      local diff = config_diff(info.config or {}, p.config)
+      local diff = config_diff(info.config or {}, p.config, defaults)
       if #diff > 0 then
         fail("'%s/%s' finished with another config (%s); resume with the config it was run with, or use another "
           .. "sweep name or folder", dir, p.name, table.concat(diff, ", "))

@@ -313,9 +313,8 @@ end
 function Testbed:evaluate(o)
   local s = merge(self.cfg.sample, o)
   local per = math.max(1, s.eval_per_class // (1 + self.paraphrases))
-  local discrete = o.model.config.backbone == "discrete"
   local g = knnd.knn_diffusion.generate { model = o.model, clip = self.clip, index = o.index or self.index,
-    prompts = self.eval_prompts, n = per, sampler = not discrete and s.sampler or nil, steps = s.steps, guidance = s.guidance,
+    prompts = self.eval_prompts, n = per, sampler = o.model:sampler_option(s.sampler), steps = s.steps, guidance = s.guidance,
     seed = (o.seed or self.cfg.seed) + 1, progress = o.progress }
   local target = {}
   for i = 0, g.prompt_index:numel() - 1 do target[i + 1] = self.eval_class[g.prompt_index:get(i + 1) + 1] end

@@ -108,6 +108,16 @@ out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=sw
 [ $rc = 0 ] && [[ "$out" == *"style classifier from swap/style.h5"* ]] && [[ "$out" == *"held-out accuracy"* ]]
 check "a rerun of db_swap reuses its style classifier ($(echo "$out" | tail -1))" $?
 
+# the discrete backbone on the emoji: the stickers run's CLIP and index reused, a VQ-VAE trained a few
+# steps, then VQ-Diffusion's transformer per mode into <mode>-discrete/
+out=$("$knnd" run "$root/experiments/stickers.lua" --set out=st --set clip.steps=10 --set backbone=discrete \
+  --set vqvae.steps=2 --set vqvae.channels=16 --set discrete.dim=32 --set discrete.heads=2 --set discrete.layers=1 \
+  --set unet.steps=2 --set unet.batch=4 --set unet.checkpoint_every=2 --set sample.per_prompt=1 --set sample.steps=2 \
+  --set prompts="red apple,pizza" 2>&1); rc=$?
+[ $rc = 0 ] && [ -s st/vqvae/model.h5 ] && [ -s st/knn-discrete/samples.png ] && [ -s st/no_knn-discrete/model.h5 ] \
+  && grep -q '"knn-discrete"' st/metrics.json && [[ "$out" == *"VQ-VAE: 2 steps, PSNR"* ]]
+check "stickers --set backbone=discrete trains a VQ-VAE, then VQ-Diffusion per mode ($(echo "$out" | tail -2))" $?
+
 # held-out concepts on the toy testbed: 2 modes x 1 seed (the statistics are sweep_spec's), trained
 # without two classes (nor their images as neighbours), judged per held-out and seen class, paired
 # against no_knn

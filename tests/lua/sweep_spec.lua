@@ -171,6 +171,10 @@ describe("knnd.sweep", function()
     assert.are.equal(4, out.skipped)
     h.errors_with(function() knnd.sweep(spec { base = { steps = 3 } }) end,
       "'" .. dir .. "/r/k=1,seed=1' finished with another config (steps: 2 -> 3)")
+    -- a key the base gained after the runs finished, at its default, changes nothing they did
+    out = knnd.sweep(spec { base = { steps = 2, backbone = "continuous" } })
+    assert.are.equal(4, out.skipped)
+    assert.are.equal(4, calls)
     h.errors_with(function() knnd.sweep(spec { resume = false }) end, "already holds 4 of this sweep's runs")
     -- a run left "running" by a dead process runs again; one held by a live process is left alone
     local info = files.read_json(dir .. "/r/k=2,seed=1/run.json")
