@@ -13,20 +13,13 @@ local function rundir(name)
   return p
 end
 
--- 400 real images at 16x16; stand-in embeddings (a fixed random projection of the pixels, as
--- knn_diffusion_spec), an exact index, a neighbour cache; a small VQ-VAE (downsampling by 4: 4x4
--- tokens of 32 codes) trained for a few steps and saved as knnd.vqvae.train writes it
+-- 400 real images at 16x16 with stand-in embeddings, an exact index and a neighbour cache
+-- (spec_helpers.fmnist_retrieval); a small VQ-VAE (downsampling by 4: 4x4 tokens of 32 codes) trained
+-- for a few steps and saved as knnd.vqvae.train writes it
 local N, D, S = 400, 24, 16
-local ds_path, emb_path, cache_path = tmp("fm16.h5"), tmp("emb.h5"), tmp("nn.h5")
-knnd.dataset.prepare_fashion_mnist { out = ds_path, split = "train", size = S, limit = N, progress = false }
-local ds = knnd.dataset.open(ds_path)
-local pixels = ds:images(knnd.arange(0, N, { dtype = "i64" })):to("f32"):view(N, -1) / 255
-local emb = knnd.matmul(pixels, knnd.randn(S * S, D, { gen = knnd.Generator(7) }))
-emb = emb / emb:square():sum { dim = 2, keepdim = true }:sqrt()
-knnd.embeddings.save(emb_path, emb, { encoder = "random-projection", encoder_hash = "spec" })
-local store = knnd.embeddings.open(emb_path)
-local index = knnd.index.build { store = store, factory = "Flat" }
-knnd.cache.build(cache_path, index, store, { k = 4, exclude_self = true })
+local fx = h.fmnist_retrieval("discrete_spec", { n = N, size = S, dim = D, k = 4 })
+local ds_path, emb_path, cache_path, ds, emb, store, index = fx.ds_path, fx.emb_path, fx.cache_path, fx.ds, fx.emb,
+  fx.store, fx.index
 local vq_dir = rundir("vq")
 knnd.vqvae.train { dataset = ds_path, out = vq_dir, steps = 20, batch = 16, lr = 2e-3, seed = 1, progress = false,
   model = { channels = 16, channel_mult = { 1, 2, 2 }, num_res_blocks = 1, norm_groups = 8, num_codes = 32,

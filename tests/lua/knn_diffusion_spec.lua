@@ -13,21 +13,12 @@ local function rundir(name)
   return p
 end
 
--- 600 real images at 16x16, their "embeddings" (a fixed random projection of the pixels,
--- L2-normalised: a stand-in encoder that keeps this spec fast), an exact index and a neighbour cache
+-- 600 real images at 16x16 with stand-in embeddings (a fixed random projection of the pixels: keeps
+-- this spec fast), an exact index and a neighbour cache (spec_helpers.fmnist_retrieval)
 local N, D, S = 600, 24, 16
-local ds_path, emb_path, index_path, cache_path = tmp("fm16.h5"), tmp("emb.h5"), tmp("fm.index"), tmp("nn.h5")
-knnd.dataset.prepare_fashion_mnist { out = ds_path, split = "train", size = S, limit = N, progress = false }
-local ds = knnd.dataset.open(ds_path)
-local pixels = ds:images(knnd.arange(0, N, { dtype = "i64" })):to("f32"):view(N, -1) / 255
-local proj = knnd.randn(S * S, D, { gen = knnd.Generator(7) })
-local emb = knnd.matmul(pixels, proj)
-emb = emb / emb:square():sum { dim = 2, keepdim = true }:sqrt()
-knnd.embeddings.save(emb_path, emb, { encoder = "random-projection", encoder_hash = "spec" })
-local store = knnd.embeddings.open(emb_path)
-local index = knnd.index.build { store = store, factory = "Flat" }
-index:save(index_path)
-knnd.cache.build(cache_path, index, store, { k = 4, exclude_self = true })
+local fx = h.fmnist_retrieval("knn_diffusion_spec", { n = N, size = S, dim = D, k = 4 })
+local ds_path, emb_path, cache_path, ds, emb, store, index = fx.ds_path, fx.emb_path, fx.cache_path, fx.ds, fx.emb,
+  fx.store, fx.index
 
 local function tiny(mode, extra)
   local cfg = { image_size = S, channels = 1, seed = 3,

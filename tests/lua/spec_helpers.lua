@@ -58,4 +58,24 @@ function M.tmp(spec, name)
   return path
 end
 
+--- M.fmnist_retrieval(spec, {n=, size=, dim=, k=, seed=7}) -> {ds_path=, ds=, emb=, emb_path=, store=, index=,
+--- cache_path=}: n real Fashion-MNIST training images at size x size, stand-in embeddings (a fixed random
+--- projection of the pixels, L2-normalised: CLIP's role, cheaply), an exact index over them and the k
+--- nearest other images of each (a neighbour cache), as the knn_diffusion specs need
+function M.fmnist_retrieval(spec, o)
+  local knnd = require "knnd"
+  local n, size, dim = o.n, o.size, o.dim
+  local r = { ds_path = M.tmp(spec, "fm.h5"), emb_path = M.tmp(spec, "emb.h5"), cache_path = M.tmp(spec, "nn.h5") }
+  knnd.dataset.prepare_fashion_mnist { out = r.ds_path, split = "train", size = size, limit = n, progress = false }
+  r.ds = knnd.dataset.open(r.ds_path)
+  local pixels = r.ds:images(knnd.arange(0, n, { dtype = "i64" })):to("f32"):view(n, -1) / 255
+  local emb = knnd.matmul(pixels, knnd.randn(size * size, dim, { gen = knnd.Generator(o.seed or 7) }))
+  r.emb = emb / emb:square():sum { dim = 2, keepdim = true }:sqrt()
+  knnd.embeddings.save(r.emb_path, r.emb, { encoder = "random-projection", encoder_hash = "spec" })
+  r.store = knnd.embeddings.open(r.emb_path)
+  r.index = knnd.index.build { store = r.store, factory = "Flat" }
+  knnd.cache.build(r.cache_path, r.index, r.store, { k = o.k, exclude_self = true })
+  return r
+end
+
 return M
