@@ -366,7 +366,7 @@ static inline float sigm(float x) { return 1.0f / (1.0f + knnd_expf_vec(-x)); }
   X(KNND_UNARY_SIGMOID, sigm(x))                                                                              \
   X(KNND_UNARY_RELU, x > 0 ? x : 0.0f)                                                                        \
   X(KNND_UNARY_SILU, x * sigm(x))                                                                             \
-  X(KNND_UNARY_GELU, 0.5f * x * (1.0f + erff(x * INV_SQRT2)))                                                 \
+  X(KNND_UNARY_GELU, 0.5f * x * (1.0f + knnd_erff_vec(x * INV_SQRT2)))                                        \
   X(KNND_UNARY_GELU_TANH, 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x))))            \
   X(KNND_UNARY_QUICK_GELU, x * sigm(1.702f * x))                                                              \
   X(KNND_UNARY_SIN, sinf(x))                                                                                  \
@@ -389,7 +389,8 @@ static inline float unary_grad(knnd_unary_op op, float x, float y, float g) {
       float s = sigm(x);
       return g * s * (1.0f + x * (1.0f - s));
     }
-    case KNND_UNARY_GELU: return g * (0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x));
+    case KNND_UNARY_GELU:
+      return g * (0.5f * (1.0f + knnd_erff_vec(x * INV_SQRT2)) + x * INV_SQRT_2PI * knnd_expf_vec(-0.5f * x * x));
     case KNND_UNARY_GELU_TANH: {
       float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x), t = tanhf(u);
       float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);

@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "backend/cpu/cpu_vecmath.h"
+
 static double ref_unary(knnd_unary_op op, double x) {
   switch (op) {
     case KNND_UNARY_NEG: return -x;
@@ -65,6 +67,45 @@ static void test_unary_values_and_grads(void **state) {
     kt_gradcheck(unary_f, 1, &x, &c, 1e-3, 2e-3, 2e-2, 0);
     knnd_tensor_release(x);
   }
+}
+
+/* knnd_erff_vec (the exact GELU's erf, vectorisable) against double erf over [-8, 8] and at the
+ * special values; then GELU over a large tensor (the AVX-512 / AVX2 clone of the loop) */
+static void test_erf_vec(void **state) {
+  (void)state;
+  double worst_abs = 0, worst_rel = 0;
+  for (int i = -800000; i <= 800000; i++) {
+    float x = (float)i * 1e-5f;
+    double got = knnd_erff_vec(x), want = erf((double)x), err = fabs(got - want);
+    if (err > worst_abs) worst_abs = err;
+    if (fabs(x) < 1 && x != 0 && err / fabs(want) > worst_rel) worst_rel = err / fabs(want);
+  }
+  assert_true(worst_abs <= 2e-7);
+  assert_true(worst_rel <= 4e-7);
+  const float tiny[] = {1e-30f, 1e-38f, 1e-45f, 3e-8f, 0.9999999f, 1.0000001f, 3.9999998f, 4.0000005f};
+  for (size_t i = 0; i < sizeof tiny / sizeof *tiny; i++) {
+    double want = erf((double)tiny[i]);
+    assert_true(fabs(knnd_erff_vec(tiny[i]) - want) <= 2e-7 + 4e-7 * fabs(want));
+    assert_true(fabs(knnd_erff_vec(-tiny[i]) + want) <= 2e-7 + 4e-7 * fabs(want));
+  }
+  assert_true(knnd_erff_vec(0.0f) == 0.0f && !signbit(knnd_erff_vec(0.0f)));
+  assert_true(knnd_erff_vec(-0.0f) == 0.0f && signbit(knnd_erff_vec(-0.0f)));
+  assert_true(knnd_erff_vec(INFINITY) == 1.0f && knnd_erff_vec(-INFINITY) == -1.0f);
+  assert_true(knnd_erff_vec(100.0f) == 1.0f && knnd_erff_vec(-100.0f) == -1.0f);
+  assert_true(isnan(knnd_erff_vec(NAN)));
+
+  enum { N = 1 << 16 };
+  knnd_tensor *x = kt_randn(1, (int64_t)N), *y;
+  float *px = knnd_tensor_data(x);
+  for (int i = 0; i < N; i++) px[i] *= 4.0f;
+  KT_OK(knnd_unary(KNND_UNARY_GELU, x, &y));
+  const float *py = knnd_tensor_data(y);
+  for (int i = 0; i < N; i++) {
+    double want = ref_unary(KNND_UNARY_GELU, px[i]);
+    assert_true(fabs(py[i] - want) <= 1e-6 + 1e-6 * fabs(want));
+  }
+  knnd_tensor_release(x);
+  knnd_tensor_release(y);
 }
 
 typedef struct {
@@ -242,6 +283,7 @@ static void test_large_contiguous_add_is_parallel_safe(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_unary_values_and_grads),
+      cmocka_unit_test(test_erf_vec),
       cmocka_unit_test(test_binary_broadcast_values_and_grads),
       cmocka_unit_test(test_half_and_integer_arith),
       cmocka_unit_test(test_clamp_where_compare),
