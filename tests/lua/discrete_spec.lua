@@ -7,11 +7,7 @@ local knnd = require "knnd"
 local h = require "spec_helpers"
 local kd = knnd.knn_diffusion
 local function tmp(name) return h.tmp("discrete_spec", name) end
-local function rundir(name)
-  local p = tmp(name)
-  os.execute(("rm -rf '%s'"):format(p))
-  return p
-end
+local function rundir(name) return h.rundir("discrete_spec", name) end
 
 -- 400 real images at 16x16 with stand-in embeddings, an exact index and a neighbour cache
 -- (spec_helpers.fmnist_retrieval); a small VQ-VAE (downsampling by 4: 4x4 tokens of 32 codes) trained

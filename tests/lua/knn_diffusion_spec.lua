@@ -7,11 +7,7 @@ local h = require "spec_helpers"
 local kd = knnd.knn_diffusion
 local function tmp(name) return h.tmp("knn_diffusion_spec", name) end
 -- a run directory, emptied first (a stale checkpoint would be resumed from)
-local function rundir(name)
-  local p = tmp(name)
-  os.execute(("rm -rf '%s'"):format(p))
-  return p
-end
+local function rundir(name) return h.rundir("knn_diffusion_spec", name) end
 
 -- 600 real images at 16x16 with stand-in embeddings (a fixed random projection of the pixels: keeps
 -- this spec fast), an exact index and a neighbour cache (spec_helpers.fmnist_retrieval)

@@ -58,6 +58,13 @@ function M.tmp(spec, name)
   return path
 end
 
+--- a fresh, empty run directory name for a spec (a stale checkpoint there would be resumed from)
+function M.rundir(spec, name)
+  local path = M.tmp(spec, name)
+  os.execute(("rm -rf '%s'"):format(path))
+  return path
+end
+
 --- M.fmnist_retrieval(spec, {n=, size=, dim=, k=, seed=7}) -> {ds_path=, ds=, emb=, emb_path=, store=, index=,
 --- cache_path=}: n real Fashion-MNIST training images at size x size, stand-in embeddings (a fixed random
 --- projection of the pixels, L2-normalised: CLIP's role, cheaply), an exact index over them and the k
