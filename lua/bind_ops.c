@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "bind.h"
+#include "knnd/data.h"
 
 /* push_result(L, fname, knnd_op(..., &out), &out): out is read after the call (an argument
  * `out` could be evaluated before the op runs) */
@@ -362,6 +363,80 @@ static int l_interpolate(lua_State *L) {
   return push_result(L, "interpolate", knnd_interpolate(x, size[0], size[1], (knnd_interp_mode)mode, align, &out), &out);
 }
 
+/* knnd.align_ecc(target, moving [, {motion = "affine" | "euclidean" | "translation", iterations = 100,
+ * eps = 1e-5, gauss_filter = 5, warp = {a, b, tx, c, d, ty}}]) -> aligned f32 [C,H,W], {warp = {6
+ * numbers}, cc =, converged =}: moving aligned to target by ECC (OpenCV's findTransformECC); the warp
+ * maps target pixel coordinates to moving's; outside moving, aligned keeps target's pixels */
+static int l_align_ecc(lua_State *L) {
+  static const char *const keys[] = {"motion", "iterations", "eps", "gauss_filter", "warp", NULL};
+  static const char *const motions[] = {"translation", "euclidean", "affine", NULL};
+  static const char *fname = "align_ecc";
+  knnd_tensor *target = knnd_lua_check_tensor(L, 1, fname), *moving = knnd_lua_check_tensor(L, 2, fname), *out = NULL;
+  int o = opts_at(L, 3, fname, keys);
+  knnd_align_opts ao;
+  memset(&ao, 0, sizeof ao);
+  ao.motion = (knnd_align_motion)knnd_lua_opt_choice(L, o, fname, "motion", "affine", motions);
+  lua_Integer iters = knnd_lua_opt_int(L, o, fname, "iterations", 100);
+  if (iters < 1 || iters > 100000) return luaL_error(L, "knnd.align_ecc: option 'iterations' expected 1 .. 100000");
+  ao.iterations = (int)iters;
+  ao.eps = knnd_lua_opt_number(L, o, fname, "eps", 1e-5);
+  if (!(ao.eps > 0)) return luaL_error(L, "knnd.align_ecc: option 'eps' must be positive");
+  lua_Integer g = knnd_lua_opt_int(L, o, fname, "gauss_filter", 5);
+  if (g < 1 || g > 31 || g % 2 == 0) return luaL_error(L, "knnd.align_ecc: option 'gauss_filter' expected an odd size 1 .. 31");
+  ao.gauss_filter = (int)g;
+  double warp[6] = {1, 0, 0, 0, 1, 0};
+  if (!lua_isnoneornil(L, o) && lua_getfield(L, o, "warp") != LUA_TNIL) {
+    if (!lua_istable(L, -1) || luaL_len(L, -1) != 6)
+      return luaL_error(L, "knnd.align_ecc: option 'warp' expected a list of 6 numbers (a 2x3 matrix, row-major)");
+    for (int i = 0; i < 6; i++) {
+      if (lua_geti(L, -1, i + 1) != LUA_TNUMBER)
+        return luaL_error(L, "knnd.align_ecc: option 'warp' entry %d is not a number", i + 1);
+      warp[i] = lua_tonumber(L, -1);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  } else if (!lua_isnoneornil(L, o)) {
+    lua_pop(L, 1);
+  }
+  double cc = 0;
+  bool converged = false;
+  KNND_LUA_CHECK(L, fname, knnd_align_ecc(target, moving, &ao, warp, &cc, &converged, &out));
+  knnd_lua_push_tensor(L, out);
+  lua_createtable(L, 0, 3);
+  lua_createtable(L, 6, 0);
+  for (int i = 0; i < 6; i++) {
+    lua_pushnumber(L, warp[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "warp");
+  lua_pushnumber(L, cc);
+  lua_setfield(L, -2, "cc");
+  lua_pushboolean(L, converged);
+  lua_setfield(L, -2, "converged");
+  return 2;
+}
+
+/* knnd.warp_affine(moving, warp, fill) -> f32 [C,H,W] of fill's shape: moving resampled through warp
+ * (6 numbers, 2x3 row-major, output pixel coordinates to moving's; bilinear), fill's pixels where the
+ * warp leaves moving */
+static int l_warp_affine(lua_State *L) {
+  static const char *fname = "warp_affine";
+  knnd_tensor *moving = knnd_lua_check_tensor(L, 1, fname), *out = NULL;
+  double warp[6];
+  if (!lua_istable(L, 2) || luaL_len(L, 2) != 6)
+    return luaL_error(L, "knnd.warp_affine: argument 2 'warp' expected a list of 6 numbers (a 2x3 matrix, row-major)");
+  for (int i = 0; i < 6; i++) {
+    if (lua_geti(L, 2, i + 1) != LUA_TNUMBER)
+      return luaL_error(L, "knnd.warp_affine: argument 2 'warp' entry %d is not a number", i + 1);
+    warp[i] = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  knnd_tensor *fill = knnd_lua_check_tensor(L, 3, fname);
+  KNND_LUA_CHECK(L, fname, knnd_warp_affine(moving, warp, fill, &out));
+  knnd_lua_push_tensor(L, out);
+  return 1;
+}
+
 /* knnd.avg_pool2d/max_pool2d(x, kernel_size [, opts]) or (x, {kernel_size =, stride = kernel,
  * padding = 0, ceil_mode = false, count_include_pad = true (avg only)}) */
 static int pool2d(lua_State *L) {
@@ -601,6 +676,8 @@ static const luaL_Reg functions[] = {
     {"linear", l_linear},
     {"conv2d", l_conv2d},
     {"interpolate", l_interpolate},
+    {"align_ecc", l_align_ecc},
+    {"warp_affine", l_warp_affine},
     {"group_norm", l_group_norm},
     {"layer_norm", l_layer_norm},
     {"scaled_dot_product_attention", l_sdpa},

@@ -39,6 +39,33 @@ knnd_status knnd_emoji_render(knnd_emoji_font *font, const char *utf8, int64_t s
  * (partly covered pixels weighted by their share; PIL's Image.BOX), rounded. */
 knnd_status knnd_resize_area(knnd_tensor *img, int64_t out_h, int64_t out_w, knnd_tensor **out);
 
+/* ---- image alignment (data/align.cpp, OpenCV's ECC) ---------------------------------------
+ * The edit pairs of the local-manipulation model paste a retrieved image into an area of
+ * another; ECC (Evangelidis & Psarakis 2008, OpenCV's findTransformECC) finds the warp of the
+ * retrieved image that maximises its enhanced correlation coefficient with the area. */
+typedef enum { KNND_ALIGN_TRANSLATION = 0, KNND_ALIGN_EUCLIDEAN = 1, KNND_ALIGN_AFFINE = 2 } knnd_align_motion;
+
+typedef struct knnd_align_opts {
+  knnd_align_motion motion;
+  int iterations;   /* 0: 100 */
+  double eps;       /* stop when the correlation gains less than this; 0: 1e-5 */
+  int gauss_filter; /* Gaussian blur of both images before ECC (odd; 0: 5; 1: none) */
+} knnd_align_opts;
+
+/* Align `moving` to `target`, both f32 [C,H,W] of the same shape (compared through their channel
+ * means). warp: a 2x3 matrix, row-major, mapping target pixel coordinates to moving's; it holds
+ * the initial guess on entry (NULL entries: identity) and the estimate on return. *cc: the
+ * correlation coefficient reached; *converged false when ECC stopped without converging (images
+ * without texture, or unrelated): the warp is then the initial guess. aligned (optional): f32
+ * [C,H,W], moving resampled through the warp (bilinear), pixels that fall outside moving taken
+ * from target. */
+knnd_status knnd_align_ecc(const knnd_tensor *target, const knnd_tensor *moving, const knnd_align_opts *opts,
+                           double warp[6], double *cc, bool *converged, knnd_tensor **aligned);
+/* moving (f32 [C,H,W]) resampled through warp (2x3, row-major: output pixel coordinates to moving's;
+ * bilinear) into an image of fill's shape (f32 [C,H,W]), fill's pixels where the warp leaves moving */
+knnd_status knnd_warp_affine(const knnd_tensor *moving, const double warp[6], const knnd_tensor *fill,
+                             knnd_tensor **out);
+
 #ifdef __cplusplus
 }
 #endif
