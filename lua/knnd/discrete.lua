@@ -29,7 +29,9 @@ local function fail(fname, fmt, ...) error(("knnd.knn_diffusion.%s: " .. fmt):fo
 local PARTS = { "emb", "height_emb", "width_emb", "blocks", "ln_out", "to_logits" }
 
 --- knnd.discrete.new{vqvae= (a knnd.nn.vqvae module), vqvae_config= (its options), image_size=, channels=,
----   dim=, heads=, layers=, mlp_ratio=, dropout=, context_dim=, T=, aux_weight=, seed=} -> a network
+---   dim=, heads=, layers=, mlp_ratio=, dropout=, context_dim=, T=, aux_weight=, seed=, edit=false} -> a network
+--- edit: a local-manipulation model (knnd.edit): the tokens of the source image Ĩ, through an embedding of
+--- their own ("src_emb"), are added to those of x_t at every position')
 function M.new(o)
   local fname = "new"
   local vq = o.vqvae
@@ -45,7 +47,7 @@ function M.new(o)
   local dim = o.dim
   local g = knnd.Generator(o.seed)
   local self = setmetatable({ vqvae = vq, vqvae_config = o.vqvae_config, K = K, h = h, w = w, dim = dim,
-    training = true }, Net)
+    training = true, edit = o.edit == true, parts = PARTS }, Net)
   self.emb = knnd.nn.Embedding(K + 1, dim, { gen = g })
   self.height_emb = knnd.nn.Embedding(h, dim, { gen = g })
   self.width_emb = knnd.nn.Embedding(w, dim, { gen = g })
@@ -53,8 +55,15 @@ function M.new(o)
     mlp_ratio = o.mlp_ratio, dropout = o.dropout, diffusion_steps = o.T, num_blocks = o.layers, gen = g }
   self.ln_out = knnd.nn.LayerNorm(dim)
   self.to_logits = knnd.nn.Linear(dim, K, { gen = g })
+  local init = { "emb", "height_emb", "width_emb", "to_logits" }
+  if self.edit then
+    self.src_emb = knnd.nn.Embedding(K, dim, { gen = g })
+    self.parts = { table.unpack(PARTS) }
+    self.parts[#self.parts + 1] = "src_emb"
+    init[#init + 1] = "src_emb"
+  end
   knnd.no_grad(function()
-    for _, name in ipairs { "emb", "height_emb", "width_emb", "to_logits" } do
+    for _, name in ipairs(init) do
       local wt = self[name].weight
       wt:copy_(knnd.randn_like(wt, { gen = g }) * 0.02)
     end
@@ -69,7 +78,7 @@ end
 --- net:named_parameters() -> {{name=, tensor=}, ...} of the trained parts (the VQ-VAE is frozen)
 function Net:named_parameters()
   local out = {}
-  for _, part in ipairs(PARTS) do
+  for _, part in ipairs(self.parts) do
     for _, np in ipairs(self[part]:named_parameters()) do
       out[#out + 1] = { name = part .. "." .. np.name, tensor = np.tensor }
     end
@@ -94,7 +103,7 @@ end
 
 function Net:load_state_dict(sd)
   local parts, vq = {}, {}
-  for _, part in ipairs(PARTS) do parts[part] = {} end
+  for _, part in ipairs(self.parts) do parts[part] = {} end
   for k, v in pairs(sd) do
     local head, rest = k:match("^([^.]+)%.(.+)$")
     if head == "vqvae" then
@@ -105,27 +114,29 @@ function Net:load_state_dict(sd)
       fail("load", "unexpected tensor '%s' in the weights of a discrete model", k)
     end
   end
-  for _, part in ipairs(PARTS) do self[part]:load_state_dict(parts[part]) end
+  for _, part in ipairs(self.parts) do self[part]:load_state_dict(parts[part]) end
   self.vqvae:load_state_dict(vq)
   self.vqvae:eval()
 end
 
 function Net:train()
   self.training = true
-  for _, part in ipairs(PARTS) do self[part]:train() end
+  for _, part in ipairs(self.parts) do self[part]:train() end
 end
 
 function Net:eval()
   self.training = false
-  for _, part in ipairs(PARTS) do self[part]:eval() end
+  for _, part in ipairs(self.parts) do self[part]:eval() end
 end
 
---- net:forward(x_t tokens i64 [B, N] in [0, K], t [B], ctx [B, T', D]) -> logits [B, K, N]
-function Net:forward(x, t, ctx)
+--- net:forward(x_t tokens i64 [B, N] in [0, K], t [B], ctx [B, T', D] [, source tokens i64 [B, N] in [0, K): an
+--- edit model's Ĩ]) -> logits [B, K, N]
+function Net:forward(x, t, ctx, src)
   local B, N = x:size(1), x:size(2)
   local pos = (self.height_emb(self.rows):view(self.h, 1, self.dim) + self.width_emb(self.cols):view(1, self.w, self.dim))
     :reshape(1, N, self.dim)
   local hdn = self.emb(x) + pos
+  if self.edit then hdn = hdn + self.src_emb(src) end
   hdn = self.blocks(hdn, t, ctx)
   return self.to_logits(self.ln_out(hdn)):transpose(2, 3):view(B, self.K, N)
 end
@@ -150,7 +161,8 @@ function Net:loss(x0, ctx, opts)
   local B = tokens:size(1)
   local t = knnd.randint(0, self.process:num_timesteps(), { B }, { gen = gen, dtype = "i64" })
   local xt = self.process:q_sample(tokens, t, { gen = gen })
-  return self.process:loss(self:forward(xt, t, ctx), tokens, xt, t)
+  local src = self.edit and self:encode(opts.source) or nil
+  return self.process:loss(self:forward(xt, t, ctx, src), tokens, xt, t)
 end
 
 --- the skip of the fast sampler that visits about `steps` timesteps (0: every one of the T)
@@ -161,7 +173,7 @@ function Net:skip_for(steps)
 end
 
 --- net:sample{ctx= [B,T',D], null= [B,T',D] (the unconditional tokens), steps=, guidance=,
----   truncation=, gen=, progress=} -> images f32 [B,C,H,W] in [-1, 1]
+---   truncation=, gen=, progress=, source= (an edit model's Ĩ [B,C,H,W])} -> images f32 [B,C,H,W] in [-1, 1]
 function Net:sample(o)
   local ctx, gen = o.ctx, o.gen
   local B, N = ctx:size(1), self.h * self.w
@@ -171,10 +183,12 @@ function Net:sample(o)
   local guided = math.abs(scale - 1) > 1e-3
   local both = guided and knnd.cat({ ctx, o.null }, 1) or ctx
   local x = knnd.full({ B, N }, self.K, { dtype = "i64" })
+  local src = self.edit and self:encode(o.source) or nil
+  if src and guided then src = knnd.cat({ src, src }, 1) end
   local bar = o.progress and knnd.progress { total = #ts, desc = "sample", unit = "step" } or nil
   for _, t in ipairs(ts) do
     local xin = guided and knnd.cat({ x, x }, 1) or x
-    local logits = self:forward(xin, knnd.full({ xin:size(1) }, t, { dtype = "i64" }), both)
+    local logits = self:forward(xin, knnd.full({ xin:size(1) }, t, { dtype = "i64" }), both, src)
     local lx0
     if guided then
       lx0 = vq:cfg(vq:log_x0(logits:narrow(1, B + 1, B)), vq:log_x0(logits:narrow(1, 1, B)), scale)

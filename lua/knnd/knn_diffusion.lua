@@ -22,6 +22,11 @@
 -- backbone = "discrete" swaps the UNet for VQ-Diffusion's transformer over the tokens of a trained
 -- VQ-VAE (knnd.discrete; discrete = {vqvae = "runs/vq/model.h5", dim =, heads =, layers =, T =, ...}):
 -- the same condition tokens, null condition, training loop, generation and saving.
+--
+-- edit = true makes a local-manipulation model (PAPER.md, capability 3; knnd.edit): the UNet also
+-- takes an image Ĩ, concatenated to x_t as extra channels, and learns to reconstruct I from Ĩ
+-- (an area of I replaced by a retrieved, aligned neighbour) conditioned on the area's embedding;
+-- knnd.edit.pairs makes the pairs during training, knnd.edit.run applies it to a real image.
 local knnd = require "knnd"
 local discrete = require "knnd.discrete"
 local options = require "knnd.options"
@@ -79,13 +84,14 @@ M.BACKBONES = { "continuous", "discrete" }
 
 local function resolve_config(fname, cfg)
   check_keys(fname, "option", cfg, { image_size = 1, channels = 1, unet = 1, cond = 1, diffusion = 1, seed = 1,
-    backbone = 1, discrete = 1 })
+    backbone = 1, discrete = 1, edit = 1 })
   local backbone = cfg.backbone or "continuous"
   if backbone ~= "continuous" and backbone ~= "discrete" then
     fail(fname, "option 'backbone' is '%s' (expected continuous or discrete)", tostring(backbone))
   end
   local r = {
     backbone = backbone,
+    edit = cfg.edit == true,
     image_size = positive_int(fname, "image_size", cfg.image_size),
     channels = positive_int(fname, "channels", cfg.channels or 3),
     seed = math.tointeger(cfg.seed or 0) or fail(fname, "option 'seed' expected an integer"),
@@ -93,6 +99,9 @@ local function resolve_config(fname, cfg)
     cond = merged(fname, "cond", cfg.cond, M.defaults.cond),
     diffusion = merged(fname, "diffusion", cfg.diffusion, M.defaults.diffusion),
   }
+  if cfg.edit ~= nil and type(cfg.edit) ~= "boolean" then
+    fail(fname, "option 'edit' expected a boolean, got %s", type(cfg.edit))
+  end
   if backbone == "discrete" then
     local dc = merged(fname, "discrete", cfg.discrete, M.defaults.discrete)
     for _, key in ipairs { "dim", "heads", "layers", "mlp_ratio", "T" } do
@@ -157,7 +166,7 @@ local function new_discrete(fname, c)
   end
   local ok, net = pcall(discrete.new, { vqvae = vq, vqvae_config = vq_cfg, image_size = c.image_size,
     channels = c.channels, dim = dc.dim, heads = dc.heads, layers = dc.layers, mlp_ratio = dc.mlp_ratio,
-    dropout = dc.dropout, context_dim = c.cond.dim, T = dc.T, aux_weight = dc.aux_weight, seed = c.seed })
+    dropout = dc.dropout, context_dim = c.cond.dim, T = dc.T, aux_weight = dc.aux_weight, seed = c.seed, edit = c.edit })
   if not ok then fail(fname, "cannot build the discrete backbone: %s", tostring(net)) end
   if type(dc.vqvae) ~= "string" then dc.vqvae = "(module)" end
   return setmetatable({ net = net, null = null_tokens(c), config = c }, Model)
@@ -172,7 +181,7 @@ function M.new(cfg)
   if c.backbone == "discrete" then return new_discrete(fname, c) end
   local u = c.unet
   local net = knnd.nn.unet {
-    in_channels = c.channels, out_channels = c.channels, channels = u.channels, channel_mult = u.channel_mult,
+    in_channels = c.edit and 2 * c.channels or c.channels, out_channels = c.channels, channels = u.channels, channel_mult = u.channel_mult,
     num_res_blocks = u.num_res_blocks, image_size = c.image_size, attention_resolutions = u.attention_resolutions,
     num_head_channels = u.num_head_channels, dropout = u.dropout, use_scale_shift_norm = u.use_scale_shift_norm,
     norm_groups = u.norm_groups, context_dim = c.cond.dim, cond_embed = true, seed = c.seed,
@@ -235,7 +244,7 @@ function Model:__tostring()
       :format(c.channels, c.image_size, c.image_size, n.h, n.w, n.K, dc.dim, dc.layers, dc.heads, c.cond.mode,
         c.cond.k, c.cond.dim, c.cond.tokens, dc.T, self:num_params())
   end
-  return ("knnd.knn_diffusion (%dx%dx%d; UNet base %d, mults %s; cond %s k=%d dim=%d, %d tokens; %s/%s T=%d), %d parameters")
+  return ((c.edit and "knnd.knn_diffusion edit model " or "knnd.knn_diffusion ") .. "(%dx%dx%d; UNet base %d, mults %s; cond %s k=%d dim=%d, %d tokens; %s/%s T=%d), %d parameters")
     :format(c.channels, c.image_size, c.image_size, c.unet.channels, table.concat(c.unet.channel_mult, ","),
       c.cond.mode, c.cond.k, c.cond.dim, c.cond.tokens, c.diffusion.schedule, c.diffusion.prediction, c.diffusion.T,
       self:num_params())
@@ -286,22 +295,43 @@ function Model:null_tokens(B)
   return self.null:unsqueeze(1):expand(B, c.tokens, c.dim)
 end
 
---- m:forward(x_t, t, tokens) -> the network's prediction (eps, v or x0)
-function Model:forward(x, t, tokens)
-  return self.net(x, t, tokens)
+-- an edit model's input: x_t and the source image Ĩ side by side in the channels
+local function with_source(self, fname, x, source)
+  if not self.config.edit then
+    if source ~= nil then fail(fname, "a source image is for an edit model (knn_diffusion.new{edit = true})") end
+    return x
+  end
+  if source == nil then fail(fname, "an edit model needs the source image (option 'source', [B,C,H,W])") end
+  if source:dim() ~= 4 or source:size(1) ~= x:size(1) or source:size(2) ~= x:size(2) or source:size(3) ~= x:size(3)
+      or source:size(4) ~= x:size(4) then
+    fail(fname, "the source images are %s (expected %s, as the images)", table.concat(source:shape(), "x"),
+      table.concat(x:shape(), "x"))
+  end
+  return knnd.cat({ x, source }, 2)
+end
+
+--- m:forward(x_t, t, tokens [, source]) -> the network's prediction (eps, v or x0); source: an edit
+--- model's Ĩ [B,C,H,W]
+function Model:forward(x, t, tokens, source)
+  return self.net(with_source(self, "Model:forward", x, source), t, tokens)
 end
 Model.__call = Model.forward
 
---- m:loss(x0 [B,C,H,W] in [-1,1], tokens [B,T,D] [, {gen=}]) -> the diffusion loss (a scalar)
+--- m:loss(x0 [B,C,H,W] in [-1,1], tokens [B,T,D] [, {gen=, source=}]) -> the diffusion loss (a scalar);
+--- source: an edit model's Ĩ [B,C,H,W]
 function Model:loss(x0, tokens, opts)
-  if self.config.backbone == "discrete" then return self.net:loss(x0, tokens, opts) end
   local gen = opts and opts.gen
+  local source = opts and opts.source
+  if self.config.backbone == "discrete" then
+    with_source(self, "Model:loss", x0, source)
+    return self.net:loss(x0, tokens, opts)
+  end
   local B = x0:size(1)
   local d = self.diffusion
   local t = knnd.randint(0, d:num_timesteps(), { B }, { gen = gen, dtype = "i64" })
   local noise = knnd.randn_like(x0, { gen = gen })
   local xt = d:q_sample(x0, t, noise)
-  return d:loss(self.net(xt, t, tokens), x0, noise, t)
+  return d:loss(self.net(with_source(self, "Model:loss", xt, source), t, tokens), x0, noise, t)
 end
 
 --- m:sample{tokens = [B,T,D], sampler = "dpmpp"|"ddim"|"ddpm", steps = 25, guidance = 3,
@@ -311,7 +341,7 @@ end
 function Model:sample(opts)
   local fname = "Model:sample"
   check_keys(fname, "option", opts, { tokens = 1, sampler = 1, steps = 1, guidance = 1, eta = 1, seed = 1, gen = 1,
-    progress = 1, noise = 1, clip = 1, truncation = 1 })
+    progress = 1, noise = 1, clip = 1, truncation = 1, source = 1, strength = 1 })
   local tokens = opts.tokens or fail(fname, "option 'tokens' ([B,T,D], from m:condition) is required")
   local c = self.config
   if tokens:dim() ~= 3 or tokens:size(2) ~= c.cond.tokens or tokens:size(3) ~= c.cond.dim then
@@ -329,12 +359,32 @@ function Model:sample(opts)
   local gen = opts.gen or knnd.Generator(opts.seed or 0)
   local B = tokens:size(1)
   local d = self.diffusion
+  local source = opts.source
+  if source ~= nil then
+    with_source(self, fname, knnd.empty(B, c.channels, c.image_size, c.image_size), source)
+  elseif c.edit then
+    fail(fname, "an edit model needs option 'source' (the image to edit, [B,C,H,W] in [-1,1])")
+  end
+  local strength = opts.strength or 1.0
+  if type(strength) ~= "number" or not (strength > 0 and strength <= 1) then
+    fail(fname, "option 'strength' is %s (expected 0 < s <= 1)", tostring(strength))
+  end
+  if strength < 1 and not source then fail(fname, "option 'strength' needs a 'source' image") end
   local was_training = self.net.training
   self.net:eval()
   local prev = knnd.set_grad_enabled(false)
   local ok, res = pcall(function()
     local x = opts.noise or knnd.randn(B, c.channels, c.image_size, c.image_size, { gen = gen })
     local ts = d:timesteps(steps, sampler == "dpmpp" and "dpmpp" or sampler)
+    if strength < 1 then
+      -- SDEdit / img2img: start from the source noised to timestep strength·T, on the schedule's tail
+      local t_start, tail = strength * (d:num_timesteps() - 1), {}
+      for _, t in ipairs(ts) do if t <= t_start then tail[#tail + 1] = t end end
+      if #tail == 0 then tail[1] = ts[#ts] end
+      ts = tail
+      x = d:q_sample(source, knnd.full({ B }, ts[1], { dtype = "i64" }), x)
+    end
+    local src_in = source and (scale ~= 1 and knnd.cat({ source, source }, 1) or source) or nil
     local solver = sampler == "dpmpp" and knnd.diffusion.dpmpp(d) or nil
     -- one batched call for the conditional and the unconditional halves when guiding
     local guided = scale ~= 1
@@ -345,7 +395,7 @@ function Model:sample(opts)
     for i, t in ipairs(ts) do
       local xin = guided and knnd.cat({ x, x }, 1) or x
       local tt = knnd.full({ xin:size(1) }, t, { dtype = "i64" })
-      local out = self.net(xin, tt, ctx)
+      local out = self.net(src_in and knnd.cat({ xin, src_in }, 2) or xin, tt, ctx)
       if guided then
         out = knnd.diffusion.cfg(out:narrow(1, B + 1, B), out:narrow(1, 1, B), scale)
       end
@@ -392,6 +442,13 @@ function Model:sample_discrete(fname, opts, tokens)
   for _, key in ipairs { "eta", "noise", "clip" } do
     if opts[key] ~= nil then fail(fname, "option '%s' is for the continuous backbone", key) end
   end
+  if opts.strength ~= nil and opts.strength ~= 1 then
+    fail(fname, "option 'strength' is for the continuous backbone (the discrete one starts from all [MASK])")
+  end
+  if self.config.edit or opts.source ~= nil then
+    with_source(self, fname, knnd.empty(tokens:size(1), self.config.channels, self.config.image_size,
+      self.config.image_size), opts.source)
+  end
   local steps = positive_int(fname, "steps", opts.steps or dc.T)
   local r = opts.truncation or dc.truncation
   if type(r) ~= "number" or not (r > 0 and r <= 1) then
@@ -402,7 +459,7 @@ function Model:sample_discrete(fname, opts, tokens)
   self.net:eval()
   local ok, res = pcall(knnd.no_grad, function()
     return self.net:sample { ctx = tokens, null = self:null_tokens(B), steps = steps, guidance = opts.guidance or 3.0,
-      truncation = r, gen = opts.gen or knnd.Generator(opts.seed or 0), progress = opts.progress }
+      truncation = r, gen = opts.gen or knnd.Generator(opts.seed or 0), progress = opts.progress, source = opts.source }
   end)
   if was_training then self.net:train() end
   if not ok then error(res, 0) end
@@ -415,6 +472,7 @@ local function stored_config(m)
   for k, v in pairs(c.cond) do if k ~= "tokens" and k ~= "needs_neighbors" then cond[k] = v end end
   local out = { image_size = c.image_size, channels = c.channels, seed = c.seed, unet = c.unet, cond = cond,
     diffusion = c.diffusion }
+  if c.edit then out.edit = true end
   if c.backbone == "discrete" then
     out.backbone, out.discrete = c.backbone, c.discrete
   end
@@ -523,7 +581,7 @@ end
 
 local train_keys = { model = 1, dataset = 1, embeddings = 1, cache = 1, database = 1, steps = 1, batch = 1, lr = 1,
   min_lr = 1, warmup = 1, weight_decay = 1, ema = 1, grad_clip = 1, flip = 1, seed = 1, out = 1,
-  checkpoint_every = 1, resume = 1, progress = 1, until_step = 1, time_limit = 1, name = 1, rows = 1 }
+  checkpoint_every = 1, resume = 1, progress = 1, until_step = 1, time_limit = 1, name = 1, rows = 1, pairs = 1 }
 
 --- knnd.knn_diffusion.train{model=, dataset= (path or knnd.dataset), embeddings= (the CLIP image
 ---   embeddings of the dataset's rows: a store, its path, or f32 [N,D]), cache= (neighbour cache
@@ -531,7 +589,9 @@ local train_keys = { model = 1, dataset = 1, embeddings = 1, cache = 1, database
 ---   default embeddings), steps=2000, batch=64, lr=2e-4, min_lr=lr/10, warmup=steps/50,
 ---   weight_decay=0, ema=0.999, grad_clip=1, flip=false, seed=0, out= (run directory),
 ---   checkpoint_every=250, resume=true, progress=true, until_step=, time_limit=, name=, rows= (train on
----   these 0-based rows only, e.g. held-out classes left out; their neighbours still come from the cache)}
+---   these 0-based rows only, e.g. held-out classes left out; their neighbours still come from the cache),
+---   pairs= (an edit model's pair maker, knnd.edit.pairs: each batch's Ĩ, the areas' embeddings and their
+---   neighbours replace the images' own embeddings and cached neighbours; no cache needed)}
 --- -> {steps=, loss=, seconds=, resumed_from=, log=}
 --- Writes out/checkpoint.h5 (model, AdamW, EMA, step, generator, loader position: resuming from it
 --- continues exactly), out/model.h5 (the EMA weights, for knnd.knn_diffusion.load), out/log.csv
@@ -564,7 +624,23 @@ function M.train(o)
     fail(fname, "the embeddings are %d-d but the model was built for cond.dim = %d", emb:size(2), cfg.cond.dim)
   end
   local cache, database
-  if cfg.cond.needs_neighbors then
+  local pairs_maker = o.pairs
+  if cfg.edit and pairs_maker == nil then
+    fail(fname, "an edit model trains on pairs: give option 'pairs' (knnd.edit.pairs{...})")
+  elseif pairs_maker ~= nil and not cfg.edit then
+    fail(fname, "option 'pairs' is for an edit model (knn_diffusion.new{edit = true})")
+  end
+  if pairs_maker ~= nil and (type(pairs_maker) ~= "table" or type(pairs_maker.make) ~= "function") then
+    fail(fname, "option 'pairs' expected a pair maker (knnd.edit.pairs{...})")
+  end
+  if pairs_maker then
+    if pairs_maker.dim ~= cfg.cond.dim then
+      fail(fname, "the pair maker's CLIP gives %d-d embeddings, the model needs cond.dim = %d", pairs_maker.dim, cfg.cond.dim)
+    end
+    if pairs_maker.k < cfg.cond.k then
+      fail(fname, "the pair maker retrieves k = %d neighbours, the model needs k = %d", pairs_maker.k, cfg.cond.k)
+    end
+  elseif cfg.cond.needs_neighbors then
     cache = o.cache or fail(fname, "mode %s needs option 'cache' (a neighbour cache of the dataset)", cfg.cond.mode)
     if type(cache) == "string" then
       if not exists(cache) then fail(fname, "option 'cache': '%s' not found", cache) end
@@ -644,8 +720,14 @@ function M.train(o)
     if o.time_limit and knnd.wall_time() - t0 > o.time_limit then break end
     local b = loader:next()
     local B = b.x:size(1)
-    local q = emb:index_select(1, b.rows)
-    local nb
+    local q, nb, source
+    if pairs_maker then
+      local pr = pairs_maker:make(b.x, b.rows)
+      q, source = pr.query, pr.source
+      if cfg.cond.needs_neighbors then nb = pr.neighbors end
+    else
+      q = emb:index_select(1, b.rows)
+    end
     if cache then
       local nrows = cache:lookup(b.rows, cfg.cond.k)
       local nf = nrows:to("f32")
@@ -657,7 +739,7 @@ function M.train(o)
     local drop = p_uncond > 0 and knnd.lt(knnd.rand(B), p_uncond) or nil
     opt:set_lr(sched(step))
     opt:zero_grad()
-    local loss = model:loss(b.x, model:condition(q, nb, { drop = drop }))
+    local loss = model:loss(b.x, model:condition(q, nb, { drop = drop }), { source = source })
     loss:backward()
     if o.grad_clip ~= false then knnd.optim.clip_grad_norm(params, o.grad_clip or 1.0) end
     opt:step()

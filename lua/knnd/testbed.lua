@@ -275,6 +275,37 @@ function Testbed:train(o)
   return knnd.knn_diffusion.load(o.out .. "/model.h5"), r
 end
 
+--- tb:train_edit{backbone=, mode=, k=, steps=, batch=, lr=, ema=, seed=, out=, align= ("ecc_affine", "ecc_euclidean" or
+---   "resize"), box= {lo, hi}, aspect= {lo, hi}, name=, progress=} -> the EMA edit model (loaded from
+---   out/model.h5), train's result, the pair maker (its stats: pairs made, ECC convergences)
+--- A local-manipulation model (knnd.edit): the testbed's UNet taking Ĩ as extra channels (or, backbone =
+--- "discrete", its VQ-Diffusion transformer taking Ĩ's tokens), trained on
+--- pairs made from the training images with the testbed's CLIP and index; resumes from out/checkpoint.h5.
+function Testbed:train_edit(o)
+  local u = merge(self.cfg.unet, o)
+  local k = o.k or self.cfg.k
+  local seed = o.seed or self.cfg.seed
+  local cond = { mode = o.mode or "knn", k = k, dim = self.clip_dim, p_uncond = u.p_uncond, xi = o.xi }
+  local model
+  if (o.backbone or "continuous") == "discrete" then
+    local dc = self.cfg.discrete
+    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed, backbone = "discrete", edit = true,
+      cond = cond, discrete = { vqvae = self:vqvae(), dim = dc.dim, heads = dc.heads, layers = dc.layers, T = dc.T,
+        truncation = dc.truncation } }
+  else
+    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed, edit = true,
+      unet = { channels = u.channels, num_res_blocks = u.res_blocks }, cond = cond,
+      diffusion = { prediction = u.prediction } }
+  end
+  if o.log ~= false then self.log(tostring(model)) end
+  local pairs = knnd.edit.pairs { clip = self.clip, index = self.index, images = self.train_set.images,
+    embeddings = self.emb_path, k = math.max(k, 1), align = o.align, box = o.box, aspect = o.aspect }
+  local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path, pairs = pairs,
+    out = o.out, steps = u.steps, batch = u.batch, lr = u.lr, ema = u.ema, seed = seed, checkpoint_every = u.checkpoint_every,
+    name = o.name or ("edit " .. (o.mode or "knn")), progress = o.progress }
+  return knnd.knn_diffusion.load(o.out .. "/model.h5"), r, pairs
+end
+
 --- tb:fid_reference() -> the FID[fmnist-cnn] extractor, the test set's statistics and features
 --- (the judge's penultimate features stand in for Inception's: labelled so, never mixed with FID)
 function Testbed:fid_reference()

@@ -152,4 +152,35 @@ out=$(sweep backbone_ablation.lua --set backbone=pixels 2>&1); rc=$?
 [ $rc != 0 ] && [[ "$out" == *"pixels"* ]] && [[ "$out" == *"discrete"* ]]
 check "an unknown backbone is an error naming the choices" $?
 
+# local manipulation on the toy testbed: an edit model per align (ECC, resize) and the regenerating
+# baseline, the garment edits measured; then `knnd edit` on a real test image with that model
+out=$(sweep manipulation.lua --set steps=2 --set batch=4 --set seed=1 --set edit_images=2); rc=$?
+run="sweeps/manipulation/align=ecc_affine,seed=1"
+[ $rc = 0 ] && grep -q "target_acc_regen" sweeps/manipulation/summary.csv && grep -q "| target_acc | resize − ecc_affine | 1 |" \
+  sweeps/manipulation/summary.md && [ -s "$run/edits.png" ] && grep -q "^pullover -> coat,edit," "$run/edit_metrics.csv" \
+  && grep -q "ECC converged on" "$run/log.jsonl" && [ -s qs/edit-baseline/knn-k10-steps2-batch4-seed1/model.h5 ]
+check "manipulation trains edit models and the regenerating baseline and measures the edits ($(echo "$out" | tail -3))" $?
+out=$("$knnd" sweep "$root/experiments/manipulation.lua" --dir sweeps_discrete --set testbed=qs --set steps=2 --set batch=4 \
+  --set seed=1 --set edit_images=2 --set sample_steps=2 --set align=resize --set backbone=discrete 2>&1); rc=$?
+[ $rc = 0 ] && grep -q "^resize," sweeps_discrete/manipulation/summary.csv \
+  && [ -s qs/edit-baseline/knn-discrete-k10-steps2-batch4-seed1/model.h5 ] \
+  && [ -s "sweeps_discrete/manipulation/align=resize,seed=1/edits.png" ]
+check "manipulation runs on the discrete backbone too ($(echo "$out" | tail -3))" $?
+cat > mkimg.lua <<'EOF'
+local knnd = require "knnd"
+local ts = knnd.data.fashion_mnist { split = "test" }
+knnd.save_png("pullover.png", ts.images:narrow(1, 2, 1):reshape(1, 28, 28))
+EOF
+"$knnd" run mkimg.lua >/dev/null 2>&1
+out=$("$knnd" edit pullover.png "a photo of a coat" --model "$run/edit/model.h5" --clip qs/clip.safetensors \
+  --index qs/data/train.index --steps 2 -n 2 --out coat.png --grid coat_grid.png -q 2>&1); rc=$?
+[ $rc = 0 ] && [ -s coat.png ] && [ -s coat_grid.png ] && [[ "$out" == *"2 results"* ]]
+check "knnd edit writes the edited image and a before/after grid ($out)" $?
+out=$("$knnd" edit pullover.png "a photo of a coat" --model qs/knn/model.h5 --clip qs/clip.safetensors 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"not an edit model"* ]]; check "knnd edit with a text-to-image model says so ($out)" $?
+out=$("$knnd" edit pullover.png "a coat" --model "$run/edit/model.h5" --clip qs/clip.safetensors 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"give --index"* ]]; check "knnd edit of a kNN model without an index says so ($out)" $?
+out=$("$knnd" edit nothing.png "a coat" --model "$run/edit/model.h5" --clip qs/clip.safetensors 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"nothing.png' not found"* ]]; check "knnd edit of a missing image names it ($out)" $?
+
 [ $fails = 0 ]

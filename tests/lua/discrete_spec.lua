@@ -167,4 +167,37 @@ describe("backbone = discrete: training", function()
     assert.are.same({ 4, 1, S, S }, r.images:shape())
     assert.is_true(h.exists(grid))
   end)
+
+  it("edits (edit = true): the source's tokens through an embedding of their own; trains on pairs, saves, loads", function()
+    local m = tiny("knn", { edit = true })
+    assert.is_not_nil(m:state_dict()["src_emb.weight"])
+    local proj = knnd.randn(S * S, D, { gen = knnd.Generator(5) })
+    local clip = { encode_images = function(_, x)
+      local e = knnd.matmul(x:reshape(x:size(1), -1), proj)
+      return e / e:square():sum { dim = 2, keepdim = true }:sqrt()
+    end }
+    local images = ds:images(knnd.arange(0, N, { dtype = "i64" }))
+    local p = knnd.edit.pairs { clip = clip, index = index, images = images, embeddings = emb, k = 4 }
+    local dir = rundir("edit")
+    local r = kd.train { model = m, dataset = ds, embeddings = emb, pairs = p, out = dir, steps = 3, batch = 4,
+      progress = false }
+    assert.are.equal(3, r.steps)
+    local back = kd.load(dir .. "/model.h5")
+    assert.is_true(back.config.edit)
+    local x = images:narrow(1, 1, 2):to("f32") / 127.5 - 1
+    local res = knnd.edit.run { model = back, query = emb:narrow(1, 1, 1), index = index, image = x, steps = 3, text = "e" }
+    assert.are.same({ 2, 1, S, S }, res.images:shape())
+    -- the source enters the logits
+    local tokens = back:condition(emb:narrow(1, 1, 2), emb:narrow(1, 1, 8):view(2, 4, D))
+    local xt = knnd.full({ 2, back.net.h * back.net.w }, back.net.K, { dtype = "i64" })
+    local t = knnd.full({ 2 }, 5, { dtype = "i64" })
+    local other = images:narrow(1, 3, 2):to("f32") / 127.5 - 1
+    local a = back.net:forward(xt, t, tokens, back.net:encode(x))
+    local b = back.net:forward(xt, t, tokens, back.net:encode(other))
+    assert.is_true((a - b):abs():max():item() > 1e-4)
+    h.errors_with(function() back:sample { tokens = tokens, source = x, strength = 0.5 } end,
+      "option 'strength' is for the continuous backbone")
+    h.errors_with(function() back:sample { tokens = tokens } end, "an edit model needs the source image")
+    h.errors_with(function() back:loss(x, tokens) end, "needs the source image")
+  end)
 end)
