@@ -31,6 +31,8 @@ M.defaults = {
   extra = 8,             -- neighbours fetched beyond k, so that k remain after the exclusions
   rank = { 1, 1 },       -- the pasted neighbour's rank among the area's neighbours, drawn uniformly ({1, 1}: the
                          -- nearest, as the paper; further ranks paste content that disagrees more with the area)
+  area_weight = 1,       -- the training loss's weight on the pasted area's pixels against the rest's (1: a plain
+                         -- loss, as the paper; above 1 stresses rebuilding the area over copying the rest)
 }
 
 local function range_opt(fname, name, v, lo_min)
@@ -56,12 +58,12 @@ M.Pairs = Pairs
 ---   store's ids are the database rows), images= (the database's images: u8 [N,H,W] / [N,C,H,W], or f32 in
 ---   [-1,1]), embeddings= (f32 [N,D], a store, or its path: the database's embeddings, for near-duplicates),
 ---   k=10, box={0.4, 0.8}, aspect={0.5, 2}, align="ecc_affine" | "ecc_euclidean" | "resize",
----   dup_threshold=0.98, extra=8, rank={1, 1}} -> a pair maker for knnd.knn_diffusion.train{pairs = ...}
+---   dup_threshold=0.98, extra=8, rank={1, 1}, area_weight=1} -> a pair maker for knnd.knn_diffusion.train{pairs = ...}
 --- Its randomness (the boxes) comes from the default generator, which training checkpoints.
 function M.pairs(o)
   local fname = "pairs"
   options.check_keys("knnd.edit.pairs", o, { clip = 1, index = 1, images = 1, embeddings = 1, k = 1, box = 1,
-    aspect = 1, align = 1, dup_threshold = 1, extra = 1, rank = 1 })
+    aspect = 1, align = 1, dup_threshold = 1, extra = 1, rank = 1, area_weight = 1 })
   local clip = o.clip or fail(fname, "option 'clip' (the CLIP that embeds the areas) is required")
   local idx = o.index or fail(fname, "option 'index' (an index over the database's image embeddings) is required")
   local images = o.images or fail(fname, "option 'images' (the database's images) is required")
@@ -97,11 +99,16 @@ function M.pairs(o)
       or rank[2] < rank[1] then
     fail(fname, "option 'rank' expected {lo, hi}: whole numbers with 1 <= lo <= hi")
   end
+  local area_weight = o.area_weight or M.defaults.area_weight
+  if type(area_weight) ~= "number" or not (area_weight > 0) or area_weight == math.huge then
+    fail(fname, "option 'area_weight' expected a positive number, got %s", tostring(area_weight))
+  end
   local e = emb:to("f32")
   e = (e / (e:square():sum { dim = 2, keepdim = true }:sqrt() + 1e-12)):contiguous()
   return setmetatable({ clip = clip, index = idx, images = images, embeddings = e, k = k, dim = emb:size(2),
     box = range_opt(fname, "box", o.box or M.defaults.box, 0), aspect = range_opt(fname, "aspect",
     o.aspect or M.defaults.aspect, 0), align = align, dup_threshold = dup, extra = extra, rank = { rank[1], rank[2] },
+    area_weight = area_weight,
     stats = { pairs = 0, ecc_converged = 0, short_lists = 0 } }, Pairs)
 end
 
@@ -221,7 +228,7 @@ end
 --- p:make(x [B,C,H,W] in [-1,1], rows (i64 [B], the images' database rows; nil: images outside the database)
 ---   [, {gen=}]) -> {source = Ĩ [B,C,H,W], query = f32 [B,D] (the areas' embeddings), neighbors = f32 [B,k,D],
 ---   neighbor_rows = i64 [B,k], pasted = i64 [B] (the row pasted into each), boxes = {{y, x, h, w}, ...} (0-based),
----   cc =, converged =}
+---   cc =, converged =, pixel_weights = f32 [B,1,H,W] (area_weight inside each box, 1 outside; nil when 1)}
 function Pairs:make(x, rows, opts)
   if not knnd.is_tensor(x) or x:dim() ~= 4 then fail("pairs", "make: argument 1 expected images [B,C,H,W]") end
   if rows ~= nil and (not knnd.is_tensor(rows) or rows:numel() ~= x:size(1)) then
@@ -235,8 +242,15 @@ function Pairs:make(x, rows, opts)
     local nb = self:neighbors(q, rows, gen)
     local pasted = nb.pasted
     local source, al = self:paste(x, boxes, pasted)
+    local pw
+    if self.area_weight ~= 1 then
+      pw = knnd.ones(x:size(1), 1, x:size(3), x:size(4))
+      for i, b in ipairs(boxes) do
+        pw:narrow(1, i, 1):narrow(3, b[1] + 1, b[3]):narrow(4, b[2] + 1, b[4]):fill_(self.area_weight)
+      end
+    end
     return { source = source, query = q, neighbors = nb.embeddings, neighbor_rows = nb.rows, pasted = pasted,
-      boxes = boxes, cc = al.cc, converged = al.converged }
+      boxes = boxes, cc = al.cc, converged = al.converged, pixel_weights = pw }
   end)
   knnd.set_grad_enabled(prev)
   if not ok then error(res, 0) end

@@ -317,13 +317,15 @@ function Model:forward(x, t, tokens, source)
 end
 Model.__call = Model.forward
 
---- m:loss(x0 [B,C,H,W] in [-1,1], tokens [B,T,D] [, {gen=, source=}]) -> the diffusion loss (a scalar);
---- source: an edit model's Ĩ [B,C,H,W]
+--- m:loss(x0 [B,C,H,W] in [-1,1], tokens [B,T,D] [, {gen=, source=, pixel_weights=}]) -> the diffusion loss (a
+--- scalar); source: an edit model's Ĩ [B,C,H,W]; pixel_weights [B,1,H,W] (continuous backbone): each image's
+--- squared errors weighted by them (normalised to mean 1 per image), e.g. the pasted area of an edit pair stressed
 function Model:loss(x0, tokens, opts)
   local gen = opts and opts.gen
   local source = opts and opts.source
   if self.config.backbone == "discrete" then
     with_source(self, "Model:loss", x0, source)
+    if opts and opts.pixel_weights ~= nil then fail("Model:loss", "option 'pixel_weights' is for the continuous backbone") end
     return self.net:loss(x0, tokens, opts)
   end
   local B = x0:size(1)
@@ -331,7 +333,17 @@ function Model:loss(x0, tokens, opts)
   local t = knnd.randint(0, d:num_timesteps(), { B }, { gen = gen, dtype = "i64" })
   local noise = knnd.randn_like(x0, { gen = gen })
   local xt = d:q_sample(x0, t, noise)
-  return d:loss(self.net(with_source(self, "Model:loss", xt, source), t, tokens), x0, noise, t)
+  local out = self.net(with_source(self, "Model:loss", xt, source), t, tokens)
+  local pw = opts and opts.pixel_weights
+  if pw == nil then return d:loss(out, x0, noise, t) end
+  if pw:dim() ~= 4 or pw:size(1) ~= B or pw:size(2) ~= 1 or pw:size(3) ~= x0:size(3) or pw:size(4) ~= x0:size(4) then
+    fail("Model:loss", "option 'pixel_weights' is %s (expected [%d, 1, %d, %d])", table.concat(pw:shape(), "x"), B,
+      x0:size(3), x0:size(4))
+  end
+  -- diffusion:loss with per-pixel weights: mean_b(w_b · mean(m_b · (out_b − target_b)²)), m_b of mean 1
+  local m = pw / pw:mean { dim = { 2, 3, 4 }, keepdim = true }
+  local se = (out - d:target(x0, t, noise)):square() * m
+  return (se:mean { dim = { 2, 3, 4 } } * d:loss_weights(t)):mean()
 end
 
 --- m:sample{tokens = [B,T,D], sampler = "dpmpp"|"ddim"|"ddpm", steps = 25, guidance = 3,
@@ -720,10 +732,10 @@ function M.train(o)
     if o.time_limit and knnd.wall_time() - t0 > o.time_limit then break end
     local b = loader:next()
     local B = b.x:size(1)
-    local q, nb, source
+    local q, nb, source, pixel_weights
     if pairs_maker then
       local pr = pairs_maker:make(b.x, b.rows)
-      q, source = pr.query, pr.source
+      q, source, pixel_weights = pr.query, pr.source, pr.pixel_weights
       if cfg.cond.needs_neighbors then nb = pr.neighbors end
     else
       q = emb:index_select(1, b.rows)
@@ -739,7 +751,8 @@ function M.train(o)
     local drop = p_uncond > 0 and knnd.lt(knnd.rand(B), p_uncond) or nil
     opt:set_lr(sched(step))
     opt:zero_grad()
-    local loss = model:loss(b.x, model:condition(q, nb, { drop = drop }), { source = source })
+    local loss = model:loss(b.x, model:condition(q, nb, { drop = drop }), { source = source,
+      pixel_weights = pixel_weights })
     loss:backward()
     if o.grad_clip ~= false then knnd.optim.clip_grad_norm(params, o.grad_clip or 1.0) end
     opt:step()

@@ -161,6 +161,29 @@ describe("knnd.edit.pairs", function()
     end
   end)
 
+  it("pastes a neighbour of a rank drawn from 'rank', and weights the pasted area by 'area_weight'", function()
+    local x, rt = batch_of { 10, 11, 12, 13, 14, 15 }
+    local p = knnd.edit.pairs { clip = clip, index = R.index, images = images, embeddings = R.emb, k = K, rank = { 3, 3 },
+      area_weight = 4 }
+    knnd.manual_seed(2)
+    local pr = p:make(x, rt)
+    -- rank 3 of the area's own neighbour list (the one the condition's first k come from)
+    local q = p:embed_areas(x, pr.boxes)
+    local nb = R.index:knn(q, { k = 3, ids = rt, exclude_self = true })
+    for i = 1, 6 do assert.are.equal(nb.rows:totable()[i][3], pr.pasted:get(i)) end
+    assert.are.same({ 6, 1, S, S }, pr.pixel_weights:shape())
+    for i, b in ipairs(pr.boxes) do
+      local w = pr.pixel_weights:select(1, i)
+      assert.are.equal(4 * b[3] * b[4] + (S * S - b[3] * b[4]), w:sum():item())
+    end
+    local plain = knnd.edit.pairs { clip = clip, index = R.index, images = images, embeddings = R.emb, k = K }
+    assert.is_nil(plain:make(x, rt).pixel_weights)
+    h.errors_with(function() knnd.edit.pairs { clip = clip, index = R.index, images = images, embeddings = R.emb,
+      rank = { 3, 2 } } end, "option 'rank'")
+    h.errors_with(function() knnd.edit.pairs { clip = clip, index = R.index, images = images, embeddings = R.emb,
+      area_weight = 0 } end, "option 'area_weight'")
+  end)
+
   it("names wrong options and mismatched databases", function()
     local o = { clip = clip, index = R.index, images = images, embeddings = R.emb }
     local function with(k, v)
@@ -214,6 +237,25 @@ describe("an edit model (knn_diffusion.new{edit = true})", function()
     local part = knnd.edit.run { model = back, query = R.emb:narrow(1, 1, 1), index = R.index, image = x, steps = 10,
       text = "x", seed = 1, strength = 0.2 }
     assert.is_true((part.images - x):abs():mean():item() < (full.images - x):abs():mean():item())
+  end)
+
+  it("weights the loss per pixel: uniform weights are the plain loss, and the weights are checked", function()
+    local m = tiny()
+    local x = batch_of { 1, 2 }
+    local tokens = m:condition(R.emb:narrow(1, 1, 2), R.emb:narrow(1, 1, 2 * K):view(2, K, D))
+    knnd.manual_seed(4)
+    local plain = m:loss(x, tokens, { source = x }):item()
+    knnd.manual_seed(4)
+    local uniform = m:loss(x, tokens, { source = x, pixel_weights = knnd.full({ 2, 1, S, S }, 3) }):item()
+    h.assert_close(uniform, plain, 1e-5)
+    local w = knnd.ones(2, 1, S, S)
+    w:narrow(3, 1, 4):fill_(10)
+    knnd.manual_seed(4)
+    local weighted = m:loss(x, tokens, { source = x, pixel_weights = w })
+    weighted:backward()
+    assert.is_true(math.abs(weighted:item() - plain) > 1e-6)
+    h.errors_with(function() m:loss(x, tokens, { source = x, pixel_weights = knnd.ones(2, S, S) }) end,
+      "option 'pixel_weights' is 2x16x16")
   end)
 
   it("names a missing source, a wrong strength, and pairs given to the wrong model", function()
