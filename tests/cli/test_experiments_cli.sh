@@ -91,6 +91,14 @@ out=$("$knnd" run "$root/experiments/stickers.lua" --set out=st --set clip.steps
 [ $rc = 0 ] && [[ "$out" == *"stickers finished"* ]]; check "stickers runs ($(echo "$out" | tail -2))" $?
 [ -s st/knn/samples.png ] && [ -s st/no_knn/model.h5 ] && [ -s st/metrics.json ]; check "stickers writes samples, models, metrics" $?
 
+out=$("$knnd" run "$root/experiments/manipulation_emoji.lua" --set stickers=st --set unet.steps=2 --set unet.batch=4 \
+  --set unet.channels=32 --set unet.checkpoint_every=2 --set per_edit=2 --set sample.steps=2 \
+  --set edits="red apple>green apple,cat face>dog face,no such emoji>pizza" 2>&1); rc=$?
+[ $rc = 0 ] && [[ "$out" == *"2 edits, 2 seeds each"* ]] && [[ "$out" == *"skipped no such emoji -> pizza"* ]] \
+  && [ -s st/edit/edits.png ] && grep -q "^cat face -> dog face,regenerate," st/edit/edits.csv && grep -q '"top10"' st/edit/metrics.json
+check "manipulation_emoji edits emoji on the stickers run against regenerating them ($(echo "$out" | tail -4))" $?
+out=$("$knnd" run "$root/experiments/manipulation_emoji.lua" --set stickers=missing 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"run experiments/stickers.lua"* ]]; check "manipulation_emoji without a stickers run says what to do" $?
 out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=missing --set out=swap 2>&1); rc=$?
 [ $rc != 0 ] && [[ "$out" == *"run experiments/stickers.lua first"* ]]; check "db_swap without a stickers run says what to do" $?
 out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=swap --set sample.per_prompt=1 \
