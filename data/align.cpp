@@ -94,12 +94,12 @@ knnd_status warp_into(const knnd_tensor *target, const knnd_tensor *moving, cons
 knnd_status align(const knnd_tensor *target, const knnd_tensor *moving, const knnd_align_opts *opts, double warp[6],
                   double *cc, bool *converged, knnd_tensor **aligned) {
   int motion;
-  switch (opts ? opts->motion : KNND_ALIGN_AFFINE) {
+  switch (opts ? opts->motion : (int)KNND_ALIGN_AFFINE) {
   case KNND_ALIGN_TRANSLATION: motion = cv::MOTION_TRANSLATION; break;
   case KNND_ALIGN_EUCLIDEAN: motion = cv::MOTION_EUCLIDEAN; break;
   case KNND_ALIGN_AFFINE: motion = cv::MOTION_AFFINE; break;
   default: return knnd_error(KNND_ERR_ARG, "%s: unknown motion %d (expected translation, euclidean or affine)", OP,
-                             (int)opts->motion);
+                             opts->motion);
   }
   int iters = opts && opts->iterations > 0 ? opts->iterations : 100;
   double eps = opts && opts->eps > 0 ? opts->eps : 1e-5;

@@ -375,7 +375,7 @@ static int l_align_ecc(lua_State *L) {
   int o = opts_at(L, 3, fname, keys);
   knnd_align_opts ao;
   memset(&ao, 0, sizeof ao);
-  ao.motion = (knnd_align_motion)knnd_lua_opt_choice(L, o, fname, "motion", "affine", motions);
+  ao.motion = knnd_lua_opt_choice(L, o, fname, "motion", "affine", motions);
   lua_Integer iters = knnd_lua_opt_int(L, o, fname, "iterations", 100);
   if (iters < 1 || iters > 100000) return luaL_error(L, "knnd.align_ecc: option 'iterations' expected 1 .. 100000");
   ao.iterations = (int)iters;

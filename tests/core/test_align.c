@@ -92,7 +92,7 @@ static void test_bad_arguments(void **state) {
   KT_FAILS(knnd_align_ecc(a, a, NULL, NULL, NULL, NULL, &out), KNND_ERR_ARG, "argument 'warp' is NULL");
   knnd_align_opts even = {.motion = KNND_ALIGN_AFFINE, .gauss_filter = 4};
   KT_FAILS(knnd_align_ecc(a, a, &even, warp, NULL, NULL, &out), KNND_ERR_ARG, "odd size");
-  knnd_align_opts bad = {.motion = (knnd_align_motion)7};
+  knnd_align_opts bad = {.motion = 7};
   KT_FAILS(knnd_align_ecc(a, a, &bad, warp, NULL, NULL, &out), KNND_ERR_ARG, "unknown motion 7");
   double nan_warp[6] = {1, 0, NAN, 0, 1, 0};
   KT_FAILS(knnd_align_ecc(a, a, NULL, nan_warp, NULL, NULL, &out), KNND_ERR_NAN, "initial warp");

@@ -46,7 +46,7 @@ knnd_status knnd_resize_area(knnd_tensor *img, int64_t out_h, int64_t out_w, knn
 typedef enum { KNND_ALIGN_TRANSLATION = 0, KNND_ALIGN_EUCLIDEAN = 1, KNND_ALIGN_AFFINE = 2 } knnd_align_motion;
 
 typedef struct knnd_align_opts {
-  knnd_align_motion motion;
+  int motion;       /* a knnd_align_motion (an int: a bad value is an error, not undefined behaviour in C++) */
   int iterations;   /* 0: 100 */
   double eps;       /* stop when the correlation gains less than this; 0: 1e-5 */
   int gauss_filter; /* Gaussian blur of both images before ECC (odd; 0: 5; 1: none) */
