@@ -245,13 +245,8 @@ function Testbed:vqvae(o)
   return path
 end
 
---- tb:train{backbone= ("continuous" or "discrete"), mode=, k=, xi= (lafite_noise), out=, steps=, batch=, lr=, ema=,
----   p_uncond=, prediction=, channels=, res_blocks=, checkpoint_every=, seed=, cache= (path; default the Flat cache),
----   rows= and database= (train on these rows only, their neighbours rows of this store: tb:subset), name=,
----   progress=}
---- -> the EMA model (loaded from out/model.h5), train's result. Resumes from out/checkpoint.h5.
---- The discrete backbone trains with the same budget, condition and optimiser settings as the UNet.
-function Testbed:train(o)
+-- the model of tb:train and tb:train_edit (edit: a local-manipulation model), its training settings, k and seed
+local function new_model(self, o, edit)
   local u = merge(self.cfg.unet, o)
   local k = o.k or self.cfg.k
   local seed = o.seed or self.cfg.seed
@@ -260,14 +255,25 @@ function Testbed:train(o)
   if (o.backbone or "continuous") == "discrete" then
     local dc = self.cfg.discrete
     model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed, backbone = "discrete", cond = cond,
-      discrete = { vqvae = self:vqvae(), dim = dc.dim, heads = dc.heads, layers = dc.layers, T = dc.T,
+      edit = edit, discrete = { vqvae = self:vqvae(), dim = dc.dim, heads = dc.heads, layers = dc.layers, T = dc.T,
         truncation = dc.truncation } }
   else
-    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed,
+    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed, edit = edit,
       unet = { channels = u.channels, num_res_blocks = u.res_blocks }, cond = cond,
       diffusion = { prediction = u.prediction } }
   end
   if o.log ~= false then self.log(tostring(model)) end
+  return model, u, k, seed
+end
+
+--- tb:train{backbone= ("continuous" or "discrete"), mode=, k=, xi= (lafite_noise), out=, steps=, batch=, lr=, ema=,
+---   p_uncond=, prediction=, channels=, res_blocks=, checkpoint_every=, seed=, cache= (path; default the Flat cache),
+---   rows= and database= (train on these rows only, their neighbours rows of this store: tb:subset), name=,
+---   progress=}
+--- -> the EMA model (loaded from out/model.h5), train's result. Resumes from out/checkpoint.h5.
+--- The discrete backbone trains with the same budget, condition and optimiser settings as the UNet.
+function Testbed:train(o)
+  local model, u, k, seed = new_model(self, o, false)
   local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path,
     cache = o.cache or self:cache_for("Flat", k), database = o.database, rows = o.rows, out = o.out, steps = u.steps,
     batch = u.batch, lr = u.lr, ema = u.ema, seed = seed, checkpoint_every = u.checkpoint_every, name = o.name or o.mode,
@@ -282,22 +288,7 @@ end
 --- "discrete", its VQ-Diffusion transformer taking Ĩ's tokens), trained on
 --- pairs made from the training images with the testbed's CLIP and index; resumes from out/checkpoint.h5.
 function Testbed:train_edit(o)
-  local u = merge(self.cfg.unet, o)
-  local k = o.k or self.cfg.k
-  local seed = o.seed or self.cfg.seed
-  local cond = { mode = o.mode or "knn", k = k, dim = self.clip_dim, p_uncond = u.p_uncond, xi = o.xi }
-  local model
-  if (o.backbone or "continuous") == "discrete" then
-    local dc = self.cfg.discrete
-    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed, backbone = "discrete", edit = true,
-      cond = cond, discrete = { vqvae = self:vqvae(), dim = dc.dim, heads = dc.heads, layers = dc.layers, T = dc.T,
-        truncation = dc.truncation } }
-  else
-    model = knnd.knn_diffusion.new { image_size = 28, channels = 1, seed = seed, edit = true,
-      unet = { channels = u.channels, num_res_blocks = u.res_blocks }, cond = cond,
-      diffusion = { prediction = u.prediction } }
-  end
-  if o.log ~= false then self.log(tostring(model)) end
+  local model, u, k, seed = new_model(self, o, true)
   local pairs = knnd.edit.pairs { clip = self.clip, index = self.index, images = self.train_set.images,
     embeddings = self.emb_path, k = math.max(k, 1), align = o.align, box = o.box, aspect = o.aspect }
   local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path, pairs = pairs,
