@@ -88,7 +88,9 @@ function M.paired_t(xs, ys, level)
   local mean, sd = mean_sd(d, n)
   r.diff = mean
   if n < 2 then r.df = nil return r end
-  if sd == 0 then
+  -- equal differences (up to the rounding of their subtractions: 0.1615 - 0.0990 and 0.2240 - 0.1615 differ in
+  -- the last bits) have no spread: a t of 1e15 from that rounding would be reported as p = 1e-16
+  if sd <= 1e-12 * math.abs(mean) then
     if mean ~= 0 then r.t, r.p, r.ci = mean > 0 and math.huge or -math.huge, 0, 0 end
     return r
   end
