@@ -83,7 +83,7 @@ local function mean_over(per_class, classes, labels)
   return s / #labels
 end
 
-knnd.sweep {
+local sw = knnd.sweep {
   name = "heldout",
   base = base,
   grid = { mode = { "knn", "no_knn", "lafite_noise", "knn_only" }, seed = { 1, 2, 3 } },
@@ -107,3 +107,7 @@ knnd.sweep {
     return m
   end,
 }
+-- the groups' means with their CI95 over seeds (when a run has finished)
+local ok, err = pcall(knnd.report.plot_groups, sw, { by = "mode", metrics = { "alignment_heldout", "alignment_seen" }, path = "alignment_by_mode.png",
+  ylabel = "the judge's alignment" })
+if not ok then print("no plot: " .. tostring(err)) end

@@ -71,7 +71,7 @@ local function judge_shares(tb, images, target, source)
   return t / #pred, s / #pred
 end
 
-knnd.sweep {
+local sw = knnd.sweep {
   name = "manipulation",
   base = base,
   grid = { align = { "ecc_affine", "resize" }, seed = { 1, 2 } },
@@ -145,3 +145,7 @@ knnd.sweep {
     return m
   end,
 }
+-- the groups' means with their CI95 over seeds (when a run has finished)
+local ok, err = pcall(knnd.report.plot_groups, sw, { by = "align", metrics = { "target_acc", "target_acc_regen", "changed", "changed_regen" }, path = "edits_by_align.png",
+  ylabel = "share (of images, of pixels)" })
+if not ok then print("no plot: " .. tostring(err)) end

@@ -670,14 +670,15 @@ static const char **plot_labels(lua_State *L, int idx, const char *fname, const 
   return v;
 }
 
-/* knnd.plot{path=, title=, xlabel=, ylabel=, logx=, logy=, series = {{name=, x=, y=}, ...}} and
- * knnd.scatter{..., series = {{name=, x=, y=, labels=}, ...}}: x and y lists of numbers or 1-D
- * tensors; x defaults to 1, 2, ...; NaN/Inf points (and values <= 0 on a log axis) are left out */
+/* knnd.plot{path=, title=, xlabel=, ylabel=, logx=, logy=, series = {{name=, x=, y=, err=}, ...}} and
+ * knnd.scatter{..., series = {{name=, x=, y=, err=, labels=}, ...}}: x and y lists of numbers or 1-D
+ * tensors; x defaults to 1, 2, ...; NaN/Inf points (and values <= 0 on a log axis) are left out;
+ * err: half-widths of vertical error bars (e.g. CI95), one per point (0 or NaN: none) */
 static int plot_call(lua_State *L, bool scatter) {
   const char *fname = scatter ? "scatter" : "plot";
   static const char *const opts[] = {"path", "title", "xlabel", "ylabel", "series", "logx", "logy", NULL};
-  static const char *const line_opts[] = {"name", "x", "y", NULL};
-  static const char *const scatter_opts[] = {"name", "x", "y", "labels", NULL};
+  static const char *const line_opts[] = {"name", "x", "y", "err", NULL};
+  static const char *const scatter_opts[] = {"name", "x", "y", "err", "labels", NULL};
   const char *entry_shape = scatter ? "{name=, x=, y=, labels=}" : "{name=, x=, y=}";
   if (!lua_istable(L, 1))
     luaL_error(L, "knnd.%s: argument 1 expected a table {path=, series={%s, ...}, ...}, got %s", fname, entry_shape,
@@ -697,8 +698,9 @@ static int plot_call(lua_State *L, bool scatter) {
   lua_Integer n = luaL_len(L, series);
   if (n > 64) luaL_error(L, "knnd.%s: option 'series' has %I entries (at most 64)", fname, n);
   const char *names[64];
-  const double *xs[64], *ys[64];
+  const double *xs[64], *ys[64], *errs[64];
   const char *const *labels[64];
+  bool any_err = false;
   int64_t lens[64];
   bool any_name = false;
   for (int s = 0; s < n; s++) {
@@ -717,6 +719,7 @@ static int plot_call(lua_State *L, bool scatter) {
     lens[s] = plot_values(L, -1, fname, what, &v);
     ys[s] = v;
     xs[s] = NULL;
+    errs[s] = NULL;
     labels[s] = NULL;
     if (lua_getfield(L, entry, "x") != LUA_TNIL) {
       snprintf(what, sizeof what, "series %d 'x'", s + 1);
@@ -726,16 +729,25 @@ static int plot_call(lua_State *L, bool scatter) {
                    (lua_Integer)nx, (lua_Integer)lens[s]);
       xs[s] = v;
     }
+    if (lua_getfield(L, entry, "err") != LUA_TNIL) {
+      snprintf(what, sizeof what, "series %d 'err'", s + 1);
+      int64_t ne = plot_values(L, -1, fname, what, &v);
+      if (ne != lens[s])
+        luaL_error(L, "knnd.%s: series %d has %I error bars and %I y values (expected as many)", fname, s + 1,
+                   (lua_Integer)ne, (lua_Integer)lens[s]);
+      errs[s] = v;
+      any_err = true;
+    }
     if (scatter && lua_getfield(L, entry, "labels") != LUA_TNIL) {
       snprintf(what, sizeof what, "series %d 'labels'", s + 1);
       labels[s] = plot_labels(L, -1, fname, what, lens[s]);
     }
     /* the scratch arrays (and the label lists) stay on the stack until the plot is written */
   }
-  knnd_status st = scatter ? knnd_plot_scatter(path, title, xlabel, ylabel, (int)n, any_name ? names : NULL, xs, ys,
-                                               labels, lens, log_axes)
-                           : knnd_plot_lines(path, title, xlabel, ylabel, (int)n, any_name ? names : NULL, xs, ys,
-                                             lens, log_axes);
+  knnd_status st = scatter ? knnd_plot_scatter_err(path, title, xlabel, ylabel, (int)n, any_name ? names : NULL, xs,
+                                                   ys, any_err ? errs : NULL, labels, lens, log_axes)
+                           : knnd_plot_lines_err(path, title, xlabel, ylabel, (int)n, any_name ? names : NULL, xs, ys,
+                                                 any_err ? errs : NULL, lens, log_axes);
   KNND_LUA_CHECK(L, fname, st);
   lua_pushstring(L, path);
   return 1;

@@ -49,6 +49,7 @@ typedef struct {
   int n_series;
   const char *const *names;
   const double *const *xs, *const *ys;
+  const double *const *yerr; /* NULL, or per series NULL or lens[s] half-widths of vertical error bars */
   const char *const *const *labels;
   const int64_t *lens;
   bool log_x, log_y, scatter;
@@ -93,6 +94,21 @@ static bool plot_point(const plot_spec *p, int s, int64_t i, double *x, double *
   return true;
 }
 
+/* the error bar of point i of series s in plot coordinates (its drawable part on a log axis); false if none */
+static bool plot_bar(const plot_spec *p, int s, int64_t i, double *x, double *lo, double *hi) {
+  double y;
+  if (!p->yerr || !p->yerr[s] || !plot_point(p, s, i, x, &y)) return false;
+  double e = p->yerr[s][i], py = p->ys[s][i];
+  if (!isfinite(e) || e <= 0) return false;
+  if (p->log_y) {
+    *lo = py - e > 0 ? log10(py - e) : y - 1; /* a bar reaching 0 on a log axis: a decade down, open */
+    *hi = log10(py + e);
+  } else {
+    *lo = py - e, *hi = py + e;
+  }
+  return isfinite(*lo) && isfinite(*hi);
+}
+
 static knnd_status check_args(const plot_spec *p) {
   const char *fn = p->fn;
   if (!p->path || !*p->path)
@@ -104,6 +120,10 @@ static knnd_status check_args(const plot_spec *p) {
     if (p->lens[s] < 0)
       return knnd_error(KNND_ERR_ARG, "%s: series %d has length %lld (expected >= 0)", fn, s, (long long)p->lens[s]);
     if (p->lens[s] > 0 && !p->ys[s]) return knnd_error(KNND_ERR_ARG, "%s: series %d has NULL y values", fn, s);
+    for (int64_t i = 0; p->yerr && p->yerr[s] && i < p->lens[s]; i++)
+      if (p->yerr[s][i] < 0)
+        return knnd_error(KNND_ERR_ARG, "%s: series %d point %lld has a negative error bar (%g)", fn, s, (long long)i,
+                          p->yerr[s][i]);
   }
   return KNND_OK;
 }
@@ -120,6 +140,8 @@ static bool data_range(const plot_spec *p, bool any_label, int n_legend, double 
       if (!plot_point(p, s, i, &x, &y)) continue;
       r[0] = fmin(r[0], x), r[1] = fmax(r[1], x);
       r[2] = fmin(r[2], y), r[3] = fmax(r[3], y);
+      double lo, hi;
+      if (plot_bar(p, s, i, &x, &lo, &hi)) r[2] = fmin(r[2], lo), r[3] = fmax(r[3], hi);
     }
   if (!(r[0] <= r[1])) return false;
   for (int k = 0; k < 4; k += 2) {
@@ -152,6 +174,17 @@ static void draw_line(const plot_spec *p, int s, double *bx, double *by) {
       run = 0;
     }
   }
+}
+
+/* the vertical error bars of one series, in its colour, with caps */
+static void draw_bars(const plot_spec *p, int s) {
+  plwidth(1.5);
+  plsmin(0, 1.5); /* cap length */
+  for (int64_t i = 0; i < p->lens[s]; i++) {
+    double x, lo, hi;
+    if (plot_bar(p, s, i, &x, &lo, &hi)) plerry(1, &x, &lo, &hi);
+  }
+  plwidth(2.0);
 }
 
 /* The markers of one group, then their labels (left-aligned a little right of each point). */
@@ -311,6 +344,7 @@ static knnd_status plot_png(const plot_spec *p) {
   plwidth(2.0);
   for (int s = 0; s < p->n_series; s++) {
     plcol0(series_color(s));
+    if (p->yerr && p->yerr[s]) draw_bars(p, s);
     if (p->scatter) draw_points(p, s, texts.labels[s], r, bx, by);
     else draw_line(p, s, bx, by);
   }
@@ -341,7 +375,14 @@ done:
 knnd_status knnd_plot_lines(const char *path, const char *title, const char *xlabel, const char *ylabel, int n_series,
                             const char *const *names, const double *const *xs, const double *const *ys,
                             const int64_t *lens, unsigned log_axes) {
-  plot_spec p = {"plot_lines", path, title, xlabel, ylabel, n_series, names, xs, ys, NULL, lens,
+  return knnd_plot_lines_err(path, title, xlabel, ylabel, n_series, names, xs, ys, NULL, lens, log_axes);
+}
+
+knnd_status knnd_plot_lines_err(const char *path, const char *title, const char *xlabel, const char *ylabel,
+                                int n_series, const char *const *names, const double *const *xs,
+                                const double *const *ys, const double *const *yerr, const int64_t *lens,
+                                unsigned log_axes) {
+  plot_spec p = {"plot_lines", path, title, xlabel, ylabel, n_series, names, xs, ys, yerr, NULL, lens,
                  (log_axes & KNND_PLOT_LOG_X) != 0, (log_axes & KNND_PLOT_LOG_Y) != 0, false};
   return plot_png(&p);
 }
@@ -350,7 +391,14 @@ knnd_status knnd_plot_scatter(const char *path, const char *title, const char *x
                               int n_series, const char *const *names, const double *const *xs,
                               const double *const *ys, const char *const *const *labels, const int64_t *lens,
                               unsigned log_axes) {
-  plot_spec p = {"plot_scatter", path, title, xlabel, ylabel, n_series, names, xs, ys, labels, lens,
+  return knnd_plot_scatter_err(path, title, xlabel, ylabel, n_series, names, xs, ys, NULL, labels, lens, log_axes);
+}
+
+knnd_status knnd_plot_scatter_err(const char *path, const char *title, const char *xlabel, const char *ylabel,
+                                  int n_series, const char *const *names, const double *const *xs,
+                                  const double *const *ys, const double *const *yerr,
+                                  const char *const *const *labels, const int64_t *lens, unsigned log_axes) {
+  plot_spec p = {"plot_scatter", path, title, xlabel, ylabel, n_series, names, xs, ys, yerr, labels, lens,
                  (log_axes & KNND_PLOT_LOG_X) != 0, (log_axes & KNND_PLOT_LOG_Y) != 0, true};
   return plot_png(&p);
 }

@@ -499,4 +499,45 @@ function M.plot_sweep(sw, o)
   return path
 end
 
+--- knnd.report.plot_groups(sw, {by=, metrics = {...}, path=, title=, ylabel=}) -> the PNG's path: for a sweep
+--- whose axis `by` is categorical (mode, align, backbone), each group's mean of every metric with its 95%
+--- confidence interval over seeds as an error bar (none with one seed), one marker per metric, the group's
+--- value written beside it. path relative to the sweep's folder unless absolute.
+function M.plot_groups(sw, o)
+  local fname = "plot_groups"
+  check_opts(fname, o, { "by", "metrics", "path", "title", "ylabel" })
+  if type(sw) ~= "table" or type(sw.summary) ~= "table" then fail(fname, "argument 1 expected what knnd.sweep returns") end
+  if type(o.by) ~= "string" or type(o.path) ~= "string" then fail(fname, "options 'by' and 'path' are required") end
+  if type(o.metrics) ~= "table" or #o.metrics == 0 then fail(fname, "option 'metrics' expected a non-empty list of names") end
+  local agg = sw.summary
+  local groups, at = {}, {}
+  for _, row in ipairs(agg.rows) do
+    local g = row.group[o.by]
+    if g == nil then fail(fname, "the sweep does not vary '%s' (its keys: %s)", o.by, table.concat(agg.by or {}, ", ")) end
+    g = tostring(g)
+    if not at[g] then groups[#groups + 1] = g; at[g] = #groups end
+  end
+  local series, n_metrics = {}, #o.metrics
+  for mi, metric in ipairs(o.metrics) do
+    local xs, ys, errs, labels = {}, {}, {}, {}
+    for _, row in ipairs(agg.rows) do
+      local st = row.stats[metric]
+      if st and st.mean then
+        local gi = at[tostring(row.group[o.by])]
+        -- the metrics of one group side by side around its position
+        xs[#xs + 1] = gi + (mi - (n_metrics + 1) / 2) * 0.12
+        ys[#ys + 1] = st.mean
+        errs[#errs + 1] = st.ci95 or 0
+        labels[#labels + 1] = mi == n_metrics and tostring(row.group[o.by]) or false -- right of the group
+      end
+    end
+    if #xs > 0 then series[#series + 1] = { name = metric, x = xs, y = ys, err = errs, labels = labels } end
+  end
+  if #series == 0 then fail(fname, "no finished run has any of %s", table.concat(o.metrics, ", ")) end
+  local path = o.path:sub(1, 1) == "/" and o.path or (sw.dir .. "/" .. o.path)
+  knnd.scatter { path = path, title = o.title or ("by %s: mean ± CI95 over seeds"):format(o.by), xlabel = ("%s (%s)"):format(o.by, table.concat(groups, ", ")), ylabel = o.ylabel or "mean over seeds",
+    series = series }
+  return path
+end
+
 return M

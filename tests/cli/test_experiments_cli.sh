@@ -132,7 +132,7 @@ check "stickers --set backbone=discrete trains a VQ-VAE, then VQ-Diffusion per m
 out=$(sweep heldout.lua --set steps=2 --set batch=4 --set mode=knn,no_knn --set seed=1 --set heldout=sandal,bag); rc=$?
 [ $rc = 0 ] && grep -q "alignment_heldout" sweeps/heldout/summary.csv && grep -q "alignment_seen_ci95" sweeps/heldout/summary.csv \
   && grep -q "| alignment_heldout | knn − no_knn | 1 |" sweeps/heldout/summary.md \
-  && grep -q "^alignment_heldout,mode,knn,no_knn,1," sweeps/heldout/paired.csv
+  && grep -q "^alignment_heldout,mode,knn,no_knn,1," sweeps/heldout/paired.csv && [ -s sweeps/heldout/alignment_by_mode.png ]
 check "heldout sweeps modes into CIs and paired tests against no_knn ($(echo "$out" | tail -3))" $?
 [ -s qs/data/subset-heldout-5-8/nn.h5 ] && grep -q "held out: sandal, bag; training on" "sweeps/heldout/mode=knn,seed=1/log.jsonl"
 check "heldout trains on the seen classes' own database and neighbour cache" $?
@@ -166,7 +166,8 @@ out=$(sweep manipulation.lua --set steps=2 --set batch=4 --set seed=1 --set edit
 run="sweeps/manipulation/align=ecc_affine,seed=1"
 [ $rc = 0 ] && grep -q "target_acc_regen" sweeps/manipulation/summary.csv && grep -q "| target_acc | resize − ecc_affine | 1 |" \
   sweeps/manipulation/summary.md && [ -s "$run/edits.png" ] && grep -q "^pullover -> coat,edit," "$run/edit_metrics.csv" \
-  && grep -q "ECC converged on" "$run/log.jsonl" && [ -s qs/edit-baseline/knn-k10-steps2-batch4-seed1/model.h5 ]
+  && grep -q "ECC converged on" "$run/log.jsonl" && [ -s qs/edit-baseline/knn-k10-steps2-batch4-seed1/model.h5 ] \
+  && [ -s sweeps/manipulation/edits_by_align.png ]
 check "manipulation trains edit models and the regenerating baseline and measures the edits ($(echo "$out" | tail -3))" $?
 out=$("$knnd" sweep "$root/experiments/manipulation.lua" --dir sweeps_discrete --set testbed=qs --set steps=2 --set batch=4 \
   --set seed=1 --set edit_images=2 --set sample_steps=2 --set align=resize --set backbone=discrete 2>&1); rc=$?

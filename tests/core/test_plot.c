@@ -235,6 +235,33 @@ static void test_scatter_errors(void **state) {
   assert_no_temp_files();
 }
 
+/* error bars: drawn in the series' colour and taken into the axes (a bar far above the points
+ * widens the y range, which moves the points: the picture differs from the plot without bars) */
+static void test_error_bars(void **state) {
+  (void)state;
+  const double x[3] = {1, 2, 3}, y[3] = {0.2, 0.3, 0.25}, e[3] = {0.05, 0.5, NAN}, none[3] = {0, 0, 0};
+  const double *xs[1] = {x}, *ys[1] = {y}, *es[1] = {e}, *es0[1] = {none};
+  const int64_t lens[1] = {3};
+  const char *path = tmp_path("bars.png"), *path0 = tmp_path("nobars.png");
+  KT_OK(knnd_plot_scatter_err(path, "bars", "group", "share", 1, NULL, xs, ys, es, NULL, lens, 0));
+  KT_OK(knnd_plot_scatter_err(path0, "bars", "group", "share", 1, NULL, xs, ys, es0, NULL, lens, 0));
+  knnd_tensor *a, *b;
+  KT_OK(knnd_png_read(path, &a));
+  KT_OK(knnd_png_read(path0, &b));
+  int64_t blue_a = count_colour(a, 31, 119, 180), blue_b = count_colour(b, 31, 119, 180);
+  assert_true(blue_a > blue_b + 100); /* the bars' pixels */
+  knnd_tensor_release(a);
+  knnd_tensor_release(b);
+  KT_OK(knnd_plot_lines_err(path, NULL, NULL, NULL, 1, NULL, xs, ys, es, lens, KNND_PLOT_LOG_Y));
+  const double neg[3] = {0.1, -0.1, 0.1};
+  const double *es_neg[1] = {neg};
+  KT_FAILS(knnd_plot_lines_err(path, NULL, NULL, NULL, 1, NULL, xs, ys, es_neg, lens, 0), KNND_ERR_ARG,
+           "negative error bar");
+  remove(path);
+  remove(path0);
+  assert_no_temp_files();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lines),
@@ -242,6 +269,7 @@ int main(void) {
       cmocka_unit_test(test_lines_log_x),
       cmocka_unit_test(test_scatter),
       cmocka_unit_test(test_scatter_errors),
+      cmocka_unit_test(test_error_bars),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -232,3 +232,27 @@ describe("knnd.report.fid_vs", function()
     os.remove(path)
   end)
 end)
+
+describe("knnd.report.plot_groups", function()
+  local function sweep_of(rows) return { dir = ".", summary = { by = { "mode", "seed" }, rows = rows } } end
+  local rows = {
+    { group = { mode = "knn" }, stats = { a = { mean = 0.30, ci95 = 0.10, n = 3 }, b = { mean = 0.5, n = 1 } } },
+    { group = { mode = "no_knn" }, stats = { a = { mean = 0.25, ci95 = 0.05, n = 3 } } },
+  }
+  it("draws each group's means with their CI95 as error bars", function()
+    local path = h.tmp("report_spec", "groups.png")
+    assert.are.equal("./" .. path, knnd.report.plot_groups(sweep_of(rows), { by = "mode", metrics = { "a", "b" }, path = path }))
+    local img = knnd.read_png(path)
+    assert.are.same({ 500, 800 }, { img:size(2), img:size(3) })
+  end)
+  it("names a key the sweep does not vary, and metrics no run has", function()
+    local path = h.tmp("report_spec", "groups2.png")
+    h.errors_with(function() knnd.report.plot_groups(sweep_of(rows), { by = "align", metrics = { "a" }, path = path }) end,
+      "the sweep does not vary 'align' (its keys: mode, seed)")
+    h.errors_with(function() knnd.report.plot_groups(sweep_of(rows), { by = "mode", metrics = { "c" }, path = path }) end,
+      "no finished run has any of c")
+    h.errors_with(function() knnd.report.plot_groups(sweep_of(rows), { by = "mode", metrics = {}, path = path }) end,
+      "option 'metrics'")
+    assert.is_false(h.exists(path))
+  end)
+end)

@@ -33,6 +33,18 @@ knnd_status knnd_plot_scatter(const char *path, const char *title, const char *x
                               const double *const *ys, const char *const *const *labels, const int64_t *lens,
                               unsigned log_axes);
 
+/* knnd_plot_lines / knnd_plot_scatter with vertical error bars: yerr NULL, or n_series arrays, each NULL
+ * or lens[i] half-widths (y - e .. y + e; 0 or non-finite: no bar; negative: an argument error). The axes
+ * take the bars in. On a log y axis a bar that would reach 0 or below is drawn a decade down. */
+knnd_status knnd_plot_lines_err(const char *path, const char *title, const char *xlabel, const char *ylabel,
+                                int n_series, const char *const *names, const double *const *xs,
+                                const double *const *ys, const double *const *yerr, const int64_t *lens,
+                                unsigned log_axes);
+knnd_status knnd_plot_scatter_err(const char *path, const char *title, const char *xlabel, const char *ylabel,
+                                  int n_series, const char *const *names, const double *const *xs,
+                                  const double *const *ys, const double *const *yerr,
+                                  const char *const *const *labels, const int64_t *lens, unsigned log_axes);
+
 #ifdef __cplusplus
 }
 #endif
