@@ -31,6 +31,9 @@ local opt = knnd.options {
     checkpoint_every = 200, prediction = "v" },
   sample = { sampler = "dpmpp", steps = 25, guidance = 3.0, strength = 1.0 },
   per_edit = 4,
+  -- the weights edited with and regenerated from: the EMA's (model.h5) or, "live", the training checkpoints'
+  -- own (after a run shorter than the EMA's horizon, 1 / (1 - ema) steps, the average still holds the init)
+  weights = knnd.config.param("ema", "which weights of the two models to use", { values = { "ema", "live" } }),
   -- source name > target name: colour edits, then object edits (the ones missing from the dataset are skipped)
   edits = "red apple>green apple,red heart>blue heart,green heart>yellow heart,blue circle>red circle,"
     .. "cat face>dog face,grinning face>smiling face with sunglasses,sun>snowflake,rocket>airplane",
@@ -46,7 +49,7 @@ end
 local ds_path, emb_path, index_path = ("%s/data/emoji32.h5"):format(dir), dir .. "/data/emoji_emb.h5", dir .. "/data/emoji.index"
 for _, f in ipairs { { ds_path, "the emoji dataset" }, { emb_path, "the embeddings" }, { index_path, "the index" },
   { dir .. "/clip.safetensors", "the CLIP" } } do need(f[1], f[2]) end
-local baseline_path = ("%s/%s/model.h5"):format(dir, opt.baseline)
+local baseline_path = ("%s/%s/%s"):format(dir, opt.baseline, opt.weights == "live" and "checkpoint.h5" or "model.h5")
 need(baseline_path, "the baseline model")
 
 local t_start = knnd.wall_time()
@@ -81,8 +84,8 @@ local t_train = knnd.wall_time() - t_start
 if maker.stats.pairs > 0 then
   print(("pairs: %d made, ECC converged on %d"):format(maker.stats.pairs, maker.stats.ecc_converged))
 end
-model = kd.load(out .. "/model.h5")
-local baseline = kd.load(baseline_path)
+model = kd.load(out .. (opt.weights == "live" and "/checkpoint.h5" or "/model.h5"), { weights = opt.weights })
+local baseline = kd.load(baseline_path, { weights = opt.weights })
 
 -- judging: CLIP retrieval among all names
 local names_emb = knnd.no_grad(function() return clip:encode_text(captions, { normalize = true }) end)

@@ -869,10 +869,14 @@ function Model:save(path, extra)
     config = { format = M.FORMAT, model = stored_config(self), info = extra or self.info or {} } })
 end
 
---- knnd.knn_diffusion.load(path) -> the model saved by m:save (or the EMA weights of a training
---- checkpoint written by train)
-function M.load(path)
+--- knnd.knn_diffusion.load(path [, {weights = "ema" | "live"}]) -> the model saved by m:save, or from a training
+--- checkpoint written by train its EMA weights (the default) or its live ones (weights = "live": e.g. after a run
+--- too short for the EMA's rate, whose average still holds much of the initialisation)
+function M.load(path, o)
   if type(path) ~= "string" then fail("load", "argument 1 'path' expected a file path, got %s", type(path)) end
+  check_keys("load", "option", o, { weights = 1 })
+  local which = (o and o.weights) or "ema"
+  if which ~= "ema" and which ~= "live" then fail("load", "option 'weights' is '%s' (expected ema or live)", tostring(which)) end
   local f = io.open(path, "rb")
   if not f then fail("load", "'%s' not found", path) end
   f:close()
@@ -884,7 +888,10 @@ function M.load(path)
   end
   local m = M.new(cfg.model)
   local weights = ck.model
-  if ck.ema and cfg.ema_names then -- a training checkpoint: sample with the EMA weights
+  if which == "live" and not (ck.ema and cfg.ema_names) then
+    fail("load", "'%s' is a saved model, not a training checkpoint: it has no live weights apart from its own", path)
+  end
+  if which == "ema" and ck.ema and cfg.ema_names then -- a training checkpoint: sample with the EMA weights
     weights = {}
     for k, v in pairs(ck.model) do weights[k] = v end
     for i, name in ipairs(cfg.ema_names) do

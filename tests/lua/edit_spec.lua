@@ -224,6 +224,12 @@ describe("an edit model (knn_diffusion.new{edit = true})", function()
     assert.is_true(r.loss == r.loss)
     local back = kd.load(dir .. "/model.h5")
     assert.is_true(back.config.edit)
+    -- a training checkpoint gives its EMA weights, or with weights = "live" the trained ones themselves
+    local ema, live = kd.load(dir .. "/checkpoint.h5"), kd.load(dir .. "/checkpoint.h5", { weights = "live" })
+    h.assert_close(ema:state_dict().null_cond, back:state_dict().null_cond:totable(), 0)
+    assert.is_true((live:state_dict().null_cond - ema:state_dict().null_cond):abs():max():item() > 0)
+    h.errors_with(function() kd.load(dir .. "/model.h5", { weights = "live" }) end, "not a training checkpoint")
+    h.errors_with(function() kd.load(dir .. "/checkpoint.h5", { weights = "best" }) end, "option 'weights' is 'best'")
     local x = batch_of { 1, 2 }
     local grid, out = h.tmp("edit_spec", "grid.png"), h.tmp("edit_spec", "out.png")
     local res = knnd.edit.run { model = back, query = R.emb:narrow(1, 1, 1):view(D), index = R.index, image = x, steps = 3,
