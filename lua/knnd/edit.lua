@@ -10,8 +10,8 @@
 --
 --   local pairs = knnd.edit.pairs{clip = clip, index = idx, images = train_images, embeddings = emb, k = 10}
 --   knnd.knn_diffusion.train{model = m, dataset = ds, embeddings = emb, pairs = pairs, out = "runs/edit"}
---   local r = knnd.edit.run{model = m, clip = clip, index = idx, image = "shirt.png", text = "a photo of a coat",
---                           out = "coat.png", grid = "before_after.png"}
+--   local r = knnd.edit{model = m, clip = clip, index = idx, image = "shirt.png", text = "a photo of a coat",
+--                       out = "coat.png", grid = "before_after.png"}       -- knnd.edit.run{...} likewise
 --   local q = knnd.edit.preservation(source, r.images)   -- the changed region, the distance outside it
 local knnd = require "knnd"
 local options = require "knnd.options"
@@ -444,4 +444,5 @@ function M.clip_gain(clip, source, result, texts)
   end)
 end
 
-return M
+-- knnd.edit{...} is knnd.edit.run{...}
+return setmetatable(M, { __call = function(_, o) return M.run(o) end })

@@ -604,7 +604,8 @@ local train_keys = { model = 1, dataset = 1, embeddings = 1, cache = 1, database
 ---   these 0-based rows only, e.g. held-out classes left out; their neighbours still come from the cache),
 ---   pairs= (an edit model's pair maker, knnd.edit.pairs: each batch's Ĩ, the areas' embeddings and their
 ---   neighbours replace the images' own embeddings and cached neighbours; no cache needed)}
---- -> {steps=, loss=, seconds=, resumed_from=, log=}
+--- -> {steps=, loss=, seconds=, resumed_from=, log=, checkpoint=, model_path=, ema_init_share= (ema^steps: the
+--- share of the EMA weights still the initialisation; above 10% a warning is printed when progress is on)}
 --- Writes out/checkpoint.h5 (model, AdamW, EMA, step, generator, loader position: resuming from it
 --- continues exactly), out/model.h5 (the EMA weights, for knnd.knn_diffusion.load), out/log.csv
 --- and out/loss.png. Training sees no text: the condition is built from image embeddings.
@@ -774,10 +775,19 @@ function M.train(o)
   model:save(model_path, info)
   ema:swap()
   log = M.read_log(log_path)
+  -- the share of the EMA average that is still the initialisation: above 10% it samples worse than the live
+  -- weights (a run shorter than a few times 1 / (1 - ema) steps); say so where a person is watching
+  local ema_rate = o.ema or 0.999
+  local ema_init = ema_rate ^ step
+  if ema_init > 0.1 and o.progress ~= false then
+    io.stderr:write(("knnd.knn_diffusion.train: after %d steps the EMA (%g) still holds %.0f%% of the initial weights; "
+      .. "sample with knn_diffusion.load('%s', {weights = \"live\"}) or train with a lower 'ema'\n")
+      :format(step, ema_rate, 100 * ema_init, ck_path))
+  end
   M.plot_losses { path = out .. "/loss.png", runs = { { name = o.name or cfg.cond.mode, log = log } },
     title = ("training loss (%s)"):format(o.name or cfg.cond.mode) }
   return { steps = step, loss = loss_value, seconds = knnd.wall_time() - t0, resumed_from = resumed_from, log = log,
-    checkpoint = ck_path, model_path = model_path }
+    checkpoint = ck_path, model_path = model_path, ema_init_share = ema_init }
 end
 
 -- ---- generation from text -----------------------------------------------------------------

@@ -222,6 +222,7 @@ describe("an edit model (knn_diffusion.new{edit = true})", function()
       progress = false, checkpoint_every = 2 }
     assert.are.equal(4, r.steps)
     assert.is_true(r.loss == r.loss)
+    h.assert_close(r.ema_init_share, 0.999 ^ 4, 1e-12)
     local back = kd.load(dir .. "/model.h5")
     assert.is_true(back.config.edit)
     -- a training checkpoint gives its EMA weights, or with weights = "live" the trained ones themselves
@@ -238,7 +239,7 @@ describe("an edit model (knn_diffusion.new{edit = true})", function()
     assert.is_true(h.exists(grid) and h.exists(out))
     assert.are.same({ 1, S, S }, knnd.read_png(out):shape())
     -- a lower strength starts from the noised source: closer to it than a full run
-    local full = knnd.edit.run { model = back, query = R.emb:narrow(1, 1, 1), index = R.index, image = x, steps = 10,
+    local full = knnd.edit { model = back, query = R.emb:narrow(1, 1, 1), index = R.index, image = x, steps = 10,
       text = "x", seed = 1 }
     local part = knnd.edit.run { model = back, query = R.emb:narrow(1, 1, 1), index = R.index, image = x, steps = 10,
       text = "x", seed = 1, strength = 0.2 }
