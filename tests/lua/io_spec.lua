@@ -379,7 +379,7 @@ describe("knnd.plot", function()
     assert.has_error(function() knnd.plot{path = path, series = {{x = {1}, y = {1, 2}}}} end,
       "knnd.plot: series 1 has 1 x values and 2 y values (expected as many)")
     assert.has_error(function() knnd.plot{path = path, series = {{y = {1}, colour = "red"}}} end,
-      "knnd.plot: unknown option 'colour' (expected name, x, y)")
+      "knnd.plot: unknown option 'colour' (expected name, x, y, err)")
     assert.has_error(function() knnd.plot{path = path, series = {{y = {0 / 0}}}} end)
     assert.has_error(function() knnd.plot{path = path, logy = true, series = {{y = {0, -1}}}} end)
     assert.has_error(function() knnd.plot{path = "/nonexistent/dir/p.png", series = {{y = {1, 2}}}} end)
@@ -411,7 +411,7 @@ describe("knnd.scatter", function()
     assert.has_error(function() knnd.scatter{path = path, series = {{y = {1}, labels = "a"}}} end,
       "knnd.scatter: series 1 'labels' expected a list of strings, got string")
     assert.has_error(function() knnd.plot{path = path, series = {{y = {1}, labels = {"a"}}}} end,
-      "knnd.plot: unknown option 'labels' (expected name, x, y)")
+      "knnd.plot: unknown option 'labels' (expected name, x, y, err)")
     assert.has_error(function() knnd.scatter{path = path, logx = true, series = {{x = {0, -1}, y = {1, 2}}}} end,
       "knnd.scatter: plot_scatter: argument 'ys' has no finite point to plot (a log axis needs values > 0)")
     assert.is_false(exists(path))
