@@ -130,6 +130,11 @@ local function draw_boxes(self, B, H, W, gen)
   return boxes
 end
 
+-- CLIP's unit image embeddings of images in [-1, 1] (CLIP takes [0, 1])
+local function clip_embed(clip, x)
+  return clip:encode_images(knnd.clamp((x + 1) * 0.5, 0, 1), { normalize = true })
+end
+
 local function crop(img, b) -- img [C,H,W] -> [C,h,w]
   return img:narrow(2, b[1] + 1, b[3]):narrow(3, b[2] + 1, b[4])
 end
@@ -142,7 +147,7 @@ function Pairs:embed_areas(x, boxes)
     local a = crop(x:select(1, i), boxes[i]):unsqueeze(1)
     areas:narrow(1, i, 1):copy_(knnd.interpolate(a, { size = { H, W }, mode = "bilinear" }))
   end
-  return self.clip:encode_images(knnd.clamp((areas + 1) * 0.5, 0, 1), { normalize = true })
+  return clip_embed(self.clip, areas)
 end
 
 --- p:neighbors(q [B,D], rows (i64 [B] database rows of the images, or nil)) -> {rows = i64 [B,k], embeddings =
@@ -159,10 +164,10 @@ function Pairs:neighbors(q, rows, gen)
   local nrows = nb.rows:totable()
   local pick, flat, lists = {}, {}, {}
   for i = 1, B do
-    local list = {}
+    local list, taken = {}, {}
     for j = 1, got do
       local r = nrows[i][j]
-      if r >= 0 and (not sims or sims[i][j] <= self.dup_threshold) then list[#list + 1] = j end
+      if r >= 0 and (not sims or sims[i][j] <= self.dup_threshold) then list[#list + 1] = j; taken[j] = true end
       if #list == k then break end
     end
     if #list < k then
@@ -171,9 +176,7 @@ function Pairs:neighbors(q, rows, gen)
       for j = 1, got do
         if #list == k then break end
         local r = nrows[i][j]
-        local used = false
-        for _, jj in ipairs(list) do if jj == j then used = true end end
-        if r >= 0 and not used and not (rows and r == rows:get(i)) then list[#list + 1] = j end
+        if r >= 0 and not taken[j] and not (rows and r == rows:get(i)) then list[#list + 1] = j end
       end
       if #list == 0 then fail("pairs", "no neighbour found for row %d (is the index empty?)", rows and rows:get(i) or i - 1) end
       while #list < k do list[#list + 1] = list[#list] end
@@ -428,8 +431,7 @@ function M.clip_gain(clip, source, result, texts)
   for _, t in ipairs(texts) do if not at[t] then uniq[#uniq + 1] = t; at[t] = #uniq end end
   return knnd.no_grad(function()
     local te = clip:encode_text(uniq, { normalize = true })
-    local function enc(x) return clip:encode_images(knnd.clamp((x + 1) * 0.5, 0, 1), { normalize = true }) end
-    local es, er = enc(source), enc(result)
+    local es, er = clip_embed(clip, source), clip_embed(clip, result)
     local idx = {}
     for i = 1, B do idx[i] = at[texts[#texts == 1 and 1 or i]] - 1 end
     local t = te:index_select(1, knnd.tensor(idx, { dtype = "i64" }))

@@ -295,18 +295,26 @@ function Model:null_tokens(B)
   return self.null:unsqueeze(1):expand(B, c.tokens, c.dim)
 end
 
--- an edit model's input: x_t and the source image Ĩ side by side in the channels
-local function with_source(self, fname, x, source)
+-- the source images an edit model needs (and only an edit model takes), checked against the batch's shape
+-- {B, C, H, W}
+local function check_source(self, fname, shape, source)
   if not self.config.edit then
     if source ~= nil then fail(fname, "a source image is for an edit model (knn_diffusion.new{edit = true})") end
-    return x
+    return
   end
   if source == nil then fail(fname, "an edit model needs the source image (option 'source', [B,C,H,W])") end
-  if source:dim() ~= 4 or source:size(1) ~= x:size(1) or source:size(2) ~= x:size(2) or source:size(3) ~= x:size(3)
-      or source:size(4) ~= x:size(4) then
+  local ok = source:dim() == 4
+  for d = 1, 4 do ok = ok and source:size(d) == shape[d] end
+  if not ok then
     fail(fname, "the source images are %s (expected %s, as the images)", table.concat(source:shape(), "x"),
-      table.concat(x:shape(), "x"))
+      table.concat(shape, "x"))
   end
+end
+
+-- an edit model's input: x_t and the source image Ĩ side by side in the channels
+local function with_source(self, fname, x, source)
+  check_source(self, fname, x:shape(), source)
+  if not self.config.edit then return x end
   return knnd.cat({ x, source }, 2)
 end
 
@@ -324,7 +332,7 @@ function Model:loss(x0, tokens, opts)
   local gen = opts and opts.gen
   local source = opts and opts.source
   if self.config.backbone == "discrete" then
-    with_source(self, "Model:loss", x0, source)
+    check_source(self, "Model:loss", x0:shape(), source)
     if opts and opts.pixel_weights ~= nil then fail("Model:loss", "option 'pixel_weights' is for the continuous backbone") end
     return self.net:loss(x0, tokens, opts)
   end
@@ -373,7 +381,7 @@ function Model:sample(opts)
   local d = self.diffusion
   local source = opts.source
   if source ~= nil then
-    with_source(self, fname, knnd.empty(B, c.channels, c.image_size, c.image_size), source)
+    check_source(self, fname, { B, c.channels, c.image_size, c.image_size }, source)
   elseif c.edit then
     fail(fname, "an edit model needs option 'source' (the image to edit, [B,C,H,W] in [-1,1])")
   end
@@ -458,8 +466,8 @@ function Model:sample_discrete(fname, opts, tokens)
     fail(fname, "option 'strength' is for the continuous backbone (the discrete one starts from all [MASK])")
   end
   if self.config.edit or opts.source ~= nil then
-    with_source(self, fname, knnd.empty(tokens:size(1), self.config.channels, self.config.image_size,
-      self.config.image_size), opts.source)
+    local c = self.config
+    check_source(self, fname, { tokens:size(1), c.channels, c.image_size, c.image_size }, opts.source)
   end
   local steps = positive_int(fname, "steps", opts.steps or dc.T)
   local r = opts.truncation or dc.truncation
