@@ -37,6 +37,7 @@ void knnd_lua_open_metrics(lua_State *L);   /* bind_metrics.c: knnd.metrics (FID
 void knnd_lua_metrics_inception(lua_State *L); /* bind_inception.c: knnd.metrics.inception (table at -1) */
 void knnd_lua_metrics_stats(lua_State *L);     /* bind_fid_stats.c: stats, load_stats, frechet, kid, clip_score, r_precision */
 void knnd_lua_open_stats(lua_State *L);        /* bind_stats.c: knnd._stats (t and binomial distributions from GSL; knnd.stats) */
+void knnd_lua_open_dist(lua_State *L);         /* bind_dist.c: knnd._dist (MPI process group; knnd.dist) */
 
 /* ---- errors ------------------------------------------------------------------------------ */
 /* Raise a Lua error "knnd.<fname>: <knnd_last_error()>" (a leading "<op>: " of the message

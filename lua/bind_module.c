@@ -72,6 +72,7 @@ int luaopen_knnd(lua_State *L) {
   knnd_lua_open_vqdiff(L);
   knnd_lua_open_metrics(L);
   knnd_lua_open_stats(L);
+  knnd_lua_open_dist(L);
   lua_newtable(L);
   lua_pushcfunction(L, lazy_submodule);
   lua_setfield(L, -2, "__index");

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "bind.h"
+#include "knnd/dist.h"
 #include "knnd/version.h"
 
 /* message handler: keep the error, add a traceback unless the error is a plain user error */
@@ -50,6 +51,8 @@ int main(int argc, char **argv) {
     if (status == LUA_OK) code = (int)luaL_optinteger(L, -1, 0);
   }
   if (status != LUA_OK) {
+    /* one rank of a job failing ends the job: the others would wait for it until their timeout */
+    if (knnd_dist_size() > 1) knnd_dist_abort(lua_tostring(L, -1), 1);
     fprintf(stderr, "knnd: %s\n", lua_tostring(L, -1));
     code = 1;
   }

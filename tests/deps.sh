@@ -12,7 +12,8 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libcairo2-dev fonts-dejavu-core libplplot-dev plplot-driver-cairo \
   libcmocka-dev libicu-dev libfaiss-dev dataset-fashion-mnist \
   libfreetype-dev libharfbuzz-dev fonts-noto-color-emoji unicode-data \
-  libssl-dev libzip-dev libgsl-dev python3-nbformat libopencv-video-dev >/dev/null
+  libssl-dev libzip-dev libgsl-dev python3-nbformat libopencv-video-dev \
+  libopenmpi-dev openmpi-bin >/dev/null
 echo "deps.sh: Debian packages installed"
 
 # EmojiOne 2 (the emojione dataset): the PNGs of ruby-gemojione, unpacked rather than installed

@@ -32,11 +32,21 @@ void knnd_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t o
   out[3] = c3;
 }
 
-static knnd_generator default_gen = {0, 0};
+static knnd_generator default_gen = {0, 0, 0, 1};
 knnd_generator *knnd_default_generator(void) { return &default_gen; }
 void knnd_generator_init(knnd_generator *g, uint64_t seed) {
   g->seed = seed;
   g->offset = 0;
+  g->shard_rank = 0;
+  g->shard_world = 1;
+}
+knnd_status knnd_generator_set_shard(knnd_generator *g, int rank, int world) {
+  if (!g) g = &default_gen;
+  if (world < 1 || rank < 0 || rank >= world)
+    return knnd_error(KNND_ERR_ARG, "generator_set_shard: rank %d of world %d (expected 0 <= rank < world)", rank, world);
+  g->shard_rank = rank;
+  g->shard_world = world;
+  return KNND_OK;
 }
 void knnd_manual_seed(uint64_t seed) { knnd_generator_init(&default_gen, seed); }
 
@@ -71,17 +81,21 @@ static knnd_status fill(knnd_tensor *t, fill_kind kind, double a, double b, knnd
   float *pf = knnd_tensor_data(t);
   void *base = t->storage->data;
   knnd_dtype dt = t->dtype;
-  int64_t nblocks = (n + per_block - 1) / per_block;
+  /* sharded: these n values are elements start .. start + n - 1 of a fill of n * world */
+  int64_t world = g->shard_world > 1 ? g->shard_world : 1, start = world > 1 ? (int64_t)g->shard_rank * n : 0;
+  int64_t consumed = (n * world + per_block - 1) / per_block; /* blocks the whole fill uses */
+  int64_t first = start / per_block, nblocks = n == 0 ? 0 : (start + n - 1) / per_block - first + 1;
 #ifdef KNND_HAVE_CUDA
   if (knnd_on_cuda(t)) { /* the same values from cuda_random.cu's copy of the loop below */
-    KNND_TRY(knnd_cuda_random_fill(t, (int)kind, a, b, g->seed, g->offset));
-    g->offset += (uint64_t)nblocks;
+    KNND_TRY(knnd_cuda_random_fill(t, (int)kind, a, b, g->seed, g->offset, start));
+    g->offset += (uint64_t)consumed;
     return KNND_OK;
   }
 #endif
   /* core/backend/cuda/cuda_random.cu repeats this loop's arithmetic: change both together */
 #pragma omp parallel for num_threads(knnd_threads_for(n * 8))
-  for (int64_t bi = 0; bi < nblocks; bi++) {
+  for (int64_t bj = 0; bj < nblocks; bj++) {
+    int64_t bi = first + bj;
     uint32_t r[4];
     block(g, (uint64_t)bi, r);
     double v[4];
@@ -113,7 +127,8 @@ static knnd_status fill(knnd_tensor *t, fill_kind kind, double a, double b, knnd
         break;
     }
     for (int j = 0; j < m; j++) {
-      int64_t i = bi * per_block + j;
+      int64_t i = bi * per_block + j - start;
+      if (i < 0) continue;
       if (i >= n) break;
       if (contiguous_f32) pf[i] = (float)v[j];
       else if (kind == FILL_RANDINT && (dt == KNND_I64 || dt == KNND_I32)) {
@@ -123,7 +138,7 @@ static knnd_status fill(knnd_tensor *t, fill_kind kind, double a, double b, knnd
       } else knnd_store_f64(base, knnd_flat_offset(t, i), dt, v[j]);
     }
   }
-  g->offset += (uint64_t)nblocks;
+  g->offset += (uint64_t)consumed;
   return KNND_OK;
 }
 

@@ -410,11 +410,15 @@ local function epoch_gen(seed, epoch, stream)
   return knnd.Generator(seed + epoch * 1000003 + stream * 7919)
 end
 
---- ds:loader{batch=64, shuffle=true, seed=0, flip=false, device="cpu", drop_last=true, rows=}
+--- ds:loader{batch=64, shuffle=true, seed=0, flip=false, device="cpu", drop_last=true, rows=, shard=}
 --- rows: only these 0-based rows (a list or an i64 tensor), e.g. the images of the classes a model may see
+--- shard = {rank, world} (data-parallel training): every rank walks the same order and reads only its
+--- slice of each batch (batch / world rows: batch must divide by world); together the ranks read the
+--- batches one loader of the same batch reads
 function Dataset:loader(opts)
   local fname = "loader"
-  opts = check_opts(fname, opts, { batch = 1, shuffle = 1, seed = 1, flip = 1, device = 1, drop_last = 1, rows = 1 })
+  opts = check_opts(fname, opts, { batch = 1, shuffle = 1, seed = 1, flip = 1, device = 1, drop_last = 1, rows = 1,
+    shard = 1 })
   local batch = opts.batch or 64
   if math.type(batch) ~= "integer" or batch < 1 then
     error(("knnd.dataset.loader: option 'batch' expected a positive integer, got %s"):format(tostring(batch)), 2)
@@ -450,9 +454,21 @@ function Dataset:loader(opts)
   if drop_last and batch > n then
     error(("knnd.dataset.loader: batch %d is larger than the dataset (%d rows) with drop_last"):format(batch, n), 2)
   end
+  local shard = opts.shard
+  if shard ~= nil then
+    local r, w = type(shard) == "table" and shard[1], type(shard) == "table" and shard[2]
+    if math.type(r) ~= "integer" or math.type(w) ~= "integer" or w < 1 or r < 0 or r >= w then
+      error("knnd.dataset.loader: option 'shard' expected {rank, world} with 0 <= rank < world", 2)
+    end
+    if batch % w ~= 0 then
+      error(("knnd.dataset.loader: batch %d does not divide among %d ranks (option 'shard')"):format(batch, w), 2)
+    end
+    if not drop_last then error("knnd.dataset.loader: option 'shard' needs drop_last (every batch divides evenly)", 2) end
+    shard = w > 1 and { r, w } or nil
+  end
   local it = setmetatable({ ds = self, batch = batch, shuffle = opts.shuffle ~= false, seed = seed,
     flip = opts.flip == true, device = device, drop_last = drop_last, epoch = 0, position = 0, subset = subset,
-    n = n }, Loader)
+    n = n, shard = shard }, Loader)
   local c, w = self.shape[1], self.shape[3]
   it.reverse_w = knnd.arange(w - 1, -1, -1, { dtype = "i64" })
   it.c = c
@@ -490,14 +506,20 @@ function Loader:next()
   end
   self:_epoch_plan()
   local b = math.min(self.batch, n - self.position)
-  local rows = self.perm:narrow(1, self.position + 1, b):contiguous()
+  -- this rank's slice of the batch (all of it without a shard)
+  local from = self.position
+  if self.shard then
+    b = b // self.shard[2]
+    from = from + self.shard[1] * b
+  end
+  local rows = self.perm:narrow(1, from + 1, b):contiguous()
   if self.subset then rows = self.subset:index_select(1, rows) end
   local index = self.position // self.batch
-  self.position = self.position + b
+  self.position = self.position + (self.shard and b * self.shard[2] or b)
   local x = self.ds:images(rows):float() * (2 / 255) - 1
   local flipped
   if self.flip then
-    flipped = self.flips:narrow(1, self.position - b + 1, b):contiguous()
+    flipped = self.flips:narrow(1, from + 1, b):contiguous()
     local mirrored = knnd.index_select(x, 4, self.reverse_w)
     x = knnd.where(flipped:view(b, 1, 1, 1), mirrored, x)
   else

@@ -687,12 +687,24 @@ function M.train(o)
   -- comes from the default generator, which the checkpoint saves and restores
   knnd.manual_seed(seed)
   local params = model:parameters()
+  -- data-parallel over the ranks of a job (mpirun -np N): the same start everywhere, each rank its
+  -- slice of every batch and of its random draws, the gradients averaged: N ranks with batch B step
+  -- as one process with batch B. Rank 0 alone writes files and shows progress.
+  local dist = knnd.dist
+  local world, rank = dist.size(), dist.rank()
+  local main = rank == 0
+  if world > 1 then
+    if batch % world ~= 0 then
+      fail(fname, "batch %d does not divide among the %d ranks of this job (give a multiple of %d)", batch, world, world)
+    end
+    knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
+  end
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = o.weight_decay or 0.0 })
   local ema = knnd.optim.EMA(params, o.ema or 0.999)
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
     warmup_steps = math.min(o.warmup or math.max(1, steps // 50), steps - 1), total_steps = steps }
   local loader = ds:loader { batch = math.min(batch, o.rows and (knnd.is_tensor(o.rows) and o.rows:numel() or #o.rows) or n),
-    shuffle = true, seed = seed, flip = o.flip == true, rows = o.rows }
+    shuffle = true, seed = seed, flip = o.flip == true, rows = o.rows, shard = world > 1 and { rank, world } or nil }
   local store_info = emb_store and emb_store:info() or {}
   local info = { encoder = store_info.encoder, encoder_hash = store_info.encoder_hash, dataset = ds.path, name = o.name }
   model.info = info
@@ -720,14 +732,17 @@ function M.train(o)
   local rows_log = {}
   for i = 1, #log.steps do rows_log[i] = { log.steps[i], log.loss[i], log.lr[i], log.seconds[i] } end
 
+  -- every rank draws its slice of what one process would draw for the whole batch
+  dist.shard_generator(world > 1)
   local function save(step)
+    if not main then return end
     local c = { format = M.FORMAT, model = stored_config(model), info = info, loader = loader:state(),
       ema_names = model:parameter_names(), train = { steps = steps, batch = batch, lr = lr, seed = seed } }
     write_log(log_path, rows_log)
     knnd.io.save_checkpoint(ck_path, { model = model, optimizer = opt, ema = ema, step = step, config = c })
   end
 
-  local bar = o.progress ~= false and knnd.progress { total = steps, desc = "train " .. (o.name or cfg.cond.mode),
+  local bar = o.progress ~= false and main and knnd.progress { total = steps, desc = "train " .. (o.name or cfg.cond.mode),
     unit = "step" } or nil
   if bar and start > 0 then bar:update(start) end
   local t0 = knnd.wall_time()
@@ -738,7 +753,12 @@ function M.train(o)
   local db_n = database and database:size(1) or 0
   model:train()
   while step < stop do
-    if o.time_limit and knnd.wall_time() - t0 > o.time_limit then break end
+    if o.time_limit then
+      -- the ranks stop together: rank 0's clock decides
+      local over = knnd.tensor({ knnd.wall_time() - t0 > o.time_limit and 1 or 0 }, { dtype = "i32" })
+      if world > 1 then dist.broadcast(over, 0) end
+      if over:item() == 1 then break end
+    end
     local b = loader:next()
     local B = b.x:size(1)
     local q, nb, source, pixel_weights
@@ -763,11 +783,13 @@ function M.train(o)
     local loss = model:loss(b.x, model:condition(q, nb, { drop = drop }), { source = source,
       pixel_weights = pixel_weights })
     loss:backward()
+    if world > 1 then dist.all_reduce_grads(params) end
     if o.grad_clip ~= false then knnd.optim.clip_grad_norm(params, o.grad_clip or 1.0) end
     opt:step()
     ema:update()
     step = step + 1
     loss_value = loss:item()
+    if world > 1 then loss_value = dist.all_reduce(knnd.tensor({ loss_value }), "mean"):item() end
     if loss_value ~= loss_value or loss_value == math.huge then
       fail(fname, "the loss is %s at step %d (lower lr, or check the data)", tostring(loss_value), step)
     end
@@ -776,24 +798,28 @@ function M.train(o)
     if step % every == 0 or step == steps then save(step) end
   end
   if step % every ~= 0 and step ~= steps then save(step) end
+  dist.shard_generator(false)
   if bar then bar:close() end
   model:eval()
   -- the sampling model: the EMA weights, the live ones kept in the checkpoint
-  ema:swap()
-  model:save(model_path, info)
-  ema:swap()
+  if main then
+    ema:swap()
+    model:save(model_path, info)
+    ema:swap()
+  end
+  if world > 1 then dist.barrier() end -- the files are in place when train returns on any rank
   log = M.read_log(log_path)
   -- the share of the EMA average that is still the initialisation: above 10% it samples worse than the live
   -- weights (a run shorter than a few times 1 / (1 - ema) steps); say so where a person is watching
   local ema_rate = o.ema or 0.999
   local ema_init = ema_rate ^ step
-  if ema_init > 0.1 and o.progress ~= false then
+  if ema_init > 0.1 and o.progress ~= false and main then
     io.stderr:write(("knnd.knn_diffusion.train: after %d steps the EMA (%g) still holds %.0f%% of the initial weights; "
       .. "sample with knn_diffusion.load('%s', {weights = \"live\"}) or train with a lower 'ema'\n")
       :format(step, ema_rate, 100 * ema_init, ck_path))
   end
-  M.plot_losses { path = out .. "/loss.png", runs = { { name = o.name or cfg.cond.mode, log = log } },
-    title = ("training loss (%s)"):format(o.name or cfg.cond.mode) }
+  if main then M.plot_losses { path = out .. "/loss.png", runs = { { name = o.name or cfg.cond.mode, log = log } },
+    title = ("training loss (%s)"):format(o.name or cfg.cond.mode) } end
   return { steps = step, loss = loss_value, seconds = knnd.wall_time() - t0, resumed_from = resumed_from, log = log,
     checkpoint = ck_path, model_path = model_path, ema_init_share = ema_init }
 end
@@ -852,7 +878,7 @@ function M.generate(o)
   local total = P * n
   local chunk = positive_int(fname, "batch", o.batch or 128)
   local images = knnd.empty(total, cfg.channels, cfg.image_size, cfg.image_size)
-  local bar = o.progress ~= false and knnd.progress { total = total, desc = "generate", unit = "img" } or nil
+  local bar = o.progress ~= false and main and knnd.progress { total = total, desc = "generate", unit = "img" } or nil
   for first = 1, total, chunk do
     local m = math.min(chunk, total - first + 1)
     images:narrow(1, first, m):copy_(model:sample { tokens = tokens:narrow(1, first, m), sampler = o.sampler,

@@ -50,6 +50,13 @@ local ALLOWED = { name = 1, grid = 1, runs = 1, base = 1, run = 1, dir = 1, resu
 
 local function fail(fmt, ...) error(("knnd.sweep: " .. fmt):format(...), 0) end
 
+-- knnd.dist when the knnd module is loaded (knnd.sweep itself runs without it in some tests)
+local function knnd_dist()
+  local ok, knnd = pcall(require, "knnd")
+  if ok and type(knnd) == "table" and knnd._dist then return knnd.dist end
+  return nil
+end
+
 -- ---- shards ---------------------------------------------------------------------------------
 local function check_shard(i, n, what)
   i, n = math.tointeger(i), math.tointeger(n)
@@ -484,6 +491,18 @@ function M.sweep(spec)
     shard, shard_from = M.env_shard()
   end
   shard = shard or { 1, 1 }
+  -- a sweep launched as the ranks of an MPI job: each rank runs its shard of the runs on its own
+  -- (no data-parallel training inside a run); data-parallel runs in a sweep would need every rank
+  -- on the same run and rank 0 alone keeping the sweep's books, which knnd.sweep does not do yet
+  local dist = knnd_dist()
+  if dist and dist.size() > 1 then
+    if shard_from ~= "OMPI" and shard_from ~= "PMI" then
+      fail("this sweep runs as %d MPI ranks with its shard from %s: launch it with one process per shard "
+        .. "(the ranks of an mpirun take their shard from their rank when --shard is not given)", dist.size(),
+        shard_from == "option" and "--shard" or tostring(shard_from))
+    end
+    dist.work_alone(true)
+  end
 
   local planned, name_keys, axes = M.plan(spec, config.cli_overrides())
   local comparisons = compare_specs(spec.compare, axes, spec.grid, spec.seed_key or "seed")

@@ -2,8 +2,8 @@
  * uniform, randint and bernoulli bit for bit, normal within 1e-6 relative (the count of values
  * that are not bit-identical is printed); every dtype, sizes that are not multiples of 4 (or of
  * 2 for normal), a size beyond one block of threads, offsets across the 2^32 carry, strided
- * destinations, generators advancing identically across devices, the default generator, and
- * argument errors. Every case is skipped (never passed) without a CUDA device. */
+ * destinations, generators advancing identically across devices, the default generator, sharded
+ * draws (each rank's slice of one fill), and argument errors. Every case is skipped (never passed) without a CUDA device. */
 #include "testutil.h"
 
 #include <math.h>
@@ -194,6 +194,38 @@ static void generators_advance_identically(void **state) {
   }
 }
 
+/* sharded draws (data-parallel ranks): every rank's slice on the GPU equals its slice on the CPU,
+ * for slices that start inside a Philox block, and the offsets advance alike */
+static void sharded_fills(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(505);
+  const int64_t lens[4] = {3, 5, 1, 4099};
+  for (int k = 0; k < KINDS; k++)
+    for (int world = 2; world <= 3; world++)
+      for (int rank = 0; rank < world; rank++)
+        for (int li = 0; li < 4; li++) {
+          fill_args a = {.kind = k, .lo = -3, .hi = 40};
+          knnd_generator gc, gg;
+          knnd_generator_init(&gc, 77);
+          knnd_generator_init(&gg, 77);
+          gc.offset = gg.offset = (uint64_t)kt_randint(0, 1000);
+          KT_OK(knnd_generator_set_shard(&gc, rank, world));
+          KT_OK(knnd_generator_set_shard(&gg, rank, world));
+          knnd_tensor *c = NULL, *g = NULL;
+          KT_OK(knnd_tensor_empty(KNND_F32, 1, &lens[li], KNND_CPU, &c));
+          KT_OK(knnd_tensor_empty(KNND_F32, 1, &lens[li], CUDA0, &g));
+          KT_OK(fill(c, &a, &gc));
+          KT_OK(fill(g, &a, &gg));
+          char what[96];
+          snprintf(what, sizeof what, "sharded %s rank %d of %d n=%lld", kind_names[k], rank, world, (long long)lens[li]);
+          compare(what, g, c, k);
+          assert_true(gc.offset == gg.offset);
+          knnd_tensor_release(c);
+          knnd_tensor_release(g);
+        }
+}
+
 static void errors_leave_the_offset(void **state) {
   (void)state;
   KT_REQUIRE_CUDA();
@@ -217,6 +249,6 @@ static void errors_leave_the_offset(void **state) {
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(every_kind_dtype_and_size),     cmocka_unit_test(randint_ranges),
     cmocka_unit_test(strided_destination),           cmocka_unit_test(generators_advance_identically),
-    cmocka_unit_test(errors_leave_the_offset),
+    cmocka_unit_test(errors_leave_the_offset),       cmocka_unit_test(sharded_fills),
 };
 KT_CUDA_MAIN(tests)

@@ -103,12 +103,48 @@ static void test_randperm(void **state) {
   knnd_tensor_release(p);
 }
 
+/* sharded fills: the world's slices, in rank order, are one whole fill (slices starting inside
+ * Philox blocks: n odd), the offset advances past the whole fill, and bad shards are refused */
+static void test_sharded_fills(void **state) {
+  (void)state;
+  const int64_t lens[3] = {1, 3, 7};
+  for (int world = 2; world <= 3; world++)
+    for (int li = 0; li < 3; li++)
+      for (int normal = 0; normal < 2; normal++) {
+        int64_t n = lens[li], total = n * world;
+        knnd_generator whole;
+        knnd_generator_init(&whole, 13);
+        knnd_tensor *w = NULL;
+        KT_OK(knnd_tensor_empty(KNND_F32, 1, &total, KNND_CPU, &w));
+        KT_OK(normal ? knnd_normal_(w, 0, 1, &whole) : knnd_uniform_(w, 0, 1, &whole));
+        const float *wv = knnd_tensor_data(w);
+        for (int r = 0; r < world; r++) {
+          knnd_generator g;
+          knnd_generator_init(&g, 13);
+          KT_OK(knnd_generator_set_shard(&g, r, world));
+          knnd_tensor *p = NULL;
+          KT_OK(knnd_tensor_empty(KNND_F32, 1, &n, KNND_CPU, &p));
+          KT_OK(normal ? knnd_normal_(p, 0, 1, &g) : knnd_uniform_(p, 0, 1, &g));
+          const float *pv = knnd_tensor_data(p);
+          for (int64_t i = 0; i < n; i++) assert_true(pv[i] == wv[r * n + i]);
+          assert_true(g.offset == whole.offset);
+          knnd_tensor_release(p);
+        }
+        knnd_tensor_release(w);
+      }
+  knnd_generator g;
+  knnd_generator_init(&g, 1);
+  KT_FAILS(knnd_generator_set_shard(&g, 2, 2), KNND_ERR_ARG, "rank 2 of world 2");
+  KT_FAILS(knnd_generator_set_shard(&g, 0, 0), KNND_ERR_ARG, "expected 0 <= rank < world");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_philox_known_answers),
       cmocka_unit_test(test_streams_are_deterministic),
       cmocka_unit_test(test_moments),
       cmocka_unit_test(test_randperm),
+      cmocka_unit_test(test_sharded_fills),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,10 +54,12 @@ template <> __device__ __forceinline__ void store<uint8_t>(uint8_t *p, double v)
 
 template <typename T>
 __global__ void random_fill_kernel(T *__restrict__ p, knnd_cuda_view v, bool contig, int64_t n, int64_t nblocks,
-                                   int kind, double a, double b, uint64_t seed, uint64_t offset) {
+                                   int kind, double a, double b, uint64_t seed, uint64_t offset, int64_t start) {
   const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
   const int per_block = kind == KNND_CUDA_FILL_NORMAL ? 2 : 4;
-  KNND_CUDA_GRID_STRIDE(bi, nblocks) {
+  const int64_t first = start / per_block;
+  KNND_CUDA_GRID_STRIDE(bj, nblocks) {
+    const int64_t bi = first + bj;
     uint32_t r[4];
     philox(offset + (uint64_t)bi, k0, k1, r);
     double val[4] = {0, 0, 0, 0};
@@ -85,7 +87,8 @@ __global__ void random_fill_kernel(T *__restrict__ p, knnd_cuda_view v, bool con
         break;
     }
     for (int j = 0; j < per_block; j++) {
-      const int64_t i = bi * per_block + j;
+      const int64_t i = bi * per_block + j - start;
+      if (i < 0) continue;
       if (i >= n) break;
       store<T>(p + (contig ? i : knnd_cuda_offset(v, i)), val[j]);
     }
@@ -93,31 +96,32 @@ __global__ void random_fill_kernel(T *__restrict__ p, knnd_cuda_view v, bool con
 }
 
 template <typename T>
-knnd_status launch(knnd_tensor *t, int kind, double a, double b, uint64_t seed, uint64_t offset, cudaStream_t s) {
+knnd_status launch(knnd_tensor *t, int kind, double a, double b, uint64_t seed, uint64_t offset, int64_t start,
+                   cudaStream_t s) {
   const int64_t n = knnd_tensor_numel(t), per_block = kind == KNND_CUDA_FILL_NORMAL ? 2 : 4;
-  const int64_t nblocks = (n + per_block - 1) / per_block;
+  const int64_t nblocks = (start + n - 1) / per_block - start / per_block + 1;
   knnd_cuda_view v;
   const knnd_tensor *ops[1] = {t};
   knnd_cuda_views(t->ndim, t->shape, 1, ops, &v);
   random_fill_kernel<T><<<knnd_cuda_blocks(nblocks, KNND_CUDA_THREADS), KNND_CUDA_THREADS, 0, s>>>(
-      (T *)knnd_tensor_data(t), v, knnd_tensor_is_contiguous(t), n, nblocks, kind, a, b, seed, offset);
+      (T *)knnd_tensor_data(t), v, knnd_tensor_is_contiguous(t), n, nblocks, kind, a, b, seed, offset, start);
   return knnd_cuda_launched("random fill");
 }
 
 }  // namespace
 
 extern "C" knnd_status knnd_cuda_random_fill(knnd_tensor *t, int kind, double a, double b, uint64_t seed,
-                                             uint64_t offset) {
+                                             uint64_t offset, int64_t start) {
   if (knnd_tensor_numel(t) == 0) return KNND_OK;
   cudaStream_t s;
   KNND_TRY(knnd_cuda_prepare(t, &s));
   switch (t->dtype) {
-    case KNND_F32: return launch<float>(t, kind, a, b, seed, offset, s);
-    case KNND_F16: return launch<__half>(t, kind, a, b, seed, offset, s);
-    case KNND_BF16: return launch<__nv_bfloat16>(t, kind, a, b, seed, offset, s);
-    case KNND_I32: return launch<int32_t>(t, kind, a, b, seed, offset, s);
-    case KNND_I64: return launch<int64_t>(t, kind, a, b, seed, offset, s);
-    case KNND_U8: return launch<uint8_t>(t, kind, a, b, seed, offset, s);
+    case KNND_F32: return launch<float>(t, kind, a, b, seed, offset, start, s);
+    case KNND_F16: return launch<__half>(t, kind, a, b, seed, offset, start, s);
+    case KNND_BF16: return launch<__nv_bfloat16>(t, kind, a, b, seed, offset, start, s);
+    case KNND_I32: return launch<int32_t>(t, kind, a, b, seed, offset, start, s);
+    case KNND_I64: return launch<int64_t>(t, kind, a, b, seed, offset, start, s);
+    case KNND_U8: return launch<uint8_t>(t, kind, a, b, seed, offset, start, s);
     default: return knnd_error(KNND_ERR_DTYPE, "random: unsupported dtype %s", knnd_dtype_name(t->dtype));
   }
 }

@@ -16,8 +16,10 @@ extern "C" {
 enum { KNND_CUDA_FILL_UNIFORM, KNND_CUDA_FILL_NORMAL, KNND_CUDA_FILL_RANDINT, KNND_CUDA_FILL_BERNOULLI };
 
 /* Fill t (any strides) with `kind` (parameters a, b as random.c's fill) from the stream
- * (seed, offset); the caller advances the offset. */
-knnd_status knnd_cuda_random_fill(knnd_tensor *t, int kind, double a, double b, uint64_t seed, uint64_t offset);
+ * (seed, offset): element i of t is element start + i of the fill (a sharded draw, random.h);
+ * the caller advances the offset. */
+knnd_status knnd_cuda_random_fill(knnd_tensor *t, int kind, double a, double b, uint64_t seed, uint64_t offset,
+                                  int64_t start);
 
 #ifdef __cplusplus
 }

@@ -15,12 +15,21 @@ extern "C" {
 typedef struct knnd_generator {
   uint64_t seed;
   uint64_t offset;
+  /* Sharded draws (data-parallel training, knnd/dist.h): with shard_world > 1 every fill of n
+   * values is rank shard_rank's part of one fill of n * shard_world values — elements
+   * shard_rank * n .. shard_rank * n + n - 1 of it — and the offset advances past the whole
+   * fill. Ranks that each draw their slice of a batch so get the numbers one process drawing
+   * the whole batch would. Not part of the saved state (knnd_generator_init clears it). */
+  int32_t shard_rank;
+  int32_t shard_world;
 } knnd_generator;
 
 /* The process-wide default generator (seeded with 0 until knnd_manual_seed). */
 knnd_generator *knnd_default_generator(void);
 void knnd_manual_seed(uint64_t seed);
 void knnd_generator_init(knnd_generator *g, uint64_t seed);
+/* Draw as rank `rank` of `world` (see shard_rank above); world 1 turns sharding off. */
+knnd_status knnd_generator_set_shard(knnd_generator *g, int rank, int world);
 
 /* One Philox 4x32-10 block: counter (c0..c3) and key (k0,k1) to four 32-bit outputs. */
 void knnd_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);

@@ -1,0 +1,511 @@
+/* dist.c — process groups over MPI (knnd/dist.h). Every collective is started non-blocking
+ * (MPI_I*) and waited on with a deadline, so a dead or hung rank becomes a clear error on the
+ * others instead of a hang; MPI errors are returned (MPI_ERRORS_RETURN), not fatal. CUDA tensors
+ * go through NCCL when the build has it (core/dist/nccl.c), through host copies otherwise. */
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dist/dist_internal.h"
+#include "knnd/dist.h"
+#include "tensor/internal.h"
+
+static struct {
+  bool init_done, mpi_active, finalized;
+  int rank, size, local_rank;
+  double timeout;
+} W = {false, false, false, 0, 1, 0, 600.0};
+
+bool knnd_dist_launched(void) {
+  return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static knnd_status mpi_fail(int rc, const char *op) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "MPI error %d", rc);
+  return knnd_error(KNND_ERR_STATE, "dist_%s: rank %d of %d: MPI failed: %s", op, W.rank, W.size, text);
+}
+#define MPI_TRY(op, expr)                     \
+  do {                                        \
+    int mpi_rc_ = (expr);                     \
+    if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, op); \
+  } while (0)
+
+void knnd_dist_finalize(void) {
+  if (!W.mpi_active || W.finalized) return;
+  int fin = 0;
+  MPI_Finalized(&fin);
+  if (!fin) {
+    knnd_dist_nccl_destroy();
+    MPI_Finalize();
+  }
+  W.finalized = true;
+}
+
+knnd_status knnd_dist_init(void) {
+  if (W.init_done) return KNND_OK;
+  const char *env = getenv("KNND_DIST_TIMEOUT");
+  if (env && *env) {
+    char *end;
+    double t = strtod(env, &end);
+    if (*end || !(t > 0)) return knnd_error(KNND_ERR_ARG, "dist_init: KNND_DIST_TIMEOUT='%s' (expected seconds > 0)", env);
+    W.timeout = t;
+  }
+  if (!knnd_dist_launched()) {
+    W.init_done = true;
+    return KNND_OK;
+  }
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (!inited) {
+    int provided = 0;
+    int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+    if (rc != MPI_SUCCESS) return knnd_error(KNND_ERR_STATE, "dist_init: MPI_Init_thread failed (error %d)", rc);
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_TRY("init", MPI_Comm_rank(MPI_COMM_WORLD, &W.rank));
+  MPI_TRY("init", MPI_Comm_size(MPI_COMM_WORLD, &W.size));
+  MPI_Comm node;
+  MPI_TRY("init", MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, W.rank, MPI_INFO_NULL, &node));
+  MPI_TRY("init", MPI_Comm_rank(node, &W.local_rank));
+  MPI_Comm_free(&node);
+  W.mpi_active = true;
+  W.init_done = true;
+  if (!inited) atexit(knnd_dist_finalize);
+  return KNND_OK;
+}
+
+bool knnd_dist_active(void) { return W.mpi_active && !W.finalized; }
+int knnd_dist_rank(void) { return W.rank; }
+int knnd_dist_size(void) { return W.size; }
+int knnd_dist_local_rank(void) { return W.local_rank; }
+double knnd_dist_timeout(void) { return W.timeout; }
+knnd_status knnd_dist_set_timeout(double seconds) {
+  if (!(seconds > 0)) return knnd_error(KNND_ERR_ARG, "dist_set_timeout: %g seconds (expected > 0)", seconds);
+  W.timeout = seconds;
+  return KNND_OK;
+}
+
+/* a world of more than one rank, MPI up: the collectives have work to do */
+static knnd_status need_world(const char *op, bool *many) {
+  KNND_TRY(knnd_dist_init());
+  if (W.finalized) return knnd_error(KNND_ERR_STATE, "dist_%s: called after dist.finalize", op);
+  *many = W.mpi_active && W.size > 1;
+  return KNND_OK;
+}
+
+knnd_status knnd_dist_wait(int n, MPI_Request *reqs, const char *op) {
+  double deadline = now_s() + W.timeout;
+  long spins = 0, sleep_ns = 10000;
+  for (;;) {
+    int done = 0;
+    int rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, op);
+    if (done) return KNND_OK;
+    if (now_s() > deadline)
+      return knnd_error(KNND_ERR_STATE,
+                        "dist_%s: rank %d of %d waited %g s for the other ranks: one of them died, hung or stopped "
+                        "taking part (KNND_DIST_TIMEOUT or knnd.dist.set_timeout to wait longer)",
+                        op, W.rank, W.size, W.timeout);
+    /* spin briefly (a collective between ranks on one node completes in microseconds), then
+     * sleep with a growing interval so oversubscribed ranks leave the cores to the others */
+    if (++spins > 200) {
+      struct timespec ts = {0, sleep_ns};
+      nanosleep(&ts, NULL);
+      if (sleep_ns < 1000000) sleep_ns *= 2;
+    }
+  }
+}
+
+/* every rank holds the same n values (a tensor's dtype and shape, a count): checked by a MIN and a
+ * MAX all-reduce, so that all ranks agree on the outcome and fail together */
+static knnd_status agree(const char *op, int n, const int64_t *vals, bool *same) {
+  int64_t lo[12], hi[12];
+  MPI_Request r[2];
+  MPI_TRY(op, MPI_Iallreduce(vals, lo, n, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &r[0]));
+  MPI_TRY(op, MPI_Iallreduce(vals, hi, n, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD, &r[1]));
+  KNND_TRY(knnd_dist_wait(2, r, op));
+  *same = memcmp(lo, hi, (size_t)n * sizeof(int64_t)) == 0;
+  return KNND_OK;
+}
+
+static void describe(const knnd_tensor *t, char *buf, size_t cap) {
+  int k = snprintf(buf, cap, "%s [", knnd_dtype_name(t->dtype));
+  for (int d = 0; d < t->ndim && k > 0 && (size_t)k < cap; d++)
+    k += snprintf(buf + k, cap - (size_t)k, d ? "x%lld" : "%lld", (long long)t->shape[d]);
+  if (k > 0 && (size_t)k < cap) snprintf(buf + k, cap - (size_t)k, "]");
+}
+
+/* the ranks agree on t's dtype and shape (from dim `from` on: all_gather lets dim 0 differ) */
+static knnd_status agree_tensor(const char *op, const knnd_tensor *t, int from) {
+  int64_t v[2 + KNND_MAX_DIMS] = {0};
+  v[0] = t->dtype;
+  v[1] = t->ndim;
+  for (int d = from; d < t->ndim; d++) v[2 + d] = t->shape[d];
+  bool same;
+  KNND_TRY(agree(op, 2 + KNND_MAX_DIMS, v, &same));
+  if (!same) {
+    char what[160];
+    describe(t, what, sizeof what);
+    return knnd_error(KNND_ERR_SHAPE, "dist_%s: the ranks passed tensors of different %s (rank %d: %s)", op,
+                      from ? "dtypes or trailing shapes" : "shapes or dtypes", W.rank, what);
+  }
+  return KNND_OK;
+}
+
+static MPI_Datatype mpi_type(knnd_dtype dt) {
+  switch (dt) {
+    case KNND_F32: return MPI_FLOAT;
+    case KNND_I32: return MPI_INT32_T;
+    case KNND_I64: return MPI_INT64_T;
+    case KNND_U8: return MPI_UINT8_T;
+    case KNND_F16:
+    case KNND_BF16: return MPI_UINT16_T;
+    default: return MPI_DATATYPE_NULL;
+  }
+}
+
+static knnd_status check_arg(const knnd_tensor *t, const char *op) {
+  if (!t) return knnd_error(KNND_ERR_ARG, "dist_%s: missing tensor", op);
+  if (mpi_type(t->dtype) == MPI_DATATYPE_NULL)
+    return knnd_error(KNND_ERR_DTYPE, "dist_%s: dtype %s is not supported", op, knnd_dtype_name(t->dtype));
+  if (knnd_tensor_numel(t) > INT32_MAX)
+    return knnd_error(KNND_ERR_SHAPE, "dist_%s: %lld elements (at most 2^31 - 1 per call)", op,
+                      (long long)knnd_tensor_numel(t));
+  return KNND_OK;
+}
+
+knnd_status knnd_dist_barrier(void) {
+  bool many = false;
+  KNND_TRY(need_world("barrier", &many));
+  if (!many) return KNND_OK;
+  MPI_Request r;
+  MPI_TRY("barrier", MPI_Ibarrier(MPI_COMM_WORLD, &r));
+  return knnd_dist_wait(1, &r, "barrier");
+}
+
+knnd_status knnd_dist_broadcast_bytes(void *buf, size_t n, int root) {
+  bool many = false;
+  KNND_TRY(need_world("broadcast", &many));
+  if (root < 0 || root >= W.size)
+    return knnd_error(KNND_ERR_ARG, "dist_broadcast: root %d (expected 0 .. %d)", root, W.size - 1);
+  if (!many || n == 0) return KNND_OK;
+  if (n > INT32_MAX) return knnd_error(KNND_ERR_ARG, "dist_broadcast: %zu bytes (at most 2^31 - 1)", n);
+  MPI_Request r;
+  MPI_TRY("broadcast", MPI_Ibcast(buf, (int)n, MPI_BYTE, root, MPI_COMM_WORLD, &r));
+  return knnd_dist_wait(1, &r, "broadcast");
+}
+
+knnd_status knnd_dist_broadcast_string(const char *s, size_t len, int root, char **out, size_t *n) {
+  bool many = false;
+  KNND_TRY(need_world("broadcast", &many));
+  int64_t size = W.rank == root ? (int64_t)len : 0;
+  KNND_TRY(knnd_dist_broadcast_bytes(&size, sizeof size, root));
+  char *buf = malloc((size_t)size + 1);
+  if (!buf) return knnd_error(KNND_ERR_NOMEM, "dist_broadcast: out of memory for %lld bytes", (long long)size);
+  if (W.rank == root && size) memcpy(buf, s, (size_t)size);
+  knnd_status st = knnd_dist_broadcast_bytes(buf, (size_t)size, root);
+  if (st) {
+    free(buf);
+    return st;
+  }
+  buf[size] = 0;
+  *out = buf;
+  *n = (size_t)size;
+  return KNND_OK;
+}
+
+/* a host copy of a CUDA tensor (contiguous), or t itself (retained) when it is already a
+ * contiguous host tensor */
+static knnd_status host_contig(knnd_tensor *t, knnd_tensor **out) {
+  if (knnd_on_cuda(t)) {
+    knnd_tensor *h;
+    KNND_TRY(knnd_to_device(t, KNND_CPU, &h));
+    knnd_status st = knnd_contig(h, out);
+    knnd_tensor_release(h);
+    return st;
+  }
+  return knnd_contig(t, out);
+}
+
+/* run fn on a host tensor holding t's values, then copy the result back into t when it was
+ * not that tensor itself (non-contiguous or on the GPU) */
+typedef knnd_status (*host_fn)(knnd_tensor *h, void *ctx);
+static knnd_status through_host(knnd_tensor *t, host_fn fn, void *ctx) {
+  knnd_tensor *h;
+  KNND_TRY(host_contig(t, &h));
+  knnd_status st = fn(h, ctx);
+  if (!st && h != t) {
+    bool was = knnd_set_grad_enabled(false);
+    st = knnd_copy_(t, h);
+    knnd_set_grad_enabled(was);
+  }
+  knnd_tensor_release(h);
+  return st;
+}
+
+static knnd_status bcast_host(knnd_tensor *h, void *ctx) {
+  int root = *(int *)ctx;
+  MPI_Request r;
+  MPI_TRY("broadcast", MPI_Ibcast(knnd_tensor_data(h), (int)knnd_tensor_numel(h), mpi_type(h->dtype), root,
+                                  MPI_COMM_WORLD, &r));
+  return knnd_dist_wait(1, &r, "broadcast");
+}
+
+knnd_status knnd_dist_broadcast(knnd_tensor *t, int root) {
+  bool many = false;
+  KNND_TRY(need_world("broadcast", &many));
+  KNND_TRY(check_arg(t, "broadcast"));
+  if (root < 0 || root >= W.size)
+    return knnd_error(KNND_ERR_ARG, "dist_broadcast: root %d (expected 0 .. %d)", root, W.size - 1);
+  if (!many) return KNND_OK;
+  KNND_TRY(agree_tensor("broadcast", t, 0));
+  if (knnd_on_cuda(t) && knnd_dist_nccl_available()) return knnd_dist_nccl_broadcast(t, root);
+  return through_host(t, bcast_host, &root);
+}
+
+static MPI_Op mpi_op(knnd_dist_op op) {
+  switch (op) {
+    case KNND_DIST_MAX: return MPI_MAX;
+    case KNND_DIST_MIN: return MPI_MIN;
+    default: return MPI_SUM;
+  }
+}
+
+static knnd_status reduce_host(knnd_tensor *h, void *ctx) {
+  knnd_dist_op op = *(knnd_dist_op *)ctx;
+  int64_t n = knnd_tensor_numel(h);
+  MPI_Request r;
+  MPI_TRY("all_reduce", MPI_Iallreduce(MPI_IN_PLACE, knnd_tensor_data(h), (int)n, mpi_type(h->dtype), mpi_op(op),
+                                       MPI_COMM_WORLD, &r));
+  KNND_TRY(knnd_dist_wait(1, &r, "all_reduce"));
+  if (op == KNND_DIST_MEAN) {
+    float *p = knnd_tensor_data(h), inv = 1.0f / (float)W.size;
+    for (int64_t i = 0; i < n; i++) p[i] *= inv;
+  }
+  return KNND_OK;
+}
+
+knnd_status knnd_dist_all_reduce(knnd_tensor *t, knnd_dist_op op) {
+  bool many = false;
+  KNND_TRY(need_world("all_reduce", &many));
+  KNND_TRY(check_arg(t, "all_reduce"));
+  if (op < KNND_DIST_SUM || op > KNND_DIST_MIN) return knnd_error(KNND_ERR_ARG, "dist_all_reduce: unknown op %d", (int)op);
+  if (t->dtype != KNND_F32 && t->dtype != KNND_I32 && t->dtype != KNND_I64)
+    return knnd_error(KNND_ERR_DTYPE, "dist_all_reduce: dtype %s (expected f32, i32 or i64)", knnd_dtype_name(t->dtype));
+  if (op == KNND_DIST_MEAN && t->dtype != KNND_F32)
+    return knnd_error(KNND_ERR_DTYPE, "dist_all_reduce: mean needs an f32 tensor, got %s", knnd_dtype_name(t->dtype));
+  if (t->requires_grad && !t->grad_fn && knnd_is_grad_enabled())
+    return knnd_error(KNND_ERR_STATE, "dist_all_reduce: in-place on a leaf that requires grad (use no_grad)");
+  if (!many) return KNND_OK;
+  KNND_TRY(agree_tensor("all_reduce", t, 0));
+  if (knnd_on_cuda(t) && knnd_dist_nccl_available()) return knnd_dist_nccl_all_reduce(t, op);
+  return through_host(t, reduce_host, &op);
+}
+
+knnd_status knnd_dist_all_gather(knnd_tensor *t, knnd_tensor **out) {
+  bool many = false;
+  KNND_TRY(need_world("all_gather", &many));
+  KNND_TRY(check_arg(t, "all_gather"));
+  if (t->ndim < 1) return knnd_error(KNND_ERR_SHAPE, "dist_all_gather: needs a tensor of at least 1 dim (got a scalar)");
+  if (!many) return knnd_clone(t, out);
+  KNND_TRY(agree_tensor("all_gather", t, 1));
+  knnd_tensor *h;
+  KNND_TRY(host_contig(t, &h));
+  knnd_status st = KNND_OK;
+  int64_t row = knnd_tensor_numel(h) / (h->shape[0] ? h->shape[0] : 1), mine = h->shape[0];
+  if (h->shape[0] == 0) {
+    row = 1;
+    for (int d = 1; d < h->ndim; d++) row *= h->shape[d];
+  }
+  int64_t *rows = calloc((size_t)W.size, sizeof *rows);
+  int *counts = calloc((size_t)W.size, sizeof *counts), *displs = calloc((size_t)W.size, sizeof *displs);
+  knnd_tensor *g = NULL, *res = NULL;
+  if (!rows || !counts || !displs) {
+    st = knnd_error(KNND_ERR_NOMEM, "dist_all_gather: out of memory");
+    goto cleanup;
+  }
+  MPI_Request r;
+  if (MPI_Iallgather(&mine, 1, MPI_INT64_T, rows, 1, MPI_INT64_T, MPI_COMM_WORLD, &r) != MPI_SUCCESS) {
+    st = knnd_error(KNND_ERR_STATE, "dist_all_gather: MPI_Iallgather failed");
+    goto cleanup;
+  }
+  KNND_CHECK(knnd_dist_wait(1, &r, "all_gather"));
+  int64_t total = 0;
+  for (int i = 0; i < W.size; i++) {
+    if (rows[i] * row > INT32_MAX || total + rows[i] * row > INT32_MAX) {
+      st = knnd_error(KNND_ERR_SHAPE, "dist_all_gather: more than 2^31 - 1 elements in all");
+      goto cleanup;
+    }
+    counts[i] = (int)(rows[i] * row);
+    displs[i] = (int)(total * row);
+    total += rows[i];
+  }
+  int64_t shape[KNND_MAX_DIMS];
+  memcpy(shape, h->shape, sizeof shape);
+  shape[0] = total;
+  KNND_CHECK(knnd_tensor_empty(h->dtype, h->ndim, shape, KNND_CPU, &g));
+  MPI_Datatype ty = mpi_type(h->dtype);
+  if (MPI_Iallgatherv(knnd_tensor_data(h), counts[W.rank], ty, knnd_tensor_data(g), counts, displs, ty,
+                      MPI_COMM_WORLD, &r) != MPI_SUCCESS) {
+    st = knnd_error(KNND_ERR_STATE, "dist_all_gather: MPI_Iallgatherv failed");
+    goto cleanup;
+  }
+  KNND_CHECK(knnd_dist_wait(1, &r, "all_gather"));
+  if (knnd_on_cuda(t)) KNND_CHECK(knnd_to_device(g, t->storage->device, &res));
+  else res = knnd_tensor_retain(g);
+  *out = res;
+  res = NULL;
+cleanup:
+  knnd_tensor_release(h);
+  knnd_tensor_release(g);
+  knnd_tensor_release(res);
+  free(rows);
+  free(counts);
+  free(displs);
+  return st;
+}
+
+/* ---- gradients ----------------------------------------------------------------------------- */
+knnd_status knnd_dist_all_reduce_grads(int n, knnd_tensor *const *params, size_t bucket_bytes) {
+  bool many = false;
+  KNND_TRY(need_world("all_reduce_grads", &many));
+  if (n < 0 || (n > 0 && !params)) return knnd_error(KNND_ERR_ARG, "dist_all_reduce_grads: no parameters");
+  for (int i = 0; i < n; i++)
+    if (!params[i]) return knnd_error(KNND_ERR_ARG, "dist_all_reduce_grads: parameter %d is missing", i + 1);
+  if (!many) return KNND_OK;
+  if (bucket_bytes == 0) bucket_bytes = (size_t)25 << 20;
+  int64_t bucket = (int64_t)(bucket_bytes / sizeof(float));
+  if (bucket < 1) bucket = 1;
+  knnd_status st = KNND_OK;
+  int64_t total = 0;
+  for (int i = 0; i < n; i++) total += knnd_tensor_numel(params[i]);
+  uint64_t shape_hash = 1469598103934665603ull; /* FNV-1a over every parameter's dims */
+  for (int i = 0; i < n; i++)
+    for (int d = 0; d < params[i]->ndim; d++) shape_hash = (shape_hash ^ (uint64_t)params[i]->shape[d]) * 1099511628211ull;
+  int64_t v[3] = {n, total, (int64_t)(shape_hash >> 1)};
+  bool same;
+  KNND_TRY(agree("all_reduce_grads", 3, v, &same));
+  if (!same)
+    return knnd_error(KNND_ERR_SHAPE,
+                      "dist_all_reduce_grads: the ranks hold different parameters (rank %d: %d tensors, %lld values): "
+                      "every rank must build the same model",
+                      W.rank, n, (long long)total);
+  /* which parameters have a gradient somewhere */
+  int32_t *has = calloc((size_t)n + 1, sizeof *has);
+  float *buf = malloc((size_t)(total > 0 ? total : 1) * sizeof(float));
+  int64_t nb_max = total / bucket + n + 1;
+  MPI_Request *reqs = malloc((size_t)nb_max * sizeof *reqs);
+  int nreq = 0;
+  if (!has || !buf || !reqs) {
+    st = knnd_error(KNND_ERR_NOMEM, "dist_all_reduce_grads: out of memory for %lld gradient values", (long long)total);
+    goto cleanup;
+  }
+  for (int i = 0; i < n; i++) has[i] = params[i]->grad != NULL;
+  MPI_Request r;
+  if (MPI_Iallreduce(MPI_IN_PLACE, has, n, MPI_INT32_T, MPI_MAX, MPI_COMM_WORLD, &r) != MPI_SUCCESS) {
+    st = knnd_error(KNND_ERR_STATE, "dist_all_reduce_grads: MPI_Iallreduce failed");
+    goto cleanup;
+  }
+  KNND_CHECK(knnd_dist_wait(1, &r, "all_reduce_grads"));
+  /* all on the GPU: NCCL in device buckets */
+  bool all_cuda = n > 0;
+  for (int i = 0; i < n; i++) all_cuda = all_cuda && knnd_on_cuda(params[i]);
+  if (all_cuda && knnd_dist_nccl_available()) {
+    st = knnd_dist_nccl_all_reduce_grads(n, params, has, bucket);
+    goto cleanup;
+  }
+  /* pack, starting each bucket's all-reduce as soon as it is full (packing overlaps sending) */
+  int64_t pos = 0, start = 0;
+  for (int i = 0; i < n; i++) {
+    if (!has[i]) continue;
+    int64_t m = knnd_tensor_numel(params[i]);
+    knnd_tensor *g = params[i]->grad;
+    if (!g) memset(buf + pos, 0, (size_t)m * sizeof(float));
+    else {
+      if (knnd_tensor_numel(g) != m) {
+        st = knnd_error(KNND_ERR_SHAPE, "dist_all_reduce_grads: parameter %d has %lld values but its gradient %lld",
+                        i + 1, (long long)m, (long long)knnd_tensor_numel(g));
+        goto cleanup;
+      }
+      knnd_tensor *h = NULL, *f = NULL;
+      st = host_contig(g, &h);
+      if (!st) st = knnd_contig_f32(h, &f);
+      if (!st) memcpy(buf + pos, knnd_tensor_data(f), (size_t)m * sizeof(float));
+      knnd_tensor_release(h);
+      knnd_tensor_release(f);
+      if (st) goto cleanup;
+    }
+    pos += m;
+    if (pos - start >= bucket) {
+      if (MPI_Iallreduce(MPI_IN_PLACE, buf + start, (int)(pos - start), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                         &reqs[nreq]) != MPI_SUCCESS) {
+        st = knnd_error(KNND_ERR_STATE, "dist_all_reduce_grads: MPI_Iallreduce failed");
+        goto cleanup;
+      }
+      nreq++;
+      start = pos;
+    }
+  }
+  if (pos > start) {
+    if (MPI_Iallreduce(MPI_IN_PLACE, buf + start, (int)(pos - start), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                       &reqs[nreq]) != MPI_SUCCESS) {
+      st = knnd_error(KNND_ERR_STATE, "dist_all_reduce_grads: MPI_Iallreduce failed");
+      goto cleanup;
+    }
+    nreq++;
+  }
+  KNND_CHECK(knnd_dist_wait(nreq, reqs, "all_reduce_grads"));
+  nreq = 0;
+  float inv = 1.0f / (float)W.size;
+#pragma omp parallel for num_threads(knnd_threads_for(pos))
+  for (int64_t j = 0; j < pos; j++) buf[j] *= inv;
+  /* unpack into fresh gradients (a grad may share its storage with others: never write through) */
+  pos = 0;
+  for (int i = 0; i < n; i++) {
+    if (!has[i]) continue;
+    knnd_tensor *p = params[i], *h = NULL, *g = NULL;
+    int64_t m = knnd_tensor_numel(p);
+    st = knnd_tensor_from_data(KNND_F32, p->ndim, p->shape, buf + pos, &h);
+    if (!st) {
+      if (knnd_on_cuda(p) || p->dtype != KNND_F32) {
+        knnd_tensor *d = NULL;
+        st = knnd_on_cuda(p) ? knnd_to_device(h, p->storage->device, &d) : knnd_contig(h, &d);
+        if (!st && p->dtype != KNND_F32) st = knnd_to_dtype(d, p->dtype, &g);
+        else if (!st) g = knnd_tensor_retain(d);
+        knnd_tensor_release(d);
+      } else g = knnd_tensor_retain(h);
+    }
+    knnd_tensor_release(h);
+    if (st) goto cleanup;
+    knnd_tensor_release(p->grad);
+    p->grad = g;
+    pos += m;
+  }
+cleanup:
+  if (nreq > 0) knnd_dist_wait(nreq, reqs, "all_reduce_grads"); /* never free a buffer MPI still uses */
+  free(has);
+  free(buf);
+  free(reqs);
+  return st;
+}
+
+void knnd_dist_abort(const char *msg, int code) {
+  if (msg) {
+    if (W.size > 1) fprintf(stderr, "knnd: rank %d of %d: %s\n", W.rank, W.size, msg);
+    else fprintf(stderr, "knnd: %s\n", msg);
+    fflush(stderr);
+  }
+  if (knnd_dist_active() && W.size > 1) MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
+  exit(code);
+}

@@ -1,0 +1,281 @@
+-- dist.lua — knnd across processes: the MPI process group (rank, size, collectives), the helpers
+-- data-parallel training uses, and a kNN index split across ranks.
+--
+--   mpirun -np 4 knnd run train.lua      -- every rank runs the script; knnd.dist says which it is
+--
+--   local dist = knnd.dist
+--   if dist.is_main() then print("world of", dist.size()) end
+--   dist.all_reduce(t, "mean")           -- in place, every rank gets the mean
+--   local all = dist.all_gather(rows)    -- every rank's rows along dim 1, in rank order
+--   local first, count = dist.shard(n)   -- this rank's contiguous slice of n items
+--
+-- On one process (no launcher) the world is rank 0 of 1 and every collective returns at once.
+-- A rank that dies or stops taking part makes the others fail within the timeout (600 s, or
+-- KNND_DIST_TIMEOUT, or dist.set_timeout) with a message naming the collective — never a hang;
+-- the knnd executable then ends the whole job.
+local knnd = require "knnd"
+local D = knnd._dist
+
+local M = {}
+
+-- alone: this process works on its own although it is a rank of a job (a sweep whose runs are
+-- sharded over the ranks): rank 0 of 1 for everything knnd.dist does, no collectives
+local alone = false
+
+--- dist.work_alone(on): while on, this rank behaves as a world of one (knnd.sweep turns it on when its
+--- runs are sharded over the ranks of a job, so that each run trains on one process)
+function M.work_alone(on) alone = on == true end
+function M.alone() return alone end
+
+--- rank of this process (0-based) and the number of ranks
+function M.rank() return alone and 0 or D.rank() end
+function M.size() return alone and 1 or D.size() end
+M.local_rank = D.local_rank
+M.active = D.active
+M.launched = D.launched
+M.abort = D.abort
+
+local function many() return not alone and D.size() > 1 end
+
+--- true on rank 0: the rank that writes files, prints progress and logs
+function M.is_main() return M.rank() == 0 end
+
+--- seconds a collective waits for the other ranks before it fails
+function M.timeout() return D.timeout() end
+function M.set_timeout(seconds) return D.timeout(seconds) end
+
+--- dist.barrier(): every rank waits for the others
+function M.barrier() if many() then D.barrier() end end
+--- dist.broadcast(t [, root = 0]) -> t, holding root's values on every rank (in place)
+function M.broadcast(t, root)
+  if alone then return t end
+  return D.broadcast(t, root) -- on one rank: checks its arguments, changes nothing
+end
+--- dist.all_reduce(t [, op = "sum" | "mean" | "max" | "min"]) -> t (in place)
+function M.all_reduce(t, op)
+  if alone then return t end
+  return D.all_reduce(t, op) -- on one rank: checks its arguments, changes nothing
+end
+--- dist.all_gather(t) -> every rank's t concatenated along dim 1 (sizes along dim 1 may differ)
+function M.all_gather(t)
+  if alone then return t:clone() end
+  return D.all_gather(t) -- on one rank: checks its argument, copies it
+end
+--- dist.all_reduce_grads(params [, bucket_bytes]): average the gradients over the ranks
+function M.all_reduce_grads(params, bucket_bytes)
+  if alone then return end
+  return D.all_reduce_grads(params, bucket_bytes) -- on one rank: checks its arguments only
+end
+
+--- dist.broadcast_value(v [, root = 0]) -> root's v (nil, boolean, number, string or a table of
+--- them, as JSON) on every rank
+function M.broadcast_value(v, root)
+  if not many() then return v end
+  local json = require "dkjson"
+  root = root or 0
+  local s = nil
+  if M.rank() == root then s = json.encode({ v = v }) end
+  local got = D.broadcast_string(s, root)
+  local t, _, err = json.decode(got)
+  if type(t) ~= "table" then error("knnd.dist.broadcast_value: cannot decode the root's value (" .. tostring(err) .. ")", 2) end
+  return t.v
+end
+
+--- dist.shard(n [, rank, world]) -> first (0-based), count: a contiguous slice of n items, the
+--- first n % world ranks taking one more (every item in exactly one slice)
+function M.shard(n, rank, world)
+  if math.type(n) ~= "integer" or n < 0 then
+    error(("knnd.dist.shard: argument 1 'n' expected a non-negative integer, got %s"):format(tostring(n)), 2)
+  end
+  rank, world = rank or M.rank(), world or M.size()
+  local base, extra = n // world, n % world
+  local first = rank * base + math.min(rank, extra)
+  return first, base + (rank < extra and 1 or 0)
+end
+
+--- dist.shard_generator(on [, gen]): while on, every draw of n values from gen (the default
+--- generator when nil) is this rank's slice of one draw of n * size values — ranks drawing
+--- their part of a batch get what one process drawing the whole batch would (knnd/random.h)
+function M.shard_generator(on, gen)
+  if on and many() then D.shard_generator(D.rank(), D.size(), gen) else D.shard_generator(0, 1, gen) end
+end
+
+--- dist.run_main(fn, ...) -> fn's results, computed on rank 0 and sent to every rank (JSON values);
+--- an error on rank 0 is raised on every rank
+function M.run_main(fn, ...)
+  local ok, res
+  if M.rank() == 0 then ok, res = pcall(fn, ...) end
+  local got = M.broadcast_value(M.rank() == 0 and { ok = ok, res = ok and res or tostring(res) } or nil, 0)
+  if not got.ok then error(got.res, 0) end
+  return got.res
+end
+
+-- ---- sharded search ------------------------------------------------------------------------
+local Sharded = {}
+Sharded.__index = Sharded
+
+local function opt_store(v, fname)
+  if type(v) == "string" then return knnd.embeddings.open(v) end
+  if type(v) == "userdata" then return v end
+  error(("knnd.%s: option 'store' expected an embedding store or its path"):format(fname), 3)
+end
+
+--- dist.sharded_index{store = path or store, factory = "Flat", train_size=, seed=, batch_rows=65536, progress=}
+--- -> an index split across the ranks: rank r indexes its slice (dist.shard) of the store's rows,
+--- a search is run by every rank on the same queries and the per-rank top k are merged, so the
+--- result is that of one index over all rows (ties aside). Every rank must call its methods
+--- together (they are collectives).
+function M.sharded_index(o)
+  local fname = "dist.sharded_index"
+  if type(o) ~= "table" then error("knnd.dist.sharded_index: expected an options table", 2) end
+  for k in pairs(o) do
+    if not ({ store = 1, factory = 1, train_size = 1, seed = 1, batch_rows = 1, progress = 1 })[k] then
+      error(("knnd.dist.sharded_index: unknown option '%s' (expected batch_rows, factory, progress, seed, store, "
+        .. "train_size)"):format(tostring(k)), 2)
+    end
+  end
+  local store = opt_store(o.store or error("knnd.dist.sharded_index: option 'store' is required", 2), fname)
+  local n, dim = #store, store:info().dim
+  local first, count = M.shard(n)
+  local factory = o.factory or "Flat"
+  local idx = knnd.index.new { factory = factory, dim = dim }
+  if count > 0 then
+    local batch = o.batch_rows or 65536
+    local ok, err = pcall(function()
+      if not idx:info().is_trained then
+        -- a trained index (IVF, PQ): train on a sample of this rank's slice
+        local m = math.min(count, o.train_size or count)
+        idx:train(store:read(first + 1, m))
+      end
+      local at = 0
+      while at < count do
+        local m = math.min(batch, count - at)
+        idx:add(store:read(first + at + 1, m))
+        at = at + m
+      end
+    end)
+    if not ok then error(("knnd.dist.sharded_index: rank %d: %s"):format(M.rank(), tostring(err)), 2) end
+  end
+  return setmetatable({ idx = idx, store = store, first = first, count = count, n = n, dim = dim, factory = factory },
+    Sharded)
+end
+
+function Sharded:ntotal() return self.n end
+function Sharded:__tostring()
+  return ("knnd.dist sharded index (%s, %d rows over %d ranks; rank %d holds rows %d..%d)"):format(self.factory,
+    self.n, M.size(), M.rank(), self.first, self.first + self.count - 1)
+end
+
+-- the best k of every query's candidates (score descending, then row ascending: deterministic
+-- whatever the rank order); scores and rows are Lua lists of lists
+local function merge(scores, rows, k)
+  local out_s, out_r = {}, {}
+  for i = 1, #scores do
+    local cand = {}
+    for j = 1, #scores[i] do cand[j] = { scores[i][j], rows[i][j] } end
+    table.sort(cand, function(x, y)
+      if x[1] ~= y[1] then return x[1] > y[1] end
+      if (x[2] < 0) ~= (y[2] < 0) then return x[2] >= 0 end
+      return x[2] < y[2]
+    end)
+    local s_i, r_i = {}, {}
+    for j = 1, k do s_i[j], r_i[j] = cand[j][1], cand[j][2] end
+    out_s[i], out_r[i] = s_i, r_i
+  end
+  return out_s, out_r
+end
+
+-- every rank's [Q,k] candidates for the same queries -> [Q][W*k] Lua lists
+local function gather_candidates(s, r, Q, k)
+  local W = M.size()
+  local gs = M.all_gather(s:contiguous()):totable()
+  local gr = M.all_gather(r:contiguous()):totable()
+  local cs, cr = {}, {}
+  for i = 1, Q do
+    local si, ri = {}, {}
+    for w = 0, W - 1 do
+      for j = 1, k do
+        si[#si + 1], ri[#ri + 1] = gs[w * Q + i][j], gr[w * Q + i][j]
+      end
+    end
+    cs[i], cr[i] = si, ri
+  end
+  return cs, cr
+end
+
+-- this rank's candidates as Lua lists (rows of the store; -1 / -inf where none)
+function Sharded:_candidates(q, k)
+  local Q = q:size(1)
+  local s, r
+  if self.count > 0 then
+    s, r = self.idx:search(q, k)
+    local valid = knnd.ge(r, 0)
+    r = knnd.where(valid, r + self.first, r)
+    s = knnd.where(valid, s, knnd.full(s:shape(), -math.huge))
+  else
+    s, r = knnd.full({ Q, k }, -math.huge), knnd.full({ Q, k }, -1, { dtype = "i64" })
+  end
+  return gather_candidates(s, r, Q, k)
+end
+
+local function check_query(self, q, what)
+  if not knnd.is_tensor(q) or (q:dim() ~= 1 and q:dim() ~= 2) or q:size(q:dim()) ~= self.dim then
+    error(("knnd.dist sharded index: %s: queries expected f32 [Q,%d] or [%d]"):format(what, self.dim, self.dim), 3)
+  end
+end
+
+--- s:search(q [Q,D] or [D], k) -> scores f32 [Q,k], rows i64 [Q,k] (0-based rows of the store, best
+--- first; -1 and -inf where the database has fewer than k rows), as one index over the store
+function Sharded:search(q, k)
+  check_query(self, q, "search")
+  if math.type(k) ~= "integer" or k < 1 then error("knnd.dist sharded index: search: k expected a positive integer", 2) end
+  local single = q:dim() == 1
+  if single then q = q:unsqueeze(1) end
+  local cs, cr = self:_candidates(q:contiguous(), k)
+  local ms, mr = merge(cs, cr, k)
+  local top, rows = knnd.tensor(ms), knnd.tensor(mr, { dtype = "i64" })
+  if single then return top:select(1, 1), rows:select(1, 1) end
+  return top, rows
+end
+
+--- s:knn(q [Q,D], {k = 10, ids = (the queries' own store ids, left out)}) ->
+--- {embeddings = [Q,k,D], rows = [Q,k], ids = [Q,k], scores = [Q,k]} as Index:knn on one index
+function Sharded:knn(q, o)
+  check_query(self, q, "knn")
+  o = o or {}
+  local k = o.k or 10
+  if q:dim() == 1 then q = q:unsqueeze(1) end
+  local Q = q:size(1)
+  local own = o.ids and o.ids:to("i64"):totable() or nil
+  local extra = own and 1 or 0
+  local cs, cr = self:_candidates(q:contiguous(), k + extra)
+  local store_ids = self.store:ids():totable()
+  if own then
+    -- leave out each query's own row (by store id)
+    for i = 1, Q do
+      for j = 1, #cr[i] do
+        local row = cr[i][j]
+        if row >= 0 and store_ids[row + 1] == own[i] then cs[i][j], cr[i][j] = -math.huge, -1 end
+      end
+    end
+  end
+  local ms, mr = merge(cs, cr, k)
+  local ids = {}
+  for i = 1, Q do
+    ids[i] = {}
+    for j = 1, k do ids[i][j] = mr[i][j] >= 0 and store_ids[mr[i][j] + 1] or -1 end
+  end
+  local rows = knnd.tensor(mr, { dtype = "i64" })
+  return { embeddings = self.store:gather(rows), rows = rows, ids = knnd.tensor(ids, { dtype = "i64" }),
+    scores = knnd.tensor(ms) }
+end
+
+--- s:cond(mode, q, {k = 10, ids =, xi =, gen =}) -> condition tokens [Q, T, D] (knnd.cond.build on
+--- the merged neighbours): the kNN conditioning on a sharded database
+function Sharded:cond(mode, q, o)
+  o = o or {}
+  local nb = self:knn(q, { k = o.k, ids = o.ids })
+  return knnd.cond.build(mode, q, nb.embeddings, { xi = o.xi, gen = o.gen })
+end
+
+return M

@@ -1,0 +1,104 @@
+-- dist_collectives.lua — run by test_dist_cli.sh under mpirun (2 or 3 ranks) and on one process:
+-- every collective against what it must give, its errors on every rank, the generator's sharded
+-- draws against one whole draw, and the sharded index against one index over all rows (emb.h5,
+-- made by the test's setup). Fails with error(); prints "collectives ok on N ranks".
+local knnd = require "knnd"
+local dist = knnd.dist
+local r, W = dist.rank(), dist.size()
+
+local function check(cond, what, ...) if not cond then error(("rank %d: %s"):format(r, what:format(...)), 2) end end
+local function same(a, b, tol)
+  local d = (a:to("f32") - b:to("f32")):abs():max():item()
+  return d <= (tol or 0), d
+end
+local function errors_with(fn, text)
+  local ok, err = pcall(fn)
+  check(not ok, "expected an error with %q", text)
+  check(tostring(err):find(text, 1, true), "error %q lacks %q", tostring(err), text)
+end
+
+-- all_reduce: sum, mean, max, min; integers
+local t = knnd.tensor({ r + 1, -(r + 1) })
+dist.all_reduce(t, "sum")
+check(same(t, knnd.tensor({ W * (W + 1) / 2, -W * (W + 1) / 2 })), "all_reduce sum gave %s", tostring(t))
+local m = dist.all_reduce(knnd.tensor({ r * 2.0 }), "mean")
+check(same(m, knnd.tensor({ W - 1.0 }), 1e-6), "all_reduce mean gave %s", tostring(m))
+check(dist.all_reduce(knnd.tensor({ r }), "max"):item() == W - 1, "all_reduce max")
+check(dist.all_reduce(knnd.tensor({ r + 5 }, { dtype = "i64" }), "min"):item() == 5, "all_reduce min (i64)")
+-- a non-contiguous view is reduced in place too
+local base = knnd.arange(0, 6, 1):view(2, 3)
+local col = base:t()
+dist.all_reduce(col, "sum")
+check(same(base, knnd.arange(0, 6, 1):view(2, 3) * W), "all_reduce of a transposed view")
+
+-- broadcast (from the last rank), strings and values
+local b = dist.broadcast(knnd.full({ 2, 2 }, r), W - 1)
+check(same(b, knnd.full({ 2, 2 }, W - 1)), "broadcast from rank %d", W - 1)
+local v = dist.broadcast_value(r == 0 and { name = "x", list = { 1, 2, 3 } } or nil)
+check(v.name == "x" and #v.list == 3 and v.list[3] == 3, "broadcast_value")
+check(dist.run_main(function() return 40 + 2 end) == 42, "run_main")
+
+-- all_gather with different sizes along dim 1
+local g = dist.all_gather(knnd.full({ r + 1, 2 }, r))
+check(g:size(1) == W * (W + 1) // 2, "all_gather rows %d", g:size(1))
+check(g[g:size(1)]:totable()[1] == W - 1, "all_gather order")
+
+-- the ranks disagree: an error on every rank, naming it
+if W > 1 then
+  errors_with(function() dist.all_reduce(knnd.ones(r + 2)) end, "the ranks passed tensors of different shapes or dtypes")
+end
+errors_with(function() dist.all_reduce(knnd.ones(2, { dtype = "u8" })) end, "dtype u8")
+errors_with(function() dist.broadcast(knnd.ones(2), W) end, ("root %d (expected 0 .. %d)"):format(W, W - 1))
+
+-- shard: every item in exactly one slice
+local covered = 0
+for rank = 0, W - 1 do
+  local first, count = dist.shard(10, rank, W)
+  check(first == covered, "shard %d starts at %d", rank, first)
+  covered = covered + count
+end
+check(covered == 10, "shards cover 10 items")
+
+-- the generator: this rank's slice of one draw of W times the size
+local whole = knnd.randn(W * 6, 5, { gen = knnd.Generator(11) })
+local gen = knnd.Generator(11)
+dist.shard_generator(true, gen)
+local part = knnd.randn(6, 5, { gen = gen })
+local ints = knnd.randint(0, 100, { 3 }, { gen = gen })
+dist.shard_generator(false, gen)
+check(same(part, whole:narrow(1, r * 6 + 1, 6)), "sharded normal draw")
+local g2 = knnd.Generator(11)
+knnd.randn(W * 6, 5, { gen = g2 })
+local ints_whole = knnd.randint(0, 100, { 3 * W }, { gen = g2 })
+check(same(ints, ints_whole:narrow(1, r * 3 + 1, 3)), "sharded randint after a normal draw (offsets agree)")
+check(same(knnd.rand(4, { gen = gen }), knnd.rand(4, { gen = g2 })), "the streams continue together")
+
+-- sharded search against one index over all rows
+local store = knnd.embeddings.open("emb.h5")
+local S = dist.sharded_index { store = store }
+local one = knnd.index.build { store = store, factory = "Flat" }
+local q = store:read(1, 20) + knnd.randn(20, 16, { gen = knnd.Generator(5) }) * 0.05
+local s1, r1 = one:search(q, 7)
+local s2, r2 = S:search(q, 7)
+check(same(r1, r2), "sharded search rows differ from one index")
+check(same(s1, s2, 1e-5), "sharded search scores differ from one index")
+local ids = store:ids():narrow(1, 1, 20)
+local k1 = one:knn(store:read(1, 20), { k = 5, ids = ids, exclude_self = true })
+local k2 = S:knn(store:read(1, 20), { k = 5, ids = ids })
+check(same(k1.rows, k2.rows), "sharded knn (own row left out) rows")
+local ok_e, d_e = same(k1.embeddings, k2.embeddings, 1e-6)
+check(ok_e, "sharded knn embeddings differ by %g", d_e)
+check(same(k1.ids, k2.ids), "sharded knn ids")
+local c = S:cond("knn", store:read(1, 4), { k = 3, ids = ids:narrow(1, 1, 4) })
+check(c:size(1) == 4 and c:size(2) == 4 and c:size(3) == 16, "sharded cond tokens [4,4,16]")
+errors_with(function() S:search(knnd.ones(2, 5), 3) end, "queries expected f32 [Q,16]")
+
+-- a rank working alone (a sweep's shard): a world of one, no collectives
+dist.work_alone(true)
+check(dist.size() == 1 and dist.rank() == 0 and dist.is_main(), "alone: rank 0 of 1")
+check(dist.all_reduce(knnd.tensor({ r })):item() == r, "alone: all_reduce leaves the values")
+check(dist.all_gather(knnd.ones(2)):size(1) == 2, "alone: all_gather is a copy")
+dist.work_alone(false)
+
+dist.barrier()
+if dist.is_main() then print(("collectives ok on %d rank%s"):format(W, W == 1 and "" or "s")) end
