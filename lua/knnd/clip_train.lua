@@ -84,6 +84,70 @@ local function contrastive_loss(model, images, captions)
 end
 M.contrastive_loss = contrastive_loss
 
+-- every rank's rows of x (this rank's own with its gradient, the others' as constants), in rank
+-- order: counts[r + 1] rows from rank r
+local function gather_own(x, counts, rank)
+  local dist = knnd.dist
+  local all = dist.all_gather(x:detach():contiguous())
+  local parts, at = {}, 0
+  for r = 0, #counts - 1 do
+    local c = counts[r + 1]
+    if r == rank then
+      if c > 0 then parts[#parts + 1] = x end
+    elseif c > 0 then
+      parts[#parts + 1] = all:narrow(1, at + 1, c)
+    end
+    at = at + c
+  end
+  return knnd.cat(parts, 1)
+end
+
+-- The same loss over a batch split across the ranks of a job (data-parallel): each rank encodes its
+-- images (x: its slice of the batch) and its slice of the batch's distinct captions, the features of
+-- the others are gathered, and every rank computes the loss of the whole batch, with gradients
+-- reaching only its own features. Summed over the ranks these gradients are the gradient of the
+-- whole batch's loss; logit_scale's, which every rank would give whole, counts on rank 0 only.
+local function contrastive_loss_dist(model, x, captions, rank, world)
+  local dist = knnd.dist
+  local unique, index_of, target = {}, {}, {}
+  for i, c in ipairs(captions) do
+    local j = index_of[c]
+    if not j then
+      unique[#unique + 1] = c
+      j = #unique
+      index_of[c] = j
+    end
+    target[i] = j - 1
+  end
+  local U = #unique
+  local img_counts, txt_counts = {}, {}
+  for r = 0, world - 1 do
+    img_counts[r + 1] = x:size(1)
+    txt_counts[r + 1] = select(2, dist.shard(U, r, world))
+  end
+  local first, count = dist.shard(U, rank, world)
+  local img = model:encode_images(x)
+  local txt = count > 0 and model:encode_text(table.move(unique, first + 1, first + count, 1, {}))
+    or knnd.empty(0, img:size(2))
+  local img_all, txt_all = gather_own(img, img_counts, rank), gather_own(txt, txt_counts, rank)
+  local logits = model:logits(img_all, txt_all)
+  if rank ~= 0 then
+    -- the same values; no gradient to logit_scale (exp(s_const - s) is 1 with derivative -1)
+    local scale
+    for _, p in ipairs(model:module():named_parameters()) do
+      if p.name == "logit_scale" then scale = p.tensor end
+    end
+    if scale then logits = logits * (scale:detach() - scale):exp() end
+  end
+  local t = knnd.tensor(target, { dtype = "i64" })
+  local loss_i = knnd.cross_entropy(logits, t)
+  local onehot = knnd.eq(knnd.arange(U, { dtype = "i64" }):view(U, 1), t:view(1, -1)):to("f32")
+  local soft = onehot / onehot:sum { dim = 2, keepdim = true }
+  local log_p = knnd.log_softmax(logits:t(), 2)
+  local loss_t = -(log_p * soft):sum() / U
+  return (loss_i + loss_t) * 0.5
+end
+
 local train_keys = { "model", "images", "labels", "classes", "templates", "captions", "steps", "batch", "lr",
   "min_lr", "warmup", "weight_decay", "checkpoint", "checkpoint_every", "resume", "seed", "progress", "log_every",
   "time_limit", "grad_clip", "templates_per_step", "until_step" }
@@ -93,7 +157,9 @@ local train_keys = { "model", "images", "labels", "classes", "templates", "capti
 --- templates_per_step=2, weight_decay=0.05, grad_clip=1, checkpoint=path, checkpoint_every=200, resume=true, seed=0,
 --- progress=true, time_limit=seconds, until_step=S (stop there, as an interruption would)} -> {steps=, loss=, seconds=, resumed_from=}
 --- AdamW with linear warm-up then cosine decay; the model, optimizer and step are checkpointed
---- (knnd.io.save_checkpoint) and, with resume, training goes on from an existing checkpoint.
+--- (knnd.io.save_checkpoint) and, with resume, training goes on from an existing checkpoint. Run by the
+--- ranks of a job (mpirun), the batch is split across them with the negatives of the whole batch
+--- (features gathered): N ranks train as one process with the same batch; rank 0 writes the checkpoint.
 function M.train(opts)
   local fname = "clip.train"
   check_opts(fname, opts, train_keys)
@@ -130,6 +196,17 @@ function M.train(opts)
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = opts.min_lr or lr / 100,
     warmup_steps = math.min(warmup, steps - 1), total_steps = steps }
   local params = model:parameters()
+  -- data-parallel over the ranks of a job: the same batches everywhere (the generator is not
+  -- sharded), each rank encoding its slice; N ranks with batch B train as one process with batch B
+  local dist = knnd.dist
+  local world, rank = dist.size(), dist.rank()
+  local main = rank == 0
+  if world > 1 then
+    if batch % world ~= 0 then
+      error(("knnd.%s: batch %d does not divide among the %d ranks of this job"):format(fname, batch, world), 2)
+    end
+    knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
+  end
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = opts.weight_decay or 0.05, betas = { 0.9, 0.98 },
     eps = 1e-6 })
   local start, resumed_from = 0, nil
@@ -142,10 +219,12 @@ function M.train(opts)
     end
   end
   local function save(step)
+    if not main then return end
     knnd.io.save_checkpoint(opts.checkpoint, { model = model:module(), optimizer = opt, step = step, gen = gen,
       config = model:config() })
   end
-  local bar = opts.progress ~= false and knnd.progress { total = steps, desc = "clip train", unit = "step" } or nil
+  local bar = opts.progress ~= false and main and knnd.progress { total = steps, desc = "clip train", unit = "step" }
+    or nil
   if bar and start > 0 then bar:update(start) end
   local t0 = knnd.wall_time()
   local loss_value = nil
@@ -155,7 +234,11 @@ function M.train(opts)
   local step = start
   local stop = math.min(steps, opts.until_step or steps)
   while step < stop do
-    if opts.time_limit and knnd.wall_time() - t0 > opts.time_limit then break end
+    if opts.time_limit then -- the ranks stop together: rank 0's clock decides
+      local over = knnd.tensor({ knnd.wall_time() - t0 > opts.time_limit and 1 or 0 }, { dtype = "i32" })
+      if world > 1 then dist.broadcast(over, 0) end
+      if over:item() == 1 then break end
+    end
     if pos + batch > n then -- a new epoch: a fresh permutation from the checkpointed generator
       perm = knnd.randperm(n, { gen = gen })
       pos = 0
@@ -166,11 +249,19 @@ function M.train(opts)
     local r = knnd.randint(0, 1 << 30, { batch }, { gen = gen, dtype = "i64" }):totable()
     local caps, chosen = {}, step_templates()
     for i = 1, batch do caps[i] = caption_of(idx[i] + 1, r[i], chosen) end
-    local x = images:index_select(1, rows)
     opt:set_lr(sched(step))
     opt:zero_grad()
-    local loss = contrastive_loss(model, x, caps)
-    loss:backward()
+    local loss
+    if world > 1 then
+      local per = batch // world
+      loss = contrastive_loss_dist(model, images:index_select(1, rows:narrow(1, rank * per + 1, per)), caps, rank, world)
+      -- the ranks' gradients add up to the batch's; all_reduce_grads averages them
+      ;(loss * world):backward()
+      dist.all_reduce_grads(params)
+    else
+      loss = contrastive_loss(model, images:index_select(1, rows), caps)
+      loss:backward()
+    end
     if opts.grad_clip ~= false then knnd.optim.clip_grad_norm(params, opts.grad_clip or 1.0) end
     opt:step()
     step = step + 1
@@ -180,6 +271,7 @@ function M.train(opts)
   end
   if opts.checkpoint and step % every ~= 0 and step ~= steps then save(step) end
   if bar then bar:close() end
+  if world > 1 then dist.barrier() end -- the checkpoint is in place when train returns on any rank
   model:eval()
   return { steps = step, loss = loss_value, seconds = knnd.wall_time() - t0, resumed_from = resumed_from }
 end
@@ -252,7 +344,9 @@ end
 --- Encodes images (or texts) in batches, L2-normalised, into an embedding store (retrieval.h) at
 --- output. Rows are written in segments (output .. ".parts/NNNNNN.h5", each written atomically);
 --- a rerun after an interruption skips the segments already there, then the store is assembled
---- and the segments removed. The ids are the 0-based row numbers of the dataset.
+--- and the segments removed. The ids are the 0-based row numbers of the dataset. Run by the ranks of a
+--- job (mpirun), rank r encodes segments r, r + N, ... and rank 0 assembles the store: the same store
+--- one process writes, with the same resumption.
 function M.methods.encode_dataset(model, opts)
   local fname = "clip.CLIP:encode_dataset"
   check_opts(fname, opts, { "images", "texts", "source", "n", "output", "batch", "segment", "dtype", "encoder",
@@ -279,12 +373,19 @@ function M.methods.encode_dataset(model, opts)
   local parts_dir = output .. ".parts"
   os.execute(("mkdir -p '%s'"):format(parts_dir:gsub("'", "'\\''")))
   local n_segments = (n + segment - 1) // segment
-  local bar = opts.progress ~= false and knnd.progress { total = n, desc = "clip encode", unit = "row" } or nil
+  -- sharded over the ranks of a job: rank r encodes segments r, r + N, ...; rank 0 assembles the store
+  -- once every rank has written its segments (the same store as one process writes)
+  local dist = knnd.dist
+  local world, rank = dist.size(), dist.rank()
+  local mine_rows = 0
+  for s = rank, n_segments - 1, world do mine_rows = mine_rows + math.min(segment, n - s * segment) end
+  local bar = opts.progress ~= false and rank == 0 and knnd.progress { total = mine_rows,
+    desc = world > 1 and ("clip encode (rank 0 of %d)"):format(world) or "clip encode", unit = "row" } or nil
   local t0 = knnd.wall_time()
   local encoded, skipped = 0, 0
   local prev = knnd.set_grad_enabled(false)
   local ok, err = pcall(function()
-    for s = 0, n_segments - 1 do
+    for s = rank, n_segments - 1, world do
       local first = s * segment + 1
       local count = math.min(segment, n - first + 1)
       local part = ("%s/%06d.h5"):format(parts_dir, s)
@@ -319,6 +420,8 @@ function M.methods.encode_dataset(model, opts)
           encoder_hash = meta.encoder_hash, source = meta.source })
       end
     end
+    if world > 1 then dist.barrier() end
+    if rank ~= 0 then return end
     local store = knnd.embeddings.create(output, { dim = dim, dtype = opts.dtype, encoder = meta.encoder,
       encoder_hash = meta.encoder_hash, source = meta.source })
     for s = 0, n_segments - 1 do
@@ -329,6 +432,7 @@ function M.methods.encode_dataset(model, opts)
     for s = 0, n_segments - 1 do os.remove(("%s/%06d.h5"):format(parts_dir, s)) end
     os.remove(parts_dir)
   end)
+  if ok and world > 1 then dist.barrier() end -- the store is in place when this returns on any rank
   knnd.set_grad_enabled(prev)
   if bar then bar:close() end
   if not ok then error(err, 0) end

@@ -2,6 +2,50 @@
 # test_dist_cli.sh — knnd over MPI on this machine (Open MPI, ranks on the CPU): the collectives and
 # sharded search on 3 ranks (tests/cli/dist_collectives.lua), data-parallel training on 2 ranks with
 # batch B against one process with batch B (the same losses and weights within float tolerance),
+# CLIP: training (the batch split, the negatives gathered) and sharded encoding against one process
+cat > clip.lua <<'EOF'
+local knnd = require "knnd"
+local opt = knnd.options { out = "clip1" }
+local d = knnd.data.fashion_mnist { split = "train", limit = 64 }
+local tok = knnd.clip.train_tokenizer(d.classes, { num_merges = 50 })
+local function model()
+  return knnd.clip.new { embed_dim = 16, image_size = 28, patch_size = 7, vision_width = 16, vision_layers = 1,
+    vision_heads = 2, context_length = 16, text_width = 16, text_layers = 1, text_heads = 2, tokenizer = tok,
+    gen = knnd.Generator(5) }
+end
+os.execute("mkdir -p " .. opt.out)
+-- 64 rows in segments of 12: 6 segments, the last one short
+model():encode_dataset { images = d.images, output = opt.out .. "/untrained.h5", batch = 5, segment = 12,
+  progress = false }
+local m = model()
+local r = knnd.clip.train { model = m, images = d.images, labels = d.labels, classes = d.classes, batch = 16,
+  steps = 6, lr = 1e-3, progress = false, checkpoint = opt.out .. "/ck.h5", checkpoint_every = 3 }
+m:encode_dataset { images = d.images, output = opt.out .. "/trained.h5", batch = 8, segment = 16, progress = false }
+if knnd.dist.is_main() then print(("clip loss %.9g"):format(r.loss)) end
+EOF
+cat > clip_compare.lua <<'EOF'
+local knnd = require "knnd"
+local function diff(name)
+  local a, b = knnd.embeddings.open("clip1/" .. name), knnd.embeddings.open("clip2/" .. name)
+  assert(#a == 64 and #b == 64, name .. ": 64 rows each")
+  assert(knnd.eq(a:ids(), b:ids()):to("f32"):min():item() == 1, name .. ": the same ids")
+  return (a:read(1, 64) - b:read(1, 64)):abs():max():item()
+end
+local du, dt = diff("untrained.h5"), diff("trained.h5")
+assert(du == 0, ("sharded encoding differs from one process by %g"):format(du))
+assert(dt < 1e-4, ("the trained CLIPs' embeddings differ by %g"):format(dt))
+print(("encoding identical; trained embeddings within %.2g"):format(dt))
+EOF
+out1=$("$knnd" run clip.lua --set out=clip1 2>&1); rc1=$?
+out2=$(mpi 2 "$knnd" run clip.lua --set out=clip2 2>&1); rc2=$?
+l1=$(grep -o "clip loss .*" <<<"$out1"); l2=$(grep -o "clip loss .*" <<<"$out2")
+[ $rc1 = 0 ] && [ $rc2 = 0 ] && [ -n "$l1" ] && [ -f clip2/ck.h5 ] && [ ! -d clip2/untrained.h5.parts ]; ok=$?
+check "CLIP on 1 process and on 2 ranks ($l1 / $l2; $out2)" $ok
+out=$("$knnd" run clip_compare.lua 2>&1); rc=$?
+awk -v a="${l1#clip loss }" -v b="${l2#clip loss }" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * (a < 0 ? -a : a)) }'; ok=$?
+[ $rc = 0 ] && [ $ok = 0 ]; ok=$?
+check "2 ranks x batch 8 = 1 process x batch 16 for CLIP; sharded encoding = one process ($out)" $ok
+
 # a rank killed mid-run or failing or hanging ends the job with a clear error within the timeout,
 # and the killed job resumes from its checkpoint.
 # Usage: test_dist_cli.sh KNND_EXE  (run by ctest in a scratch directory)
@@ -31,6 +75,10 @@ knnd.embeddings.save("emb.h5", e / e:square():sum { dim = 2, keepdim = true }:sq
   encoder_hash = "seed3" })
 local store = knnd.embeddings.open("emb.h5")
 knnd.cache.build("nn.h5", knnd.index.build { store = store, factory = "Flat" }, store, { k = 3, exclude_self = true })
+-- a small VQ-VAE for the discrete backbone
+knnd.vqvae.train { dataset = "fm.h5", out = "vq", steps = 5, batch = 16, lr = 2e-3, seed = 1, progress = false,
+  model = { channels = 16, channel_mult = { 1, 2, 2 }, num_res_blocks = 1, norm_groups = 8, num_codes = 32,
+    embed_dim = 8 } }
 EOF
 out=$("$knnd" run setup.lua 2>&1); rc=$?
 check "setup: dataset, embeddings, index and neighbour cache ($out)" $rc
@@ -47,16 +95,23 @@ check "the same script on one process, no launcher ($out)" $ok
 
 cat > train.lua <<'EOF'
 local knnd = require "knnd"
-local opt = knnd.options { out = "run", steps = 16, every = 4, batch = 8, mode = "knn" }
+local opt = knnd.options { out = "run", steps = 16, every = 4, batch = 8, mode = "knn", backbone = "continuous" }
 -- each rank's pid, for the test to kill one
 local f = io.open("/proc/self/stat")
 local pid = f:read("n")
 f:close()
 os.execute(("mkdir -p %s && echo %d > %s/pid.%d"):format(opt.out, pid, opt.out, knnd.dist.rank()))
-local m = knnd.knn_diffusion.new { image_size = 16, channels = 1, seed = 1,
-  unet = { channels = 16, channel_mult = { 1, 2 }, num_res_blocks = 1, attention_resolutions = { 8 },
-    num_head_channels = 16, norm_groups = 8, dropout = 0.1 },
-  cond = { mode = opt.mode, k = 3, dim = 16, p_uncond = 0.2 }, diffusion = { T = 100 } }
+local m
+if opt.backbone == "discrete" then
+  m = knnd.knn_diffusion.new { image_size = 16, channels = 1, seed = 1, backbone = "discrete",
+    cond = { mode = opt.mode, k = 3, dim = 16, p_uncond = 0.2 },
+    discrete = { vqvae = "vq/model.h5", dim = 32, heads = 2, layers = 2, T = 20 } }
+else
+  m = knnd.knn_diffusion.new { image_size = 16, channels = 1, seed = 1,
+    unet = { channels = 16, channel_mult = { 1, 2 }, num_res_blocks = 1, attention_resolutions = { 8 },
+      num_head_channels = 16, norm_groups = 8, dropout = 0.1 },
+    cond = { mode = opt.mode, k = 3, dim = 16, p_uncond = 0.2 }, diffusion = { T = 100 } }
+end
 local r = knnd.knn_diffusion.train { model = m, dataset = "fm.h5", embeddings = "emb.h5", cache = "nn.h5",
   out = opt.out, steps = opt.steps, batch = opt.batch, checkpoint_every = opt.every, seed = 7, progress = false,
   flip = true }
@@ -97,6 +152,58 @@ print(("same run: %d losses within %.2g (relative), %d tensors within %.2g"):for
 EOF
 out=$("$knnd" run compare.lua one two 2>&1); rc=$?
 check "2 ranks x batch 4 = 1 process x batch 8: losses and weights ($out)" $rc
+"$knnd" run train.lua --set out=one6 --set batch=6 --set steps=6 >/dev/null 2>&1
+out=$(mpi 3 "$knnd" run train.lua --set out=three6 --set batch=6 --set steps=6 2>&1); rc=$?
+[ $rc = 0 ] && out=$("$knnd" run compare.lua one6 three6 2>&1); rc=$?
+check "3 ranks x batch 2 = 1 process x batch 6 ($out)" $rc
+"$knnd" run train.lua --set out=disc1 --set backbone=discrete --set steps=8 >/dev/null 2>&1
+out=$(mpi 2 "$knnd" run train.lua --set out=disc2 --set backbone=discrete --set steps=8 2>&1); rc=$?
+[ $rc = 0 ] && out=$("$knnd" run compare.lua disc1 disc2 2>&1); rc=$?
+check "the discrete backbone: 2 ranks x batch 4 = 1 process x batch 8 ($out)" $rc
+
+# CLIP: training (the batch split, the negatives gathered) and sharded encoding against one process
+cat > clip.lua <<'EOF'
+local knnd = require "knnd"
+local opt = knnd.options { out = "clip1" }
+local d = knnd.data.fashion_mnist { split = "train", limit = 64 }
+local tok = knnd.clip.train_tokenizer(d.classes, { num_merges = 50 })
+local function model()
+  return knnd.clip.new { embed_dim = 16, image_size = 28, patch_size = 7, vision_width = 16, vision_layers = 1,
+    vision_heads = 2, context_length = 16, text_width = 16, text_layers = 1, text_heads = 2, tokenizer = tok,
+    gen = knnd.Generator(5) }
+end
+os.execute("mkdir -p " .. opt.out)
+-- 64 rows in segments of 12: 6 segments, the last one short
+model():encode_dataset { images = d.images, output = opt.out .. "/untrained.h5", batch = 5, segment = 12,
+  progress = false }
+local m = model()
+local r = knnd.clip.train { model = m, images = d.images, labels = d.labels, classes = d.classes, batch = 16,
+  steps = 6, lr = 1e-3, progress = false, checkpoint = opt.out .. "/ck.h5", checkpoint_every = 3 }
+m:encode_dataset { images = d.images, output = opt.out .. "/trained.h5", batch = 8, segment = 16, progress = false }
+if knnd.dist.is_main() then print(("clip loss %.9g"):format(r.loss)) end
+EOF
+cat > clip_compare.lua <<'EOF'
+local knnd = require "knnd"
+local function diff(name)
+  local a, b = knnd.embeddings.open("clip1/" .. name), knnd.embeddings.open("clip2/" .. name)
+  assert(#a == 64 and #b == 64, name .. ": 64 rows each")
+  assert(knnd.eq(a:ids(), b:ids()):to("f32"):min():item() == 1, name .. ": the same ids")
+  return (a:read(1, 64) - b:read(1, 64)):abs():max():item()
+end
+local du, dt = diff("untrained.h5"), diff("trained.h5")
+assert(du == 0, ("sharded encoding differs from one process by %g"):format(du))
+assert(dt < 1e-4, ("the trained CLIPs' embeddings differ by %g"):format(dt))
+print(("encoding identical; trained embeddings within %.2g"):format(dt))
+EOF
+out1=$("$knnd" run clip.lua --set out=clip1 2>&1); rc1=$?
+out2=$(mpi 2 "$knnd" run clip.lua --set out=clip2 2>&1); rc2=$?
+l1=$(grep -o "clip loss .*" <<<"$out1"); l2=$(grep -o "clip loss .*" <<<"$out2")
+[ $rc1 = 0 ] && [ $rc2 = 0 ] && [ -n "$l1" ] && [ -f clip2/ck.h5 ] && [ ! -d clip2/untrained.h5.parts ]; ok=$?
+check "CLIP on 1 process and on 2 ranks ($l1 / $l2; $out2)" $ok
+out=$("$knnd" run clip_compare.lua 2>&1); rc=$?
+awk -v a="${l1#clip loss }" -v b="${l2#clip loss }" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * (a < 0 ? -a : a)) }'; ok=$?
+[ $rc = 0 ] && [ $ok = 0 ]; ok=$?
+check "2 ranks x batch 8 = 1 process x batch 16 for CLIP; sharded encoding = one process ($out)" $ok
 
 # a rank killed mid-run: the job ends with a clear error (Open MPI's launcher names the rank), and resumes
 mpi 2 "$knnd" run train.lua --set out=killed --set steps=400 > killed.log 2>&1 &
