@@ -97,6 +97,65 @@ static int l_all_reduce_grads(lua_State *L) {
   KNND_LUA_CHECK_CHAIN(L, "dist.all_reduce_grads", knnd_dist_all_reduce_grads(n, ps, (size_t)bucket));
   return 0;
 }
+/* ---- the overlapped reducer ---------------------------------------------------------------- */
+#define REDUCER_MT "knnd.dist.Reducer"
+typedef struct {
+  knnd_dist_reducer *r;
+} lua_reducer;
+
+static knnd_dist_reducer *check_reducer(lua_State *L, const char *method) {
+  lua_reducer *u = luaL_testudata(L, 1, REDUCER_MT);
+  if (!u || !u->r) luaL_error(L, "knnd.dist.Reducer:%s: argument 1 (self) expected a reducer", method);
+  return u->r;
+}
+/* reducer({params} [, bucket_bytes]) -> a Reducer (begin before backward, finish after) */
+static int l_reducer(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer bucket = lua_isnoneornil(L, 2) ? 0 : knnd_lua_check_int(L, 2, "dist.reducer", "bucket_bytes");
+  if (bucket < 0) return luaL_error(L, "knnd.dist.reducer: argument 2 'bucket_bytes' must be >= 0");
+  int n = (int)lua_rawlen(L, 1);
+  knnd_tensor **ps = lua_newuserdatauv(L, sizeof *ps * (size_t)(n > 0 ? n : 1), 0);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    if (!knnd_lua_is_tensor(L, -1))
+      return luaL_error(L, "knnd.dist.reducer: parameter %d is a %s, not a tensor", i + 1, luaL_typename(L, -1));
+    ps[i] = knnd_lua_check_tensor(L, -1, "dist.reducer");
+    lua_pop(L, 1);
+  }
+  lua_reducer *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->r = NULL;
+  luaL_setmetatable(L, REDUCER_MT);
+  KNND_LUA_CHECK_CHAIN(L, "dist.reducer", knnd_dist_reducer_new(n, ps, (size_t)bucket, &u->r));
+  return 1;
+}
+static int reducer_begin(lua_State *L) {
+  KNND_LUA_CHECK_CHAIN(L, "dist.Reducer:begin", knnd_dist_reducer_begin(check_reducer(L, "begin")));
+  return 0;
+}
+static int reducer_finish(lua_State *L) {
+  KNND_LUA_CHECK_CHAIN(L, "dist.Reducer:finish", knnd_dist_reducer_finish(check_reducer(L, "finish")));
+  return 0;
+}
+/* r:stats() -> {buckets =, early = (buckets started during the last backward)} */
+static int reducer_stats(lua_State *L) {
+  int b = 0, e = 0;
+  knnd_dist_reducer_stats(check_reducer(L, "stats"), &b, &e);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, b);
+  lua_setfield(L, -2, "buckets");
+  lua_pushinteger(L, e);
+  lua_setfield(L, -2, "early");
+  return 1;
+}
+static int reducer_gc(lua_State *L) {
+  lua_reducer *u = luaL_testudata(L, 1, REDUCER_MT);
+  if (u && u->r) {
+    knnd_dist_reducer_free(u->r);
+    u->r = NULL;
+  }
+  return 0;
+}
+
 /* abort(message [, code]): end every rank (never returns) */
 static int l_abort(lua_State *L) {
   const char *msg = luaL_optstring(L, 1, NULL);
@@ -139,7 +198,16 @@ void knnd_lua_open_dist(lua_State *L) {
                                  {"abort", l_abort},
                                  {"finalize", l_finalize},
                                  {"shard_generator", l_shard_generator},
+                                 {"reducer", l_reducer},
                                  {NULL, NULL}};
+  static const luaL_Reg reducer_methods[] = {
+      {"begin", reducer_begin}, {"finish", reducer_finish}, {"stats", reducer_stats}, {NULL, NULL}};
+  luaL_newmetatable(L, REDUCER_MT);
+  lua_pushcfunction(L, reducer_gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newlib(L, reducer_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
   luaL_newlib(L, fns);
   lua_setfield(L, -2, "_dist");
   /* a rank of a job joins it when the module loads: `mpirun -np N knnd run x.lua` needs nothing more */

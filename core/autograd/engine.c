@@ -183,6 +183,67 @@ static knnd_status vec_push(node_vec *s, knnd_node *n) {
 
 static _Thread_local uint64_t epoch_counter;
 
+/* ---- the grad-ready hook: how many edges still owe each leaf a gradient ---------------------- */
+static _Thread_local knnd_grad_ready_fn ready_fn;
+static _Thread_local void *ready_ctx;
+void knnd_set_grad_ready_hook(knnd_grad_ready_fn fn, void *ctx) {
+  ready_fn = fn;
+  ready_ctx = ctx;
+}
+/* open addressing on the leaf's address; cap is a power of two at least twice the entries */
+typedef struct {
+  knnd_tensor **keys;
+  int64_t *left;
+  int64_t cap, n;
+} leaf_counts;
+static int64_t leaf_slot(const leaf_counts *c, const knnd_tensor *t) {
+  uint64_t h = (uint64_t)(uintptr_t)t * 0x9E3779B97F4A7C15ull;
+  int64_t i = (int64_t)(h >> 20) & (c->cap - 1);
+  while (c->keys[i] && c->keys[i] != t) i = (i + 1) & (c->cap - 1);
+  return i;
+}
+static knnd_status leaf_count_add(leaf_counts *c, knnd_tensor *t) {
+  if (2 * (c->n + 1) > c->cap) {
+    int64_t cap = c->cap ? 2 * c->cap : 64;
+    leaf_counts d = {calloc((size_t)cap, sizeof *d.keys), calloc((size_t)cap, sizeof *d.left), cap, 0};
+    if (!d.keys || !d.left) {
+      free(d.keys);
+      free(d.left);
+      return knnd_error(KNND_ERR_NOMEM, "backward: out of memory");
+    }
+    for (int64_t i = 0; i < c->cap; i++)
+      if (c->keys[i]) {
+        int64_t j = leaf_slot(&d, c->keys[i]);
+        d.keys[j] = c->keys[i];
+        d.left[j] = c->left[i];
+        d.n++;
+      }
+    free(c->keys);
+    free(c->left);
+    *c = d;
+  }
+  int64_t i = leaf_slot(c, t);
+  if (!c->keys[i]) {
+    c->keys[i] = t;
+    c->n++;
+  }
+  c->left[i]++;
+  return KNND_OK;
+}
+static _Thread_local const leaf_counts *current_leaves; /* the running backward's, for knnd_backward_reaches */
+bool knnd_backward_reaches(const knnd_tensor *leaf) {
+  const leaf_counts *c = current_leaves;
+  if (!c || !c->cap || !leaf) return false;
+  return c->keys[leaf_slot(c, leaf)] != NULL;
+}
+/* one more edge delivered into leaf t: the hook when it was the last */
+static knnd_status leaf_delivered(leaf_counts *c, knnd_tensor *t) {
+  if (!c->cap) return KNND_OK;
+  int64_t i = leaf_slot(c, t);
+  if (!c->keys[i] || --c->left[i] != 0) return KNND_OK;
+  return ready_fn(t, ready_ctx);
+}
+
 /* check a backward function's result against the input it is for */
 static knnd_status check_grad(const knnd_node *n, int i, const knnd_tensor *g) {
   const knnd_tensor *in = n->inputs[i];
@@ -217,8 +278,11 @@ knnd_status knnd_backward(knnd_tensor *root, knnd_tensor *grad, bool retain_grap
   bool was = knnd_set_grad_enabled(false);
   knnd_status st = KNND_OK;
   node_vec all = {0}, stack = {0};
+  leaf_counts leaves = {0};
+  knnd_grad_ready_fn hook = ready_fn;
   if (!root->grad_fn) { /* a leaf */
     st = accumulate_leaf(root, seed);
+    if (!st && hook) st = hook(root, ready_ctx);
     goto cleanup;
   }
   /* 1. the nodes reachable from the root; pending = how many edges will bring a gradient */
@@ -238,6 +302,7 @@ knnd_status knnd_backward(knnd_tensor *root, knnd_tensor *grad, bool retain_grap
     }
     for (int i = 0; i < n->n_inputs; i++) {
       knnd_tensor *in = n->inputs[i];
+      if (hook && in && !in->grad_fn && in->requires_grad) KNND_CHECK(leaf_count_add(&leaves, in));
       if (!in || !in->grad_fn) continue;
       knnd_node *c = in->grad_fn;
       if (c->visit_epoch != epoch) {
@@ -251,6 +316,10 @@ knnd_status knnd_backward(knnd_tensor *root, knnd_tensor *grad, bool retain_grap
       }
       c->pending++;
     }
+  }
+  if (hook) { /* the graph is known: which leaves will get gradients */
+    current_leaves = &leaves;
+    KNND_CHECK(hook(NULL, ready_ctx));
   }
   /* 2. Kahn's order: a node runs when every consumer has sent its gradient */
   knnd_tensor_release(r->grad_accum);
@@ -281,6 +350,11 @@ knnd_status knnd_backward(knnd_tensor *root, knnd_tensor *grad, bool retain_grap
       }
     } else {
       knnd_tensor_release(g);
+    }
+    /* the leaves this node fed (a gradient or none): the hook for each that is now complete */
+    for (int i = 0; i < n->n_inputs && hook; i++) {
+      knnd_tensor *in = n->inputs[i];
+      if (in && !in->grad_fn && in->requires_grad) KNND_CHECK(leaf_delivered(&leaves, in));
     }
     for (int i = 0; i < n->n_inputs; i++) {
       knnd_tensor *in = n->inputs[i];
@@ -314,6 +388,9 @@ cleanup:
   }
   for (int64_t i = 0; i < all.n; i++) knnd_node_release(all.v[i]);
   knnd_tensor_release(seed);
+  current_leaves = NULL;
+  free(leaves.keys);
+  free(leaves.left);
   free(all.v);
   free(stack.v);
   knnd_set_grad_enabled(was);

@@ -509,3 +509,286 @@ void knnd_dist_abort(const char *msg, int code) {
   if (knnd_dist_active() && W.size > 1) MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
   exit(code);
 }
+
+/* ---- the overlapped reducer ------------------------------------------------------------------ */
+struct knnd_dist_reducer {
+  int n, nb;
+  knnd_tensor **params;   /* retained */
+  int *bucket_of;         /* param -> bucket */
+  int64_t *offset;        /* param -> its first float in buf (its bucket's region) */
+  int *first, *count;     /* bucket -> its params: order[first .. first + count) */
+  int *order;             /* params in bucket order (reverse of the given order) */
+  int64_t *bstart, *blen; /* bucket -> region of buf: grads then one flag per param */
+  float *buf;
+  bool *ready;
+  int *nready;
+  MPI_Request *reqs;
+  int next;  /* the next bucket to start (buckets start in order) */
+  int early; /* started before finish in this backward */
+  bool active, overlap, many;
+  bool nccl; /* every parameter on the GPU and NCCL built: the all-reduce after the backward, through NCCL */
+  /* leaf -> param lookup: open addressing on the tensor's address */
+  knnd_tensor **keys;
+  int *vals;
+  int64_t cap;
+};
+
+static int64_t reducer_slot(const knnd_dist_reducer *r, const knnd_tensor *t) {
+  uint64_t h = (uint64_t)(uintptr_t)t * 0x9E3779B97F4A7C15ull;
+  int64_t i = (int64_t)(h >> 20) & (r->cap - 1);
+  while (r->keys[i] && r->keys[i] != t) i = (i + 1) & (r->cap - 1);
+  return i;
+}
+
+void knnd_dist_reducer_free(knnd_dist_reducer *r) {
+  if (!r) return;
+  if (r->active) knnd_set_grad_ready_hook(NULL, NULL);
+  for (int i = 0; i < r->n; i++) knnd_tensor_release(r->params ? r->params[i] : NULL);
+  free(r->params);
+  free(r->bucket_of);
+  free(r->offset);
+  free(r->first);
+  free(r->count);
+  free(r->order);
+  free(r->bstart);
+  free(r->blen);
+  free(r->buf);
+  free(r->ready);
+  free(r->nready);
+  free(r->reqs);
+  free(r->keys);
+  free(r->vals);
+  free(r);
+}
+
+knnd_status knnd_dist_reducer_new(int n, knnd_tensor *const *params, size_t bucket_bytes, knnd_dist_reducer **out) {
+  if (!out) return knnd_error(KNND_ERR_ARG, "dist_reducer: argument 'out' is NULL");
+  *out = NULL;
+  if (n < 1 || !params) return knnd_error(KNND_ERR_ARG, "dist_reducer: no parameters");
+  for (int i = 0; i < n; i++)
+    if (!params[i]) return knnd_error(KNND_ERR_ARG, "dist_reducer: parameter %d is missing", i + 1);
+  bool many = false;
+  KNND_TRY(need_world("reducer", &many));
+  if (bucket_bytes == 0) bucket_bytes = (size_t)25 << 20;
+  int64_t cap_floats = (int64_t)(bucket_bytes / sizeof(float));
+  if (cap_floats < 1) cap_floats = 1;
+  knnd_dist_reducer *r = calloc(1, sizeof *r);
+  if (!r) return knnd_error(KNND_ERR_NOMEM, "dist_reducer: out of memory");
+  r->n = n;
+  r->many = many;
+  r->params = calloc((size_t)n, sizeof *r->params);
+  r->bucket_of = calloc((size_t)n, sizeof *r->bucket_of);
+  r->offset = calloc((size_t)n, sizeof *r->offset);
+  r->order = calloc((size_t)n, sizeof *r->order);
+  r->first = calloc((size_t)n, sizeof *r->first);
+  r->count = calloc((size_t)n, sizeof *r->count);
+  r->bstart = calloc((size_t)n, sizeof *r->bstart);
+  r->blen = calloc((size_t)n, sizeof *r->blen);
+  r->ready = calloc((size_t)n, sizeof *r->ready);
+  r->nready = calloc((size_t)n, sizeof *r->nready);
+  r->reqs = calloc((size_t)n, sizeof *r->reqs);
+  r->cap = 64;
+  while (r->cap < 2 * (int64_t)n) r->cap *= 2;
+  r->keys = calloc((size_t)r->cap, sizeof *r->keys);
+  r->vals = calloc((size_t)r->cap, sizeof *r->vals);
+  if (!r->params || !r->bucket_of || !r->offset || !r->order || !r->first || !r->count || !r->bstart || !r->blen ||
+      !r->ready || !r->nready || !r->reqs || !r->keys || !r->vals) {
+    knnd_dist_reducer_free(r);
+    return knnd_error(KNND_ERR_NOMEM, "dist_reducer: out of memory");
+  }
+  /* buckets over the params in reverse order; each bucket's region: its grads, then its flags */
+  int64_t pos = 0, in_bucket = 0;
+  int nb = 0;
+  for (int k = 0; k < n; k++) {
+    int i = n - 1 - k;
+    r->params[i] = knnd_tensor_retain(params[i]);
+    int64_t m = knnd_tensor_numel(params[i]);
+    if (k == 0 || (in_bucket > 0 && in_bucket + m > cap_floats)) {
+      if (k > 0) {
+        r->blen[nb - 1] = pos - r->bstart[nb - 1] + r->count[nb - 1]; /* + flags */
+        pos = r->bstart[nb - 1] + r->blen[nb - 1];
+      }
+      r->bstart[nb] = pos;
+      r->first[nb] = k;
+      r->count[nb] = 0;
+      nb++;
+      in_bucket = 0;
+    }
+    r->order[k] = i;
+    r->bucket_of[i] = nb - 1;
+    r->offset[i] = pos;
+    r->count[nb - 1]++;
+    pos += m;
+    in_bucket += m;
+    int64_t s = reducer_slot(r, params[i]);
+    if (r->keys[s]) {
+      knnd_dist_reducer_free(r);
+      return knnd_error(KNND_ERR_ARG, "dist_reducer: parameter %d is given twice", i + 1);
+    }
+    r->keys[s] = params[i];
+    r->vals[s] = i;
+  }
+  r->blen[nb - 1] = pos - r->bstart[nb - 1] + r->count[nb - 1];
+  r->nb = nb;
+  int64_t total = r->bstart[nb - 1] + r->blen[nb - 1];
+  for (int b = 0; b < nb; b++)
+    if (r->blen[b] > INT32_MAX) {
+      knnd_dist_reducer_free(r);
+      return knnd_error(KNND_ERR_ARG, "dist_reducer: a bucket of more than 2^31 - 1 values (one parameter is too large)");
+    }
+  r->buf = malloc((size_t)total * sizeof(float));
+  if (!r->buf) {
+    knnd_dist_reducer_free(r);
+    return knnd_error(KNND_ERR_NOMEM, "dist_reducer: out of memory for %lld gradient values", (long long)total);
+  }
+  bool all_cuda = true;
+  for (int i = 0; i < n; i++) all_cuda = all_cuda && knnd_on_cuda(params[i]);
+  r->nccl = all_cuda && knnd_dist_nccl_available();
+  if (many) { /* every rank must have built the same buckets */
+    int64_t v[3] = {n, nb, total};
+    bool same;
+    knnd_status st = agree("reducer", 3, v, &same);
+    if (!st && !same)
+      st = knnd_error(KNND_ERR_SHAPE, "dist_reducer: the ranks hold different parameters (rank %d: %d tensors, %lld "
+                                      "values): every rank must build the same model", W.rank, n, (long long)total);
+    if (st) {
+      knnd_dist_reducer_free(r);
+      return st;
+    }
+  }
+  *out = r;
+  return KNND_OK;
+}
+
+/* copy a bucket's gradients (zeros where none) and flags into buf and start its all-reduce */
+static knnd_status start_bucket(knnd_dist_reducer *r, int b) {
+  float *flags = r->buf + r->bstart[b] + r->blen[b] - r->count[b];
+  for (int k = 0; k < r->count[b]; k++) {
+    int i = r->order[r->first[b] + k];
+    knnd_tensor *p = r->params[i], *g = p->grad;
+    int64_t m = knnd_tensor_numel(p);
+    float *dst = r->buf + r->offset[i];
+    flags[k] = g ? 1.0f : 0.0f;
+    if (!g) {
+      memset(dst, 0, (size_t)m * sizeof(float));
+      continue;
+    }
+    if (knnd_tensor_numel(g) != m)
+      return knnd_error(KNND_ERR_SHAPE, "dist_reducer: parameter %d has %lld values but its gradient %lld", i + 1,
+                        (long long)m, (long long)knnd_tensor_numel(g));
+    knnd_tensor *h = NULL, *f = NULL;
+    knnd_status st = host_contig(g, &h);
+    if (!st) st = knnd_contig_f32(h, &f);
+    if (!st) memcpy(dst, knnd_tensor_data(f), (size_t)m * sizeof(float));
+    knnd_tensor_release(h);
+    knnd_tensor_release(f);
+    if (st) return st;
+  }
+  MPI_TRY("reducer", MPI_Iallreduce(MPI_IN_PLACE, r->buf + r->bstart[b], (int)r->blen[b], MPI_FLOAT, MPI_SUM,
+                                    MPI_COMM_WORLD, &r->reqs[b]));
+  return KNND_OK;
+}
+
+static knnd_status on_ready(knnd_tensor *leaf, void *ctx) {
+  knnd_dist_reducer *r = ctx;
+  if (!leaf) { /* the graph is known: parameters outside it are ready as they are */
+    for (int i = 0; i < r->n; i++)
+      if (!r->ready[i] && !knnd_backward_reaches(r->params[i])) {
+        r->ready[i] = true;
+        r->nready[r->bucket_of[i]]++;
+      }
+  } else {
+    int64_t s = reducer_slot(r, leaf);
+    if (!r->keys[s]) return KNND_OK; /* a leaf that is not one of the parameters */
+    int i = r->vals[s];
+    if (r->ready[i]) return KNND_OK;
+    r->ready[i] = true;
+    r->nready[r->bucket_of[i]]++;
+  }
+  if (!r->overlap) return KNND_OK;
+  while (r->next < r->nb && r->nready[r->next] == r->count[r->next]) {
+    KNND_TRY(start_bucket(r, r->next));
+    r->next++;
+    r->early++;
+  }
+  if (r->next > 0) { /* let MPI progress the buckets in flight */
+    int done;
+    MPI_Testall(r->next, r->reqs, &done, MPI_STATUSES_IGNORE);
+  }
+  return KNND_OK;
+}
+
+knnd_status knnd_dist_reducer_begin(knnd_dist_reducer *r) {
+  if (!r) return knnd_error(KNND_ERR_ARG, "dist_reducer_begin: no reducer");
+  if (!r->many) return KNND_OK;
+  if (r->active) return knnd_error(KNND_ERR_STATE, "dist_reducer_begin: called twice without finish");
+  memset(r->ready, 0, (size_t)r->n * sizeof *r->ready);
+  memset(r->nready, 0, (size_t)r->n * sizeof *r->nready);
+  for (int b = 0; b < r->nb; b++) r->reqs[b] = MPI_REQUEST_NULL;
+  r->next = 0;
+  r->early = 0;
+  const char *env = getenv("KNND_DIST_OVERLAP");
+  r->overlap = !(env && strcmp(env, "0") == 0);
+  r->active = true;
+  if (!r->nccl) knnd_set_grad_ready_hook(on_ready, r);
+  return KNND_OK;
+}
+
+knnd_status knnd_dist_reducer_finish(knnd_dist_reducer *r) {
+  if (!r) return knnd_error(KNND_ERR_ARG, "dist_reducer_finish: no reducer");
+  if (!r->many) return KNND_OK;
+  if (!r->active) return knnd_error(KNND_ERR_STATE, "dist_reducer_finish: without begin");
+  knnd_set_grad_ready_hook(NULL, NULL);
+  r->active = false;
+  /* on the GPU: NCCL's all-reduce of device buckets after the backward (not overlapped yet) */
+  if (r->nccl) return knnd_dist_all_reduce_grads(r->n, r->params, 0);
+  knnd_status st = KNND_OK;
+  while (r->next < r->nb && !st) {
+    st = start_bucket(r, r->next);
+    if (!st) r->next++;
+  }
+  knnd_status wst = r->next > 0 ? knnd_dist_wait(r->next, r->reqs, "all_reduce_grads") : KNND_OK;
+  if (st) return st;
+  if (wst) return wst;
+  float inv = 1.0f / (float)W.size;
+  bool was = knnd_set_grad_enabled(false);
+  for (int b = 0; b < r->nb && !st; b++) {
+    const float *flags = r->buf + r->bstart[b] + r->blen[b] - r->count[b];
+    for (int k = 0; k < r->count[b] && !st; k++) {
+      int i = r->order[r->first[b] + k];
+      knnd_tensor *p = r->params[i], *h = NULL, *g = NULL;
+      if (flags[k] == 0.0f) { /* no rank had a gradient: none */
+        knnd_tensor_release(p->grad);
+        p->grad = NULL;
+        continue;
+      }
+      float *src = r->buf + r->offset[i];
+      int64_t m = knnd_tensor_numel(p);
+#pragma omp parallel for num_threads(knnd_threads_for(m))
+      for (int64_t j = 0; j < m; j++) src[j] *= inv;
+      st = knnd_tensor_from_data(KNND_F32, p->ndim, p->shape, src, &h);
+      if (!st) {
+        if (knnd_on_cuda(p)) st = knnd_to_device(h, p->storage->device, &g);
+        else g = knnd_tensor_retain(h);
+      }
+      if (!st && p->dtype != KNND_F32) {
+        knnd_tensor *c = NULL;
+        st = knnd_to_dtype(g, p->dtype, &c);
+        knnd_tensor_release(g);
+        g = c;
+      }
+      knnd_tensor_release(h);
+      if (!st) {
+        knnd_tensor_release(p->grad);
+        p->grad = g;
+      } else knnd_tensor_release(g);
+    }
+  }
+  knnd_set_grad_enabled(was);
+  return st;
+}
+
+void knnd_dist_reducer_stats(const knnd_dist_reducer *r, int *buckets, int *early) {
+  if (buckets) *buckets = r ? r->nb : 0;
+  if (early) *early = r ? r->early : 0;
+}

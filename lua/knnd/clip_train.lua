@@ -207,6 +207,7 @@ function M.train(opts)
     end
     knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
   end
+  local sync = dist.grad_sync(params)
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = opts.weight_decay or 0.05, betas = { 0.9, 0.98 },
     eps = 1e-6 })
   local start, resumed_from = 0, nil
@@ -256,8 +257,9 @@ function M.train(opts)
       local per = batch // world
       loss = contrastive_loss_dist(model, images:index_select(1, rows:narrow(1, rank * per + 1, per)), caps, rank, world)
       -- the ranks' gradients add up to the batch's; all_reduce_grads averages them
+      sync.begin()
       ;(loss * world):backward()
-      dist.all_reduce_grads(params)
+      sync.finish()
     else
       loss = contrastive_loss(model, images:index_select(1, rows), caps)
       loss:backward()

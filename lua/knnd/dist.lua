@@ -67,6 +67,18 @@ function M.all_reduce_grads(params, bucket_bytes)
   return D.all_reduce_grads(params, bucket_bytes) -- on one rank: checks its arguments only
 end
 
+--- dist.grad_sync(params [, {bucket_bytes = 25 MiB}]) -> s: s:begin() before loss:backward(),
+--- s:finish() after: the gradients averaged over the ranks, each bucket sent while the backward
+--- still runs (knnd/dist.h's reducer); s:stats() -> {buckets =, early =}. A world of one: no-ops.
+function M.grad_sync(params, o)
+  if not many() then
+    return { begin = function() end, finish = function() end, stats = function() return { buckets = 0, early = 0 } end }
+  end
+  local r = D.reducer(params, o and o.bucket_bytes)
+  return { begin = function() r:begin() end, finish = function() r:finish() end, stats = function() return r:stats() end,
+    reducer = r }
+end
+
 --- dist.broadcast_value(v [, root = 0]) -> root's v (nil, boolean, number, string or a table of
 --- them, as JSON) on every rank
 function M.broadcast_value(v, root)

@@ -699,6 +699,7 @@ function M.train(o)
     end
     knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
   end
+  local sync = dist.grad_sync(params) -- gradients averaged, sent while the backward runs
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = o.weight_decay or 0.0 })
   local ema = knnd.optim.EMA(params, o.ema or 0.999)
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
@@ -782,8 +783,9 @@ function M.train(o)
     opt:zero_grad()
     local loss = model:loss(b.x, model:condition(q, nb, { drop = drop }), { source = source,
       pixel_weights = pixel_weights })
+    sync.begin()
     loss:backward()
-    if world > 1 then dist.all_reduce_grads(params) end
+    sync.finish()
     if o.grad_clip ~= false then knnd.optim.clip_grad_norm(params, o.grad_clip or 1.0) end
     opt:step()
     ema:update()

@@ -93,6 +93,48 @@ local c = S:cond("knn", store:read(1, 4), { k = 3, ids = ids:narrow(1, 1, 4) })
 check(c:size(1) == 4 and c:size(2) == 4 and c:size(3) == 16, "sharded cond tokens [4,4,16]")
 errors_with(function() S:search(knnd.ones(2, 5), 3) end, "queries expected f32 [Q,16]")
 
+-- the overlapped reducer: buckets start while the backward runs, and it gives all_reduce_grads' gradients;
+-- a parameter only rank 0 uses is averaged over all, one nobody uses keeps no gradient
+local layers = { knnd.nn.Linear(4, 8, { gen = knnd.Generator(1) }), knnd.nn.Linear(8, 8, { gen = knnd.Generator(2) }),
+  knnd.nn.Linear(8, 2, { gen = knnd.Generator(3) }) }
+local unused, sometimes = knnd.zeros(3, { requires_grad = true }), knnd.ones(2, { requires_grad = true })
+local params = {}
+for _, l in ipairs(layers) do for _, p in ipairs(l:parameters()) do params[#params + 1] = p end end
+params[#params + 1] = unused
+params[#params + 1] = sometimes
+local function backward()
+  for _, p in ipairs(params) do p:zero_grad() end
+  local x = knnd.randn(5, 4, { gen = knnd.Generator(100 + r) })
+  local y = layers[3](knnd.tanh(layers[2](knnd.tanh(layers[1](x)))))
+  local loss = y:square():mean()
+  if r == 0 then loss = loss + sometimes:sum() * 3 end
+  loss:backward()
+end
+backward()
+dist.all_reduce_grads(params)
+local want = {}
+for i, p in ipairs(params) do want[i] = p.grad and p.grad:clone() or false end
+local sync = dist.grad_sync(params, { bucket_bytes = 64 }) -- about one parameter per bucket
+for _ = 1, 2 do -- twice: the reducer is reused step after step
+  sync.begin()
+  backward()
+  sync.finish()
+  for i, p in ipairs(params) do
+    if want[i] then
+      local ok_g, d = same(p.grad, want[i], 1e-6)
+      check(ok_g, "reducer gradient %d differs from all_reduce_grads' by %g", i, d)
+    else
+      check(p.grad == nil, "reducer: parameter %d has a gradient no rank computed", i)
+    end
+  end
+end
+check(want[#params] and same(want[#params], knnd.full({ 2 }, 3 / W), 1e-6), "a parameter rank 0 alone uses: 3 / %d", W)
+check(not want[#params - 1], "a parameter nobody uses keeps no gradient")
+if W > 1 then
+  local st = sync.stats()
+  check(st.buckets >= 6 and st.early >= 3, "buckets started during the backward: %d of %d", st.early, st.buckets)
+end
+
 -- a rank working alone (a sweep's shard): a world of one, no collectives
 dist.work_alone(true)
 check(dist.size() == 1 and dist.rank() == 0 and dist.is_main(), "alone: rank 0 of 1")

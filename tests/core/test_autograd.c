@@ -92,12 +92,73 @@ static void test_detach_and_clone(void **state) {
   knnd_tensor_release(d), knnd_tensor_release(c), knnd_tensor_release(x);
 }
 
+/* the grad-ready hook: called once with NULL when the graph is known (reaches() true for the leaves
+ * in it, false for others), then once per leaf, after its last contribution (the gradient it sees
+ * is the final one), and never for a leaf outside the graph */
+typedef struct {
+  int calls, graph_calls;
+  knnd_tensor *a, *b, *outside;
+  double a_grad_seen;
+  bool reach_a, reach_outside, a_before_graph;
+} hook_log;
+static knnd_status log_hook(knnd_tensor *leaf, void *ctx) {
+  hook_log *h = ctx;
+  if (!leaf) {
+    h->graph_calls++;
+    h->reach_a = knnd_backward_reaches(h->a);
+    h->reach_outside = knnd_backward_reaches(h->outside);
+    return KNND_OK;
+  }
+  if (h->graph_calls == 0) h->a_before_graph = true;
+  h->calls++;
+  assert_true(leaf != h->outside);
+  if (leaf == h->a) h->a_grad_seen = knnd_tensor_get_flat(leaf->grad, 0);
+  return KNND_OK;
+}
+static knnd_status failing_hook(knnd_tensor *leaf, void *ctx) {
+  (void)ctx;
+  return leaf ? knnd_error(KNND_ERR_STATE, "hook says no") : KNND_OK;
+}
+
+static void test_grad_ready_hook(void **state) {
+  (void)state;
+  const int64_t one = 1;
+  const float va = 3.0f, vb = 2.0f, vo = 1.0f;
+  knnd_tensor *a = kt_param(kt_tensor(1, &one, &va)), *b = kt_param(kt_tensor(1, &one, &vb));
+  knnd_tensor *outside = kt_param(kt_tensor(1, &one, &vo)), *ab, *aa, *s, *t;
+  /* s = a*b + a*a: a gets two contributions (b + 2a = 8), b one (a = 3) */
+  KT_OK(knnd_mul(a, b, &ab));
+  KT_OK(knnd_mul(a, a, &aa));
+  KT_OK(knnd_add(ab, aa, &s));
+  KT_OK(knnd_sum(s, 0, NULL, false, &t));
+  hook_log h = {0};
+  h.a = a, h.b = b, h.outside = outside;
+  knnd_set_grad_ready_hook(log_hook, &h);
+  KT_OK(knnd_backward(t, NULL, false));
+  knnd_set_grad_ready_hook(NULL, NULL);
+  assert_int_equal(h.graph_calls, 1);
+  assert_int_equal(h.calls, 2);
+  assert_true(h.reach_a && !h.reach_outside && !h.a_before_graph);
+  assert_true(fabs(h.a_grad_seen - 8.0) < 1e-6);
+  assert_false(knnd_backward_reaches(a)); /* only during a backward */
+  knnd_tensor_release(ab), knnd_tensor_release(aa), knnd_tensor_release(s), knnd_tensor_release(t);
+  /* an error from the hook ends the backward with it */
+  KT_OK(knnd_mul(a, b, &ab));
+  KT_OK(knnd_sum(ab, 0, NULL, false, &t));
+  knnd_set_grad_ready_hook(failing_hook, NULL);
+  KT_FAILS(knnd_backward(t, NULL, false), KNND_ERR_STATE, "hook says no");
+  knnd_set_grad_ready_hook(NULL, NULL);
+  knnd_tensor_release(ab), knnd_tensor_release(t);
+  knnd_tensor_release(a), knnd_tensor_release(b), knnd_tensor_release(outside);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_accumulation_and_shared_inputs),
       cmocka_unit_test(test_no_grad_and_non_scalar),
       cmocka_unit_test(test_view_gradients),
       cmocka_unit_test(test_detach_and_clone),
+      cmocka_unit_test(test_grad_ready_hook),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

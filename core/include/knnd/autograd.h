@@ -56,6 +56,16 @@ knnd_status knnd_sum_to_shape(knnd_tensor *grad, int ndim, const int64_t *shape,
  * accumulate into the `grad` of leaves that require grad. Unless retain_graph, the graph's
  * saved tensors are freed and a second backward through it is an error. */
 knnd_status knnd_backward(knnd_tensor *root, knnd_tensor *grad, bool retain_graph);
+/* A hook knnd_backward calls on this thread each time a leaf's gradient is complete for that backward
+ * (every edge into the leaf has delivered: leaf->grad holds its final value), while the rest of the
+ * backward still runs — data-parallel training starts sending a bucket of gradients as soon as they
+ * are all ready (knnd/dist.h). An error from the hook ends the backward with it. NULL removes it. */
+typedef knnd_status (*knnd_grad_ready_fn)(knnd_tensor *leaf, void *ctx);
+void knnd_set_grad_ready_hook(knnd_grad_ready_fn fn, void *ctx);
+/* The hook is also called once with leaf NULL when the backward knows its graph (before any
+ * gradient is computed); from then until it returns, knnd_backward_reaches(leaf) tells whether a
+ * leaf gets a hook call in this backward (false: it is not in the graph, its gradient stays). */
+bool knnd_backward_reaches(const knnd_tensor *leaf);
 
 /* Leaf flag: only tensors without grad_fn and of a float dtype can require grad. */
 knnd_status knnd_set_requires_grad(knnd_tensor *t, bool on);

@@ -62,6 +62,23 @@ knnd_status knnd_dist_all_gather(knnd_tensor *t, knnd_tensor **out);
  * through NCCL when built with it (through host buffers otherwise). */
 knnd_status knnd_dist_all_reduce_grads(int n, knnd_tensor *const *params, size_t bucket_bytes);
 
+/* The gradient all-reduce overlapped with the backward pass (PyTorch DDP's reducer): parameters
+ * are put in buckets of at most bucket_bytes (0: 25 MiB) in reverse order (the order backward
+ * finishes them); between begin and finish, a hook of the autograd engine marks each parameter
+ * whose gradient is complete, and a bucket starts its all-reduce as soon as all its parameters
+ * are (buckets start in their order on every rank, as MPI requires). finish starts the rest,
+ * waits, and writes every parameter's averaged gradient (none where no rank had one), as
+ * knnd_dist_all_reduce_grads does. KNND_DIST_OVERLAP=0 defers every bucket to finish (for
+ * measuring). In a world of one begin and finish do nothing. Parameters on the GPU with NCCL built:
+ * finish all-reduces through NCCL after the backward (no overlap there yet). */
+typedef struct knnd_dist_reducer knnd_dist_reducer;
+knnd_status knnd_dist_reducer_new(int n, knnd_tensor *const *params, size_t bucket_bytes, knnd_dist_reducer **out);
+knnd_status knnd_dist_reducer_begin(knnd_dist_reducer *r);
+knnd_status knnd_dist_reducer_finish(knnd_dist_reducer *r);
+/* buckets, and how many started during the last backward (before finish) */
+void knnd_dist_reducer_stats(const knnd_dist_reducer *r, int *buckets, int *early);
+void knnd_dist_reducer_free(knnd_dist_reducer *r);
+
 /* End every rank of the job (MPI_Abort) after printing msg (when not NULL) with the rank; in a
  * world of 1 it exits the process with code. Never returns. */
 void knnd_dist_abort(const char *msg, int code);
