@@ -659,6 +659,40 @@ static int cache_build(lua_State *L) {
   return 0;
 }
 
+/* knnd.cache.write(path, rows i64 [N,k], scores f32 [N,k], {store = (the store the rows point into),
+ * queries = (the query store; default store), exclude_self=, exclude_duplicates=, duplicate_threshold=,
+ * index_factory=, index_build_id=}): a cache from rows found elsewhere (knnd.dist's sharded index) */
+static int cache_write(lua_State *L) {
+  static const char *fname = "cache.write";
+  static const char *const allowed[] = {"store", "queries", "exclude_self", "exclude_duplicates", "duplicate_threshold",
+                                        "index_factory", "index_build_id", NULL};
+  const char *path = knnd_lua_check_string(L, 1, fname, "path");
+  knnd_tensor *rows = knnd_lua_check_tensor(L, 2, fname), *scores = knnd_lua_check_tensor(L, 3, fname);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  knnd_lua_check_opts(L, 4, fname, allowed);
+  if (lua_getfield(L, 4, "store") == LUA_TNIL) luaL_error(L, "knnd.%s: option 'store' is required", fname);
+  knnd_embstore *s = to_store(L, -1, fname, "option 'store'"), *q = s;
+  if (lua_getfield(L, 4, "queries") != LUA_TNIL) q = to_store(L, -1, fname, "option 'queries'");
+  knnd_embstore_info si, qi;
+  knnd_embstore_get_info(s, &si);
+  knnd_embstore_get_info(q, &qi);
+  if (rows->ndim == 2 && rows->shape[0] != qi.count)
+    luaL_error(L, "knnd.%s: %d rows of neighbours for a query store of %d rows", fname, (int)rows->shape[0],
+               (int)qi.count);
+  knnd_neighbor_cache_meta m = {0};
+  m.k = rows->ndim == 2 ? (int)rows->shape[1] : 0;
+  m.exclude_self = knnd_lua_opt_bool(L, 4, fname, "exclude_self", false);
+  m.exclude_duplicates = knnd_lua_opt_bool(L, 4, fname, "exclude_duplicates", false);
+  m.duplicate_threshold = knnd_lua_opt_number(L, 4, fname, "duplicate_threshold", 0.99);
+  m.index_factory = knnd_lua_opt_string(L, 4, fname, "index_factory", "");
+  m.index_build_id = knnd_lua_opt_string(L, 4, fname, "index_build_id", "");
+  m.index_ntotal = si.count;
+  m.store_uid = si.uid;
+  m.query_store_uid = qi.uid;
+  KNND_LUA_CHECK_CHAIN(L, fname, knnd_neighbor_cache_write(path, rows, scores, &m));
+  return 0;
+}
+
 /* knnd.cache.open(path [, idx]): idx given, a cache built by another index is an error */
 static int cache_open(lua_State *L) {
   static const char *fname = "cache.open";
@@ -837,7 +871,7 @@ void knnd_lua_open_retrieval(lua_State *L) {
       {"create", embeddings_create}, {"save", embeddings_save}, {"open", embeddings_open}, {NULL, NULL}};
   static const luaL_Reg index[] = {{"new", index_new}, {"build", index_build}, {"load", index_load},
                                    {"gpu", gpu_index_new}, {NULL, NULL}};
-  static const luaL_Reg cache[] = {{"build", cache_build}, {"open", cache_open}, {NULL, NULL}};
+  static const luaL_Reg cache[] = {{"build", cache_build}, {"write", cache_write}, {"open", cache_open}, {NULL, NULL}};
   static const luaL_Reg cond[] = {{"build", cond_build}, {"modes", cond_modes}, {"tokens", cond_tokens}, {NULL, NULL}};
   add_table(L, "embeddings", embeddings);
   add_table(L, "index", index);

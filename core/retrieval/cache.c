@@ -30,6 +30,61 @@ void knnd_neighbor_cache_free(knnd_neighbor_cache *c) {
   free(c);
 }
 
+/* the root attributes every cache carries */
+static knnd_status write_meta(knnd_h5 *f, const knnd_neighbor_cache_meta *m) {
+  KNND_TRY(knnd_h5_set_attr_string(f, "/", "format", CACHE_FORMAT));
+  KNND_TRY(knnd_h5_set_attr_int(f, "/", "format_version", CACHE_VERSION));
+  KNND_TRY(knnd_h5_set_attr_int(f, "/", "k", m->k));
+  KNND_TRY(knnd_h5_set_attr_int(f, "/", "exclude_self", m->exclude_self));
+  KNND_TRY(knnd_h5_set_attr_int(f, "/", "exclude_duplicates", m->exclude_duplicates));
+  KNND_TRY(knnd_h5_set_attr_double(f, "/", "duplicate_threshold", m->duplicate_threshold ? m->duplicate_threshold : 0.99));
+  KNND_TRY(knnd_h5_set_attr_string(f, "/", "index_build_id", m->index_build_id ? m->index_build_id : ""));
+  KNND_TRY(knnd_h5_set_attr_string(f, "/", "index_factory", m->index_factory ? m->index_factory : ""));
+  KNND_TRY(knnd_h5_set_attr_int(f, "/", "index_ntotal", m->index_ntotal));
+  KNND_TRY(knnd_h5_set_attr_string(f, "/", "store_uid", m->store_uid ? m->store_uid : ""));
+  KNND_TRY(knnd_h5_set_attr_string(f, "/", "query_store_uid", m->query_store_uid ? m->query_store_uid : ""));
+  return KNND_OK;
+}
+
+knnd_status knnd_neighbor_cache_write(const char *path, const knnd_tensor *rows, const knnd_tensor *scores,
+                                      const knnd_neighbor_cache_meta *meta) {
+  const char *op = "neighbor_cache_write";
+  if (!path || !*path) return knnd_error(KNND_ERR_ARG, "%s: argument 'path' is empty (expected a file name)", op);
+  if (!rows || !scores || !meta) return knnd_error(KNND_ERR_ARG, "%s: rows, scores and meta are required", op);
+  if (rows->dtype != KNND_I64 || rows->ndim != 2)
+    return knnd_error(KNND_ERR_SHAPE, "%s: rows must be i64 [N,k], got %s of %d dims", op, knnd_dtype_name(rows->dtype),
+                      rows->ndim);
+  if (scores->dtype != KNND_F32 || !knnd_tensor_same_shape(rows, scores))
+    return knnd_error(KNND_ERR_SHAPE, "%s: scores must be f32 of the rows' shape [%" PRId64 ",%" PRId64 "]", op,
+                      rows->shape[0], rows->shape[1]);
+  if (meta->k <= 0 || rows->shape[1] != meta->k)
+    return knnd_error(KNND_ERR_SHAPE, "%s: k is %d but the rows have %" PRId64 " columns", op, meta->k, rows->shape[1]);
+  knnd_tensor *r = NULL, *sc = NULL;
+  knnd_h5 *f = NULL;
+  knnd_status st;
+  KNND_CHECK(knnd_contig((knnd_tensor *)rows, &r));
+  KNND_CHECK(knnd_contig((knnd_tensor *)scores, &sc));
+  const int64_t *rv = knnd_tensor_data(r);
+  for (int64_t i = 0; i < knnd_tensor_numel(r); i++)
+    if (rv[i] < -1 || (meta->index_ntotal > 0 && rv[i] >= meta->index_ntotal)) {
+      st = knnd_error(KNND_ERR_RANGE, "%s: row %" PRId64 " is outside the store (%" PRId64 " rows)", op, rv[i],
+                      meta->index_ntotal);
+      goto cleanup;
+    }
+  KNND_CHECK(knnd_h5_open(path, "w", &f));
+  KNND_CHECK(knnd_h5_write(f, "rows", r));
+  KNND_CHECK(knnd_h5_write(f, "scores", sc));
+  KNND_CHECK(write_meta(f, meta));
+  st = knnd_h5_close(f);
+  f = NULL;
+cleanup:
+  if (f) knnd_h5_abort(f);
+  knnd_tensor_release(r);
+  knnd_tensor_release(sc);
+  if (st) return knnd_error_context("%s: ", op);
+  return KNND_OK;
+}
+
 knnd_status knnd_neighbor_cache_build(const char *path, const knnd_index *idx, knnd_embstore *store,
                                       knnd_embstore *queries, const knnd_knn_opts *opts, int64_t batch_rows,
                                       knnd_progress_fn progress, void *progress_ctx) {
@@ -74,18 +129,9 @@ knnd_status knnd_neighbor_cache_build(const char *path, const knnd_index *idx, k
     q = qid = NULL;
     KNND_CHECK(knnd_retrieval_progress(progress, progress_ctx, "search", start + count, qi.count));
   }
-  KNND_CHECK(knnd_h5_set_attr_string(f, "/", "format", CACHE_FORMAT));
-  KNND_CHECK(knnd_h5_set_attr_int(f, "/", "format_version", CACHE_VERSION));
-  KNND_CHECK(knnd_h5_set_attr_int(f, "/", "k", opts->k));
-  KNND_CHECK(knnd_h5_set_attr_int(f, "/", "exclude_self", opts->exclude_self));
-  KNND_CHECK(knnd_h5_set_attr_int(f, "/", "exclude_duplicates", opts->exclude_duplicates));
-  KNND_CHECK(knnd_h5_set_attr_double(f, "/", "duplicate_threshold",
-                                     opts->duplicate_threshold ? opts->duplicate_threshold : 0.99));
-  KNND_CHECK(knnd_h5_set_attr_string(f, "/", "index_build_id", ii.build_id));
-  KNND_CHECK(knnd_h5_set_attr_string(f, "/", "index_factory", ii.factory));
-  KNND_CHECK(knnd_h5_set_attr_int(f, "/", "index_ntotal", ii.ntotal));
-  KNND_CHECK(knnd_h5_set_attr_string(f, "/", "store_uid", si.uid));
-  KNND_CHECK(knnd_h5_set_attr_string(f, "/", "query_store_uid", qi.uid));
+  knnd_neighbor_cache_meta m = {opts->k, opts->exclude_self, opts->exclude_duplicates, opts->duplicate_threshold,
+                                 ii.build_id, ii.factory, ii.ntotal, si.uid, qi.uid};
+  KNND_CHECK(write_meta(f, &m));
   st = knnd_h5_close(f);
   f = NULL;
 cleanup:

@@ -282,6 +282,35 @@ function Sharded:knn(q, o)
     scores = knnd.tensor(ms) }
 end
 
+--- s:cache(path, {k = 10, exclude_self = true, batch_rows = 4096, progress = true}): the neighbour cache of
+--- the store's own rows (knnd.cache's format: knnd.knn_diffusion.train reads it) from the sharded index:
+--- every rank searches its shard for each batch of rows, rank 0 gathers the merged rows and writes the file
+function Sharded:cache(path, o)
+  o = o or {}
+  local k = o.k or 10
+  local batch = o.batch_rows or 4096
+  local exclude = o.exclude_self ~= false
+  local ids = exclude and self.store:ids() or nil
+  local rows, scores = {}, {}
+  local bar = o.progress ~= false and M.is_main() and knnd.progress { total = self.n, desc = "sharded cache",
+    unit = "row" } or nil
+  for first = 0, self.n - 1, batch do
+    local m = math.min(batch, self.n - first)
+    local q = self.store:read(first + 1, m)
+    local nb = self:knn(q, { k = k, ids = ids and ids:narrow(1, first + 1, m) })
+    if M.is_main() then
+      rows[#rows + 1], scores[#scores + 1] = nb.rows, nb.scores
+    end
+    if bar then bar:update(m) end
+  end
+  if bar then bar:close() end
+  if M.is_main() then
+    knnd.cache.write(path, knnd.cat(rows, 1), knnd.cat(scores, 1), { store = self.store, exclude_self = exclude,
+      index_factory = ("%s, sharded over %d ranks"):format(self.factory, M.size()) })
+  end
+  M.barrier()
+end
+
 --- s:cond(mode, q, {k = 10, ids =, xi =, gen =}) -> condition tokens [Q, T, D] (knnd.cond.build on
 --- the merged neighbours): the kNN conditioning on a sharded database
 function Sharded:cond(mode, q, o)

@@ -92,6 +92,13 @@ check(same(k1.ids, k2.ids), "sharded knn ids")
 local c = S:cond("knn", store:read(1, 4), { k = 3, ids = ids:narrow(1, 1, 4) })
 check(c:size(1) == 4 and c:size(2) == 4 and c:size(3) == 16, "sharded cond tokens [4,4,16]")
 errors_with(function() S:search(knnd.ones(2, 5), 3) end, "queries expected f32 [Q,16]")
+-- the neighbour cache from the sharded index: the rows knnd.cache.build finds with one index
+local cpath = ("sharded_nn_%d.h5"):format(W)
+S:cache(cpath, { k = 3, batch_rows = 150, progress = false })
+local c1, c2 = knnd.cache.open("nn.h5"), knnd.cache.open(cpath)
+local all = knnd.arange(0, #store, 1, { dtype = "i64" })
+check(same(c1:lookup(all, 3), c2:lookup(all, 3)), "sharded cache rows differ from knnd.cache.build's")
+check(c2:info().k == 3 and c2:info().count == #store, "sharded cache info")
 
 -- the overlapped reducer: buckets start while the backward runs, and it gives all_reduce_grads' gradients;
 -- a parameter only rank 0 uses is averaged over all, one nobody uses keeps no gradient

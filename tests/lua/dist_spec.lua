@@ -119,3 +119,34 @@ describe("the loader's shards", function()
     h.errors_with(function() ds:loader { batch = 4, shard = { 0, 2 }, drop_last = false } end, "needs drop_last")
   end)
 end)
+
+describe("knnd.cache.write", function()
+  local path = h.tmp("dist_spec", "emb.h5")
+  local x = knnd.randn(6, 4, { gen = knnd.Generator(2) })
+  knnd.embeddings.save(path, x / x:square():sum { dim = 2, keepdim = true }:sqrt(), { encoder = "t", encoder_hash = "0" })
+  local store = knnd.embeddings.open(path)
+
+  it("writes a cache that knnd.cache.open reads", function()
+    local rows = knnd.tensor({ { 1, 2 }, { 0, 2 }, { 0, 1 }, { 4, 5 }, { 3, 5 }, { 3, -1 } }, { dtype = "i64" })
+    local out = h.tmp("dist_spec", "nn.h5")
+    knnd.cache.write(out, rows, knnd.ones(6, 2), { store = store, exclude_self = true, index_factory = "Flat" })
+    local c = knnd.cache.open(out)
+    assert.are.same({ { 4, 5 }, { 3, -1 } }, c:lookup(knnd.tensor({ 3, 5 }, { dtype = "i64" })):totable())
+    assert.are.equal(2, c:info().k)
+  end)
+
+  it("names what does not fit", function()
+    local out = h.tmp("dist_spec", "bad.h5")
+    h.errors_with(function() knnd.cache.write(out, knnd.zeros(5, 2, { dtype = "i64" }), knnd.ones(5, 2), { store = store }) end,
+      "5 rows of neighbours for a query store of 6 rows")
+    h.errors_with(function() knnd.cache.write(out, knnd.zeros(6, 2), knnd.ones(6, 2), { store = store }) end,
+      "rows must be i64 [N,k]")
+    h.errors_with(function() knnd.cache.write(out, knnd.full({ 6, 2 }, 9, { dtype = "i64" }), knnd.ones(6, 2),
+      { store = store }) end, "row 9 is outside the store (6 rows)")
+    h.errors_with(function() knnd.cache.write(out, knnd.zeros(6, 2, { dtype = "i64" }), knnd.ones(6, 3),
+      { store = store }) end, "scores must be f32 of the rows' shape")
+    h.errors_with(function() knnd.cache.write(out, knnd.zeros(6, 2, { dtype = "i64" }), knnd.ones(6, 2), {}) end,
+      "option 'store' is required")
+    assert.is_false(h.exists(out))
+  end)
+end)

@@ -224,6 +224,19 @@ typedef struct knnd_neighbor_cache_info {
 knnd_status knnd_neighbor_cache_build(const char *path, const knnd_index *idx, knnd_embstore *store,
                                       knnd_embstore *queries, const knnd_knn_opts *opts, int64_t batch_rows,
                                       knnd_progress_fn progress, void *progress_ctx);
+/* what a cache written from rows computed elsewhere (a sharded index: knnd.dist) records */
+typedef struct knnd_neighbor_cache_meta {
+  int k;
+  bool exclude_self, exclude_duplicates;
+  double duplicate_threshold;
+  const char *index_build_id, *index_factory; /* of the (sharded) index that found the rows */
+  int64_t index_ntotal;
+  const char *store_uid, *query_store_uid;
+} knnd_neighbor_cache_meta;
+/* a cache from its neighbour rows i64 [N,k] (rows of the store whose uid meta gives, -1 for none)
+ * and scores f32 [N,k], written atomically to path in build's format */
+knnd_status knnd_neighbor_cache_write(const char *path, const knnd_tensor *rows, const knnd_tensor *scores,
+                                      const knnd_neighbor_cache_meta *meta);
 /* idx may be NULL; otherwise a cache built by another index (build id) is an error */
 knnd_status knnd_neighbor_cache_open(const char *path, const knnd_index *idx, knnd_neighbor_cache **out);
 void knnd_neighbor_cache_free(knnd_neighbor_cache *c);
