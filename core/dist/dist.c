@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <time.h>
 
 #include "dist/dist_internal.h"
@@ -105,8 +106,8 @@ static knnd_status need_world(const char *op, bool *many) {
 }
 
 knnd_status knnd_dist_wait(int n, MPI_Request *reqs, const char *op) {
-  double deadline = now_s() + W.timeout;
-  long spins = 0, sleep_ns = 10000;
+  double start = now_s(), deadline = start + W.timeout;
+  long sleep_ns = 10000;
   for (;;) {
     int done = 0;
     int rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
@@ -117,9 +118,12 @@ knnd_status knnd_dist_wait(int n, MPI_Request *reqs, const char *op) {
                         "dist_%s: rank %d of %d waited %g s for the other ranks: one of them died, hung or stopped "
                         "taking part (KNND_DIST_TIMEOUT or knnd.dist.set_timeout to wait longer)",
                         op, W.rank, W.size, W.timeout);
-    /* spin briefly (a collective between ranks on one node completes in microseconds), then
-     * sleep with a growing interval so oversubscribed ranks leave the cores to the others */
-    if (++spins > 200) {
+    /* MPI moves a non-blocking collective only inside MPI calls: test without pause for the first
+     * second (yielding the core to any other runnable process: ranks may share cores), then sleep
+     * with a growing interval (a long wait is a slow or missing rank, not a message in flight) */
+    if (now_s() - start < 1.0) {
+      sched_yield();
+    } else {
       struct timespec ts = {0, sleep_ns};
       nanosleep(&ts, NULL);
       if (sleep_ns < 1000000) sleep_ns *= 2;
