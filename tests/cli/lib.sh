@@ -6,6 +6,9 @@ pass=0 fails=0
 check() { # name, the condition's status ($?)
   if [ "$2" = 0 ]; then pass=$((pass + 1)); echo "ok - $1"; else fails=$((fails + 1)); echo "not ok - $1"; fi
 }
+# checkst: the same with the status first — needed when the name runs a command ("$(tail ...)"):
+# bash expands arguments left to right, so a $? after such a name is that command's status
+checkst() { check "$2" "$1"; }
 contains() { grep -qF -- "$2" <<<"$1"; }
 scratch() { # name: a fresh folder under the current one (ctest's tmp), entered, removed on exit
   dir=$(mktemp -d "$PWD/$1.XXXXXX") || exit 1

@@ -45,7 +45,7 @@ status_count() { # folder, status: how many run.json files say so
 steps=3000
 # 1. the uninterrupted sweep
 out=$("$knnd" sweep fit.lua --dir ref --set steps=$steps 2>&1); rc=$?
-[ $rc = 0 ] && [ "$(status_count ref/fit finished)" = 6 ]; check "an uninterrupted sweep finishes its 6 runs ($(tail -3 <<<"$out"))" $?
+[ $rc = 0 ] && [ "$(status_count ref/fit finished)" = 6 ]; checkst $? "an uninterrupted sweep finishes its 6 runs ($(tail -3 <<<"$out"))"
 [ -s ref/fit/summary.csv ] && [ -s ref/fit/summary.md ] && [ -s ref/fit/sweep.json ]; check "the sweep saves summary.csv, summary.md, sweep.json" $?
 contains "$out" "| 16 | 3/3 |" && contains "$(cat ref/fit/summary.md)" "± "; check "the summary table is printed and saved with mean ± std" $?
 
@@ -71,7 +71,7 @@ out=$("$knnd" results killed 2>&1); rc=$?
 out=$("$knnd" sweep fit.lua --dir killed --set steps=$steps 2>&1); rc=$?
 [ $rc != 0 ] && contains "$out" "--resume"; check "without --resume a used folder is refused, naming --resume ($out)" $?
 out=$("$knnd" sweep fit.lua --dir killed --set steps=$steps --resume 2>&1); rc=$?
-[ $rc = 0 ]; check "the sweep resumes ($(tail -2 <<<"$out"))" $?
+[ $rc = 0 ]; checkst $? "the sweep resumes ($(tail -2 <<<"$out"))"
 skipped=$(grep -c "finished before, skipped" <<<"$out")
 [ "$skipped" = "$done_before" ]; check "resume skips the $done_before finished runs (skipped $skipped)" $?
 contains "$out" "interrupted (process $pid"; check "resume runs the interrupted run again" $?
@@ -93,7 +93,7 @@ cmp -s ref/fit/summary.csv sh/fit/summary.csv; check "the last shard's summary c
 # 4. a failing run: exit 1, recorded with its error, retried only with --retry-failed
 out=$("$knnd" sweep fit.lua --dir fl --set fail_seed=2 --set name=one 2>&1); rc=$?
 [ $rc = 1 ] && contains "$out" "2 runs failed" && grep -q "diverged (fail_seed)" fl/one/width=4,seed=2/run.json
-check "failed runs make the sweep exit 1 and keep their error ($(tail -4 <<<"$out" | head -1))" $?
+checkst $? "failed runs make the sweep exit 1 and keep their error ($(tail -4 <<<"$out" | head -1))"
 grep -q '"status": "failed"' fl/one/width=16,seed=2/run.json; check "a failed run is marked failed" $?
 out=$("$knnd" sweep fit.lua --dir fl --set fail_seed=2 --set name=one --resume 2>&1); rc=$?
 [ $rc = 0 ] && [ "$(grep -c "failed before" <<<"$out")" = 2 ]; check "--resume leaves failed runs alone" $?
