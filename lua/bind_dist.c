@@ -163,6 +163,14 @@ static int l_abort(lua_State *L) {
   knnd_dist_abort(msg, code);
   return 0;
 }
+static int l_work_alone(lua_State *L) {
+  knnd_dist_work_alone(lua_toboolean(L, 1));
+  return 0;
+}
+static int l_alone(lua_State *L) {
+  lua_pushboolean(L, knnd_dist_alone());
+  return 1;
+}
 static int l_finalize(lua_State *L) {
   knnd_dist_finalize();
   return 0;
@@ -199,6 +207,8 @@ void knnd_lua_open_dist(lua_State *L) {
                                  {"finalize", l_finalize},
                                  {"shard_generator", l_shard_generator},
                                  {"reducer", l_reducer},
+                                 {"work_alone", l_work_alone},
+                                 {"alone", l_alone},
                                  {NULL, NULL}};
   static const luaL_Reg reducer_methods[] = {
       {"begin", reducer_begin}, {"finish", reducer_finish}, {"stats", reducer_stats}, {NULL, NULL}};

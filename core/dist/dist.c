@@ -16,9 +16,10 @@
 
 static struct {
   bool init_done, mpi_active, finalized;
+  bool alone; /* knnd_dist_work_alone: a world of one for everything knnd does */
   int rank, size, local_rank;
   double timeout;
-} W = {false, false, false, 0, 1, 0, 600.0};
+} W = {false, false, false, false, 0, 1, 0, 600.0};
 
 bool knnd_dist_launched(void) {
   return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
@@ -87,8 +88,10 @@ knnd_status knnd_dist_init(void) {
 }
 
 bool knnd_dist_active(void) { return W.mpi_active && !W.finalized; }
-int knnd_dist_rank(void) { return W.rank; }
-int knnd_dist_size(void) { return W.size; }
+int knnd_dist_rank(void) { return W.alone ? 0 : W.rank; }
+int knnd_dist_size(void) { return W.alone ? 1 : W.size; }
+void knnd_dist_work_alone(bool on) { W.alone = on; }
+bool knnd_dist_alone(void) { return W.alone; }
 int knnd_dist_local_rank(void) { return W.local_rank; }
 double knnd_dist_timeout(void) { return W.timeout; }
 knnd_status knnd_dist_set_timeout(double seconds) {
@@ -101,7 +104,7 @@ knnd_status knnd_dist_set_timeout(double seconds) {
 static knnd_status need_world(const char *op, bool *many) {
   KNND_TRY(knnd_dist_init());
   if (W.finalized) return knnd_error(KNND_ERR_STATE, "dist_%s: called after dist.finalize", op);
-  *many = W.mpi_active && W.size > 1;
+  *many = W.mpi_active && W.size > 1 && !W.alone;
   return KNND_OK;
 }
 
@@ -201,8 +204,8 @@ knnd_status knnd_dist_barrier(void) {
 knnd_status knnd_dist_broadcast_bytes(void *buf, size_t n, int root) {
   bool many = false;
   KNND_TRY(need_world("broadcast", &many));
-  if (root < 0 || root >= W.size)
-    return knnd_error(KNND_ERR_ARG, "dist_broadcast: root %d (expected 0 .. %d)", root, W.size - 1);
+  if (root < 0 || root >= knnd_dist_size())
+    return knnd_error(KNND_ERR_ARG, "dist_broadcast: root %d (expected 0 .. %d)", root, knnd_dist_size() - 1);
   if (!many || n == 0) return KNND_OK;
   if (n > INT32_MAX) return knnd_error(KNND_ERR_ARG, "dist_broadcast: %zu bytes (at most 2^31 - 1)", n);
   MPI_Request r;
@@ -213,11 +216,11 @@ knnd_status knnd_dist_broadcast_bytes(void *buf, size_t n, int root) {
 knnd_status knnd_dist_broadcast_string(const char *s, size_t len, int root, char **out, size_t *n) {
   bool many = false;
   KNND_TRY(need_world("broadcast", &many));
-  int64_t size = W.rank == root ? (int64_t)len : 0;
+  int64_t size = knnd_dist_rank() == root ? (int64_t)len : 0;
   KNND_TRY(knnd_dist_broadcast_bytes(&size, sizeof size, root));
   char *buf = malloc((size_t)size + 1);
   if (!buf) return knnd_error(KNND_ERR_NOMEM, "dist_broadcast: out of memory for %lld bytes", (long long)size);
-  if (W.rank == root && size) memcpy(buf, s, (size_t)size);
+  if (knnd_dist_rank() == root && size) memcpy(buf, s, (size_t)size);
   knnd_status st = knnd_dist_broadcast_bytes(buf, (size_t)size, root);
   if (st) {
     free(buf);
@@ -270,8 +273,8 @@ knnd_status knnd_dist_broadcast(knnd_tensor *t, int root) {
   bool many = false;
   KNND_TRY(need_world("broadcast", &many));
   KNND_TRY(check_arg(t, "broadcast"));
-  if (root < 0 || root >= W.size)
-    return knnd_error(KNND_ERR_ARG, "dist_broadcast: root %d (expected 0 .. %d)", root, W.size - 1);
+  if (root < 0 || root >= knnd_dist_size())
+    return knnd_error(KNND_ERR_ARG, "dist_broadcast: root %d (expected 0 .. %d)", root, knnd_dist_size() - 1);
   if (!many) return KNND_OK;
   KNND_TRY(agree_tensor("broadcast", t, 0));
   if (knnd_on_cuda(t) && knnd_dist_nccl_available()) return knnd_dist_nccl_broadcast(t, root);
@@ -378,6 +381,24 @@ cleanup:
   free(counts);
   free(displs);
   return st;
+}
+
+knnd_status knnd_dist_all_reduce_f64(double *buf, int64_t n) {
+  bool many = false;
+  KNND_TRY(need_world("all_reduce", &many));
+  if (!many || n <= 0) return KNND_OK;
+  int64_t v[1] = {n};
+  bool same;
+  KNND_TRY(agree("all_reduce", 1, v, &same));
+  if (!same) return knnd_error(KNND_ERR_SHAPE, "dist_all_reduce: the ranks passed buffers of different lengths (rank %d: %lld)",
+                               W.rank, (long long)n);
+  for (int64_t at = 0; at < n; at += INT32_MAX) {
+    int m = (int)(n - at < INT32_MAX ? n - at : INT32_MAX);
+    MPI_Request r;
+    MPI_TRY("all_reduce", MPI_Iallreduce(MPI_IN_PLACE, buf + at, m, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &r));
+    KNND_TRY(knnd_dist_wait(1, &r, "all_reduce"));
+  }
+  return KNND_OK;
 }
 
 /* ---- gradients ----------------------------------------------------------------------------- */

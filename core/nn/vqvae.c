@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "knnd/autograd.h"
+#include "knnd/dist.h"
 #include "knnd/random.h"
 #include "knnd/vqvae.h"
 #include "nn/nn_internal.h"
@@ -235,7 +236,16 @@ static knnd_status restart_dead(knnd_module *vq, const float *z, int64_t N, int6
   if (!n_dead || N == 0) goto cleanup;
   *restarted = n_dead;
   KNND_CHECK(knnd_tensor_empty(KNND_I64, 1, &n_dead, (knnd_device){KNND_DEVICE_CPU, 0}, pick));
-  KNND_CHECK(knnd_randint_(*pick, 0, N, NULL));
+  {
+    /* data-parallel ranks pass the whole batch's z: every rank draws the same rows, as one process
+     * would (the default generator's sharding, if any, is off for this draw) */
+    knnd_generator *g = knnd_default_generator();
+    int32_t sr = g->shard_rank, sw = g->shard_world;
+    g->shard_world = 1;
+    st = knnd_randint_(*pick, 0, N, NULL);
+    g->shard_rank = sr, g->shard_world = sw;
+    if (st) goto cleanup;
+  }
   KNND_CHECK(host_copy(w_t, w));
   const bool ema = o->update == KNND_VQ_EMA;
   if (ema) {
@@ -285,6 +295,8 @@ static knnd_status ema_update(knnd_module *vq, const float *z, const int64_t *id
   KNND_CHECK(knnd_tensor_empty(KNND_F32, 2, w_t->shape, (knnd_device){KNND_DEVICE_CPU, 0}, &t[2]));
   for (int64_t n = 0; n < N; n++)
     for (int64_t d = 0; d < D; d++) sums[idx[n] * D + d] += z[n * D + d];
+  /* data-parallel: the sums over the whole batch (counts are already the whole batch's) */
+  if (knnd_dist_size() > 1) KNND_CHECK(knnd_dist_all_reduce_f64(sums, K * D));
   {
     float *avg = (float *)t[0]->storage->data, *cs = (float *)t[1]->storage->data, *w = (float *)t[2]->storage->data;
     const double g = o->decay;
@@ -334,7 +346,15 @@ static knnd_status vq_quantize(knnd_module *vq, knnd_tensor *z, bool update, knn
   KNND_CHECK(host_copy(*rows, zh));
   const int64_t N = (*zh)->shape[0];
   const float *zdata = (const float *)(*zh)->storage->data;
-  if (update && o->dead_after > 0) KNND_CHECK(restart_dead(vq, zdata, N, &out->restarted));
+  /* data-parallel training (knnd/dist.h): the codebook's state changes with the whole batch's
+   * statistics — every rank's z for the restarts, the summed code counts and EMA sums — so every
+   * rank keeps the codebook one process training on the whole batch would */
+  const bool dp = update && knnd_dist_size() > 1;
+  if (dp && o->dead_after > 0) KNND_CHECK(knnd_dist_all_gather(*zh, &t[10]));
+  if (update && o->dead_after > 0) {
+    const knnd_tensor *zr = dp ? t[10] : *zh;
+    KNND_CHECK(restart_dead(vq, (const float *)zr->storage->data, zr->shape[0], &out->restarted));
+  }
   KNND_CHECK(host_copy(w, wh));
   {
     int64_t ishape[KNND_MAX_DIMS];
@@ -346,7 +366,16 @@ static knnd_status vq_quantize(knnd_module *vq, knnd_tensor *z, bool update, knn
   int64_t *ix = (int64_t *)(*idx)->storage->data;
   KNND_CHECK(nearest_codes(zdata, (const float *)(*wh)->storage->data, N, K, D, ix));
   for (int64_t n = 0; n < N; n++) counts[ix[n]]++;
-  histogram_stats(counts, K, N, &out->usage, &out->perplexity);
+  int64_t n_all = N;
+  if (dp) {
+    int64_t cshape[1] = {K};
+    KNND_CHECK(knnd_tensor_from_data(KNND_I64, 1, cshape, counts, &t[11]));
+    KNND_CHECK(knnd_dist_all_reduce(t[11], KNND_DIST_SUM));
+    memcpy(counts, knnd_tensor_data(t[11]), (size_t)K * sizeof *counts);
+    n_all = 0;
+    for (int64_t k = 0; k < K; k++) n_all += counts[k];
+  }
+  histogram_stats(counts, K, n_all, &out->usage, &out->perplexity);
   KNND_CHECK(knnd_to_device(*idx, z->storage->device, idx_dev));
   knnd_set_grad_enabled(was);
   /* q in z's layout, differentiable in the codebook (loss mode) */

@@ -18,24 +18,20 @@ local D = knnd._dist
 
 local M = {}
 
--- alone: this process works on its own although it is a rank of a job (a sweep whose runs are
--- sharded over the ranks): rank 0 of 1 for everything knnd.dist does, no collectives
-local alone = false
-
 --- dist.work_alone(on): while on, this rank behaves as a world of one (knnd.sweep turns it on when its
---- runs are sharded over the ranks of a job, so that each run trains on one process)
-function M.work_alone(on) alone = on == true end
-function M.alone() return alone end
+--- runs are sharded over the ranks of a job, so that each run trains on one process); C included
+function M.work_alone(on) D.work_alone(on == true) end
+M.alone = D.alone
 
---- rank of this process (0-based) and the number of ranks
-function M.rank() return alone and 0 or D.rank() end
-function M.size() return alone and 1 or D.size() end
+--- rank of this process (0-based) and the number of ranks (0 and 1 while working alone)
+M.rank = D.rank
+M.size = D.size
 M.local_rank = D.local_rank
 M.active = D.active
 M.launched = D.launched
 M.abort = D.abort
 
-local function many() return not alone and D.size() > 1 end
+local function many() return D.size() > 1 end
 
 --- true on rank 0: the rank that writes files, prints progress and logs
 function M.is_main() return M.rank() == 0 end
@@ -45,27 +41,15 @@ function M.timeout() return D.timeout() end
 function M.set_timeout(seconds) return D.timeout(seconds) end
 
 --- dist.barrier(): every rank waits for the others
-function M.barrier() if many() then D.barrier() end end
+function M.barrier() D.barrier() end
 --- dist.broadcast(t [, root = 0]) -> t, holding root's values on every rank (in place)
-function M.broadcast(t, root)
-  if alone then return t end
-  return D.broadcast(t, root) -- on one rank: checks its arguments, changes nothing
-end
+function M.broadcast(t, root) return D.broadcast(t, root) end -- one rank: checks its arguments only
 --- dist.all_reduce(t [, op = "sum" | "mean" | "max" | "min"]) -> t (in place)
-function M.all_reduce(t, op)
-  if alone then return t end
-  return D.all_reduce(t, op) -- on one rank: checks its arguments, changes nothing
-end
+function M.all_reduce(t, op) return D.all_reduce(t, op) end -- one rank: checks its arguments only
 --- dist.all_gather(t) -> every rank's t concatenated along dim 1 (sizes along dim 1 may differ)
-function M.all_gather(t)
-  if alone then return t:clone() end
-  return D.all_gather(t) -- on one rank: checks its argument, copies it
-end
+function M.all_gather(t) return D.all_gather(t) end -- one rank: a copy
 --- dist.all_reduce_grads(params [, bucket_bytes]): average the gradients over the ranks
-function M.all_reduce_grads(params, bucket_bytes)
-  if alone then return end
-  return D.all_reduce_grads(params, bucket_bytes) -- on one rank: checks its arguments only
-end
+function M.all_reduce_grads(params, bucket_bytes) return D.all_reduce_grads(params, bucket_bytes) end
 
 --- dist.grad_sync(params [, {bucket_bytes = 25 MiB}]) -> s: s:begin() before loss:backward(),
 --- s:finish() after: the gradients averaged over the ranks, each bucket sent while the backward

@@ -132,12 +132,25 @@ function M.train(o)
   -- dead-code restarts draw from the default generator, which the checkpoint saves and restores
   knnd.manual_seed(seed)
   local params = model:parameters()
+  -- data-parallel over the ranks of a job, as knnd.knn_diffusion.train: each rank its slice of every
+  -- batch and of the random draws, the gradients averaged, the codebook's EMA statistics and restarts
+  -- from the whole batch (core/nn/vqvae.c); rank 0 alone writes files
+  local dist = knnd.dist
+  local world, rank = dist.size(), dist.rank()
+  local main = rank == 0
+  if world > 1 then
+    if batch % world ~= 0 then
+      fail(fname, "batch %d does not divide among the %d ranks of this job (give a multiple of %d)", batch, world, world)
+    end
+    knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
+  end
+  local sync = dist.grad_sync(params)
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = 0.0 })
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
     warmup_steps = math.min(o.warmup or math.max(1, steps // 50), math.max(steps - 1, 0)), total_steps = steps }
   local n_rows = o.rows and (knnd.is_tensor(o.rows) and o.rows:numel() or #o.rows) or ds:count()
   local loader = ds:loader { batch = math.min(batch, n_rows), shuffle = true, seed = seed, flip = o.flip == true,
-    rows = o.rows }
+    rows = o.rows, shard = world > 1 and { rank, world } or nil }
 
   local start, resumed_from = 0, nil
   local rows_log = {}
@@ -169,14 +182,16 @@ function M.train(o)
     end
   end
 
+  dist.shard_generator(world > 1)
   local function save(step)
+    if not main then return end
     write_log(log_path, rows_log)
     knnd.io.save_checkpoint(ck_path, { model = model, optimizer = opt, step = step,
       config = { format = M.FORMAT, model = cfg, loader = loader:state(), dataset = ds.path,
         train = { steps = steps, batch = batch, lr = lr, seed = seed } } })
   end
 
-  local bar = o.progress ~= false and knnd.progress { total = steps, desc = "vqvae " .. (o.name or "train"),
+  local bar = o.progress ~= false and main and knnd.progress { total = steps, desc = "vqvae " .. (o.name or "train"),
     unit = "step" } or nil
   if bar and start > 0 then bar:update(start) end
   local t0 = knnd.wall_time()
@@ -185,17 +200,27 @@ function M.train(o)
   local step, last = start, {}
   model:train()
   while step < stop do
-    if o.time_limit and knnd.wall_time() - t0 > o.time_limit then break end
+    if o.time_limit then -- the ranks stop together: rank 0's clock decides
+      local over = knnd.tensor({ knnd.wall_time() - t0 > o.time_limit and 1 or 0 }, { dtype = "i32" })
+      if world > 1 then dist.broadcast(over, 0) end
+      if over:item() == 1 then break end
+    end
     local b = loader:next()
     opt:set_lr(sched(step))
     opt:zero_grad()
     local _, info = model:forward(b.x)
+    sync.begin()
     info.loss:backward()
+    sync.finish()
     if o.grad_clip ~= false then knnd.optim.clip_grad_norm(params, o.grad_clip or 1.0) end
     opt:step()
     step = step + 1
     last = { loss = info.loss:item(), recon_loss = info.recon_loss:item(), usage = info.usage,
       perplexity = info.perplexity }
+    if world > 1 then -- the whole batch's means (the ranks' batches are the same size)
+      local l = dist.all_reduce(knnd.tensor({ last.loss, last.recon_loss }), "mean"):totable()
+      last.loss, last.recon_loss = l[1], l[2]
+    end
     if last.loss ~= last.loss or last.loss == math.huge then
       fail(fname, "the loss is %s at step %d (lower lr, or check the data)", tostring(last.loss), step)
     end
@@ -211,9 +236,11 @@ function M.train(o)
     if step % every == 0 or step == steps then save(step) end
   end
   if step % every ~= 0 and step ~= steps then save(step) end
+  dist.shard_generator(false)
   if bar then bar:close() end
   model:eval()
-  M.save(model, model_path, cfg)
+  if main then M.save(model, model_path, cfg) end
+  if world > 1 then dist.barrier() end -- the files are in place when train returns on any rank
   return { model = model, steps = step, loss = last.loss, recon_loss = last.recon_loss, usage = last.usage,
     perplexity = last.perplexity, seconds = knnd.wall_time() - t0, resumed_from = resumed_from,
     log = M.read_log(log_path), checkpoint = ck_path, model_path = model_path }

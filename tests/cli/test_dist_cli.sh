@@ -1,52 +1,9 @@
 #!/usr/bin/env bash
 # test_dist_cli.sh — knnd over MPI on this machine (Open MPI, ranks on the CPU): the collectives and
 # sharded search on 3 ranks (tests/cli/dist_collectives.lua), data-parallel training on 2 ranks with
-# batch B against one process with batch B (the same losses and weights within float tolerance),
-# CLIP: training (the batch split, the negatives gathered) and sharded encoding against one process
-cat > clip.lua <<'EOF'
-local knnd = require "knnd"
-local opt = knnd.options { out = "clip1" }
-local d = knnd.data.fashion_mnist { split = "train", limit = 64 }
-local tok = knnd.clip.train_tokenizer(d.classes, { num_merges = 50 })
-local function model()
-  return knnd.clip.new { embed_dim = 16, image_size = 28, patch_size = 7, vision_width = 16, vision_layers = 1,
-    vision_heads = 2, context_length = 16, text_width = 16, text_layers = 1, text_heads = 2, tokenizer = tok,
-    gen = knnd.Generator(5) }
-end
-os.execute("mkdir -p " .. opt.out)
--- 64 rows in segments of 12: 6 segments, the last one short
-model():encode_dataset { images = d.images, output = opt.out .. "/untrained.h5", batch = 5, segment = 12,
-  progress = false }
-local m = model()
-local r = knnd.clip.train { model = m, images = d.images, labels = d.labels, classes = d.classes, batch = 16,
-  steps = 6, lr = 1e-3, progress = false, checkpoint = opt.out .. "/ck.h5", checkpoint_every = 3 }
-m:encode_dataset { images = d.images, output = opt.out .. "/trained.h5", batch = 8, segment = 16, progress = false }
-if knnd.dist.is_main() then print(("clip loss %.9g"):format(r.loss)) end
-EOF
-cat > clip_compare.lua <<'EOF'
-local knnd = require "knnd"
-local function diff(name)
-  local a, b = knnd.embeddings.open("clip1/" .. name), knnd.embeddings.open("clip2/" .. name)
-  assert(#a == 64 and #b == 64, name .. ": 64 rows each")
-  assert(knnd.eq(a:ids(), b:ids()):to("f32"):min():item() == 1, name .. ": the same ids")
-  return (a:read(1, 64) - b:read(1, 64)):abs():max():item()
-end
-local du, dt = diff("untrained.h5"), diff("trained.h5")
-assert(du == 0, ("sharded encoding differs from one process by %g"):format(du))
-assert(dt < 1e-4, ("the trained CLIPs' embeddings differ by %g"):format(dt))
-print(("encoding identical; trained embeddings within %.2g"):format(dt))
-EOF
-out1=$("$knnd" run clip.lua --set out=clip1 2>&1); rc1=$?
-out2=$(mpi 2 "$knnd" run clip.lua --set out=clip2 2>&1); rc2=$?
-l1=$(grep -o "clip loss .*" <<<"$out1"); l2=$(grep -o "clip loss .*" <<<"$out2")
-[ $rc1 = 0 ] && [ $rc2 = 0 ] && [ -n "$l1" ] && [ -f clip2/ck.h5 ] && [ ! -d clip2/untrained.h5.parts ]; ok=$?
-check "CLIP on 1 process and on 2 ranks ($l1 / $l2; $out2)" $ok
-out=$("$knnd" run clip_compare.lua 2>&1); rc=$?
-awk -v a="${l1#clip loss }" -v b="${l2#clip loss }" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * (a < 0 ? -a : a)) }'; ok=$?
-[ $rc = 0 ] && [ $ok = 0 ]; ok=$?
-check "2 ranks x batch 8 = 1 process x batch 16 for CLIP; sharded encoding = one process ($out)" $ok
-
-# a rank killed mid-run or failing or hanging ends the job with a clear error within the timeout,
+# batch B against one process with batch B (the same losses and weights within float tolerance; the
+# UNet on 2 and 3 ranks, the discrete backbone, the VQ-VAE with an EMA codebook, CLIP and sharded
+# encoding), a rank killed mid-run or failing or hanging ends the job with a clear error within the timeout,
 # and the killed job resumes from its checkpoint.
 # Usage: test_dist_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
@@ -160,6 +117,37 @@ check "3 ranks x batch 2 = 1 process x batch 6 ($out)" $rc
 out=$(mpi 2 "$knnd" run train.lua --set out=disc2 --set backbone=discrete --set steps=8 2>&1); rc=$?
 [ $rc = 0 ] && out=$("$knnd" run compare.lua disc1 disc2 2>&1); rc=$?
 check "the discrete backbone: 2 ranks x batch 4 = 1 process x batch 8 ($out)" $rc
+
+# the VQ-VAE with an EMA codebook and dead-code restarts: the codebook follows the whole batch on every rank
+cat > vq.lua <<'EOF'
+local knnd = require "knnd"
+local opt = knnd.options { out = "vq1", codebook = "ema" }
+local r = knnd.vqvae.train { dataset = "fm.h5", out = opt.out, steps = 8, batch = 16, lr = 2e-3, seed = 1, progress = false,
+  model = { channels = 16, channel_mult = { 1, 2, 2 }, num_res_blocks = 1, norm_groups = 8, num_codes = 64,
+    embed_dim = 8, codebook = opt.codebook, dead_after = 2 } }
+if knnd.dist.is_main() then print(("vq loss %.6f usage %.3f"):format(r.loss, r.usage)) end
+EOF
+cat > vq_compare.lua <<'EOF'
+local knnd = require "knnd"
+local a, b = knnd.vqvae.load(arg[1] .. "/model.h5"):state_dict(), knnd.vqvae.load(arg[2] .. "/model.h5"):state_dict()
+local la, lb = knnd.vqvae.read_log(arg[1] .. "/log.csv"), knnd.vqvae.read_log(arg[2] .. "/log.csv")
+local worst, n = 0, 0
+for k, v in pairs(a) do
+  worst = math.max(worst, (v:to("f32") - b[k]:to("f32")):abs():max():item())
+  n = n + 1
+end
+local lw = 0
+for i = 1, #la.loss do lw = math.max(lw, math.abs(la.loss[i] - lb.loss[i]) / math.abs(la.loss[i])) end
+assert(#la.loss == #lb.loss and lw < 1e-4, ("losses differ by %g (relative)"):format(lw))
+assert(worst < 1e-4, ("weights and codebook differ by %g"):format(worst))
+for i = 1, #la.usage do assert(la.usage[i] == lb.usage[i], "usage differs at step " .. i) end
+print(("same VQ-VAE: %d losses within %.2g, %d tensors (codebook and EMA statistics too) within %.2g"):format(#la.loss,
+  lw, n, worst))
+EOF
+"$knnd" run vq.lua --set out=vq1 >/dev/null 2>&1
+out=$(mpi 2 "$knnd" run vq.lua --set out=vq2 2>&1); rc=$?
+[ $rc = 0 ] && out=$("$knnd" run vq_compare.lua vq1 vq2 2>&1); rc=$?
+check "VQ-VAE (EMA codebook, restarts): 2 ranks x batch 8 = 1 process x batch 16 ($out)" $rc
 
 # CLIP: training (the batch split, the negatives gathered) and sharded encoding against one process
 cat > clip.lua <<'EOF'

@@ -37,6 +37,10 @@ int knnd_dist_rank(void);
 int knnd_dist_size(void);
 /* This rank's number among the ranks on its node (for picking a GPU: cuda:local_rank). */
 int knnd_dist_local_rank(void);
+/* While on, this rank works on its own although it is one of a job (a sweep whose runs are sharded
+ * over the ranks): rank 0 of 1 for everything knnd does, no collectives. */
+void knnd_dist_work_alone(bool on);
+bool knnd_dist_alone(void);
 /* Seconds a collective may wait for the other ranks (> 0). */
 knnd_status knnd_dist_set_timeout(double seconds);
 double knnd_dist_timeout(void);
@@ -52,6 +56,8 @@ knnd_status knnd_dist_broadcast_bytes(void *buf, size_t n, int root);
 knnd_status knnd_dist_broadcast_string(const char *s, size_t len, int root, char **out, size_t *n);
 /* In place over all ranks (f32, i32, i64; mean: f32 only). Same shape and dtype on every rank. */
 knnd_status knnd_dist_all_reduce(knnd_tensor *t, knnd_dist_op op);
+/* Sum n doubles over the ranks, in place (statistics kept in double: the VQ-VAE's EMA codebook). */
+knnd_status knnd_dist_all_reduce_f64(double *buf, int64_t n);
 /* Every rank's t, concatenated along dim 0 in rank order (the sizes of dim 0 may differ; the other
  * dims and the dtype must agree). */
 knnd_status knnd_dist_all_gather(knnd_tensor *t, knnd_tensor **out);
