@@ -55,11 +55,8 @@ local function labels_list(labels)
   return labels:to("i64"):totable()
 end
 
--- The symmetric InfoNCE loss (CLIP, Radford et al. 2021, Figure 3) on a batch whose captions may
--- repeat: the texts are encoded once per distinct caption, an image's positive is its caption,
--- and a caption's positives are all the images carrying it (uniform soft target), which is
--- InfoNCE on the full [B, B] matrix with duplicates merged.
-local function contrastive_loss(model, images, captions)
+-- the distinct captions of a batch (first appearance order) and each row's 0-based caption
+local function distinct(captions)
   local unique, index_of, target = {}, {}, {}
   for i, c in ipairs(captions) do
     local j = index_of[c]
@@ -70,17 +67,29 @@ local function contrastive_loss(model, images, captions)
     end
     target[i] = j - 1
   end
-  local img = model:encode_images(images)
-  local txt = model:encode_text(unique)
-  local logits = model:logits(img, txt) -- [B, U]
+  return unique, target
+end
+
+-- InfoNCE both ways on logits [B, U] against the rows' captions (a caption's images share its target)
+local function infonce(logits, target, U)
   local t = knnd.tensor(target, { dtype = "i64" })
   local loss_i = knnd.cross_entropy(logits, t)
-  local U = #unique
   local onehot = knnd.eq(knnd.arange(U, { dtype = "i64" }):view(U, 1), t:view(1, -1)):to("f32") -- [U, B]
   local soft = onehot / onehot:sum { dim = 2, keepdim = true }
   local log_p = knnd.log_softmax(logits:t(), 2)
   local loss_t = -(log_p * soft):sum() / U
   return (loss_i + loss_t) * 0.5
+end
+
+-- The symmetric InfoNCE loss (CLIP, Radford et al. 2021, Figure 3) on a batch whose captions may
+-- repeat: the texts are encoded once per distinct caption, an image's positive is its caption,
+-- and a caption's positives are all the images carrying it (uniform soft target), which is
+-- InfoNCE on the full [B, B] matrix with duplicates merged.
+local function contrastive_loss(model, images, captions)
+  local unique, target = distinct(captions)
+  local img = model:encode_images(images)
+  local txt = model:encode_text(unique)
+  return infonce(model:logits(img, txt), target, #unique) -- logits [B, U]
 end
 M.contrastive_loss = contrastive_loss
 
@@ -109,16 +118,7 @@ end
 -- whole batch's loss; logit_scale's, which every rank would give whole, counts on rank 0 only.
 local function contrastive_loss_dist(model, x, captions, rank, world)
   local dist = knnd.dist
-  local unique, index_of, target = {}, {}, {}
-  for i, c in ipairs(captions) do
-    local j = index_of[c]
-    if not j then
-      unique[#unique + 1] = c
-      j = #unique
-      index_of[c] = j
-    end
-    target[i] = j - 1
-  end
+  local unique, target = distinct(captions)
   local U = #unique
   local img_counts, txt_counts = {}, {}
   for r = 0, world - 1 do
@@ -129,23 +129,14 @@ local function contrastive_loss_dist(model, x, captions, rank, world)
   local img = model:encode_images(x)
   local txt = count > 0 and model:encode_text(table.move(unique, first + 1, first + count, 1, {}))
     or knnd.empty(0, img:size(2))
-  local img_all, txt_all = gather_own(img, img_counts, rank), gather_own(txt, txt_counts, rank)
-  local logits = model:logits(img_all, txt_all)
+  local logits = model:logits(gather_own(img, img_counts, rank), gather_own(txt, txt_counts, rank))
   if rank ~= 0 then
     -- the same values; no gradient to logit_scale (exp(s_const - s) is 1 with derivative -1)
-    local scale
     for _, p in ipairs(model:module():named_parameters()) do
-      if p.name == "logit_scale" then scale = p.tensor end
+      if p.name == "logit_scale" then logits = logits * (p.tensor:detach() - p.tensor):exp() end
     end
-    if scale then logits = logits * (scale:detach() - scale):exp() end
   end
-  local t = knnd.tensor(target, { dtype = "i64" })
-  local loss_i = knnd.cross_entropy(logits, t)
-  local onehot = knnd.eq(knnd.arange(U, { dtype = "i64" }):view(U, 1), t:view(1, -1)):to("f32")
-  local soft = onehot / onehot:sum { dim = 2, keepdim = true }
-  local log_p = knnd.log_softmax(logits:t(), 2)
-  local loss_t = -(log_p * soft):sum() / U
-  return (loss_i + loss_t) * 0.5
+  return infonce(logits, target, U)
 end
 
 local train_keys = { "model", "images", "labels", "classes", "templates", "captions", "steps", "batch", "lr",
@@ -199,15 +190,8 @@ function M.train(opts)
   -- data-parallel over the ranks of a job: the same batches everywhere (the generator is not
   -- sharded), each rank encoding its slice; N ranks with batch B train as one process with batch B
   local dist = knnd.dist
-  local world, rank = dist.size(), dist.rank()
+  local world, rank, sync = dist.data_parallel(params, batch, "clip.train")
   local main = rank == 0
-  if world > 1 then
-    if batch % world ~= 0 then
-      error(("knnd.%s: batch %d does not divide among the %d ranks of this job"):format(fname, batch, world), 2)
-    end
-    knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
-  end
-  local sync = dist.grad_sync(params)
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = opts.weight_decay or 0.05, betas = { 0.9, 0.98 },
     eps = 1e-6 })
   local start, resumed_from = 0, nil

@@ -63,6 +63,21 @@ function M.grad_sync(params, o)
     reducer = r }
 end
 
+--- dist.data_parallel(params, batch, who) -> world, rank, sync: what every trainer does first on the ranks
+--- of a job: checks that the batch divides among them (an error "knnd.<who>: batch ... " otherwise),
+--- gives every rank rank 0's parameters, and returns grad_sync(params)
+function M.data_parallel(params, batch, who)
+  local world, rank = D.size(), D.rank()
+  if world > 1 then
+    if batch % world ~= 0 then
+      error(("knnd.%s: batch %d does not divide among the %d ranks of this job (give a multiple of %d)"):format(who,
+        batch, world, world), 3)
+    end
+    knnd.no_grad(function() for _, p in ipairs(params) do D.broadcast(p, 0) end end)
+  end
+  return world, rank, M.grad_sync(params)
+end
+
 --- dist.broadcast_value(v [, root = 0]) -> root's v (nil, boolean, number, string or a table of
 --- them, as JSON) on every rank
 function M.broadcast_value(v, root)

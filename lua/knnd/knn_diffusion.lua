@@ -691,15 +691,8 @@ function M.train(o)
   -- slice of every batch and of its random draws, the gradients averaged: N ranks with batch B step
   -- as one process with batch B. Rank 0 alone writes files and shows progress.
   local dist = knnd.dist
-  local world, rank = dist.size(), dist.rank()
+  local world, rank, sync = dist.data_parallel(params, batch, "knn_diffusion.train")
   local main = rank == 0
-  if world > 1 then
-    if batch % world ~= 0 then
-      fail(fname, "batch %d does not divide among the %d ranks of this job (give a multiple of %d)", batch, world, world)
-    end
-    knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
-  end
-  local sync = dist.grad_sync(params) -- gradients averaged, sent while the backward runs
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = o.weight_decay or 0.0 })
   local ema = knnd.optim.EMA(params, o.ema or 0.999)
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,

@@ -136,15 +136,8 @@ function M.train(o)
   -- batch and of the random draws, the gradients averaged, the codebook's EMA statistics and restarts
   -- from the whole batch (core/nn/vqvae.c); rank 0 alone writes files
   local dist = knnd.dist
-  local world, rank = dist.size(), dist.rank()
+  local world, rank, sync = dist.data_parallel(params, batch, "vqvae.train")
   local main = rank == 0
-  if world > 1 then
-    if batch % world ~= 0 then
-      fail(fname, "batch %d does not divide among the %d ranks of this job (give a multiple of %d)", batch, world, world)
-    end
-    knnd.no_grad(function() for _, p in ipairs(params) do dist.broadcast(p, 0) end end)
-  end
-  local sync = dist.grad_sync(params)
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = 0.0 })
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
     warmup_steps = math.min(o.warmup or math.max(1, steps // 50), math.max(steps - 1, 0)), total_steps = steps }
