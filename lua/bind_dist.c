@@ -108,7 +108,8 @@ static knnd_dist_reducer *check_reducer(lua_State *L, const char *method) {
   if (!u || !u->r) luaL_error(L, "knnd.dist.Reducer:%s: argument 1 (self) expected a reducer", method);
   return u->r;
 }
-/* reducer({params} [, bucket_bytes]) -> a Reducer (begin before backward, finish after) */
+/* reducer({params} [, bucket_bytes [, overlap]]) -> a Reducer (begin before backward, finish after);
+ * overlap nil: KNND_DIST_OVERLAP decides */
 static int l_reducer(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Integer bucket = lua_isnoneornil(L, 2) ? 0 : knnd_lua_check_int(L, 2, "dist.reducer", "bucket_bytes");
@@ -126,6 +127,7 @@ static int l_reducer(lua_State *L) {
   u->r = NULL;
   luaL_setmetatable(L, REDUCER_MT);
   KNND_LUA_CHECK_CHAIN(L, "dist.reducer", knnd_dist_reducer_new(n, ps, (size_t)bucket, &u->r));
+  if (!lua_isnoneornil(L, 3)) knnd_dist_reducer_set_overlap(u->r, lua_toboolean(L, 3) ? 1 : 0);
   return 1;
 }
 static int reducer_begin(lua_State *L) {

@@ -51,14 +51,15 @@ function M.all_gather(t) return D.all_gather(t) end -- one rank: a copy
 --- dist.all_reduce_grads(params [, bucket_bytes]): average the gradients over the ranks
 function M.all_reduce_grads(params, bucket_bytes) return D.all_reduce_grads(params, bucket_bytes) end
 
---- dist.grad_sync(params [, {bucket_bytes = 25 MiB}]) -> s: s:begin() before loss:backward(),
---- s:finish() after: the gradients averaged over the ranks, each bucket sent while the backward
---- still runs (knnd/dist.h's reducer); s:stats() -> {buckets =, early =}. A world of one: no-ops.
+--- dist.grad_sync(params [, {bucket_bytes = 25 MiB, overlap =}]) -> s: s:begin() before loss:backward(),
+--- s:finish() after: the gradients averaged over the ranks (knnd/dist.h's reducer): around a ring at
+--- finish, or with overlap (true, or KNND_DIST_OVERLAP=1) each bucket sent while the backward still
+--- runs; s:stats() -> {buckets =, early =}. A world of one: no-ops.
 function M.grad_sync(params, o)
   if not many() then
     return { begin = function() end, finish = function() end, stats = function() return { buckets = 0, early = 0 } end }
   end
-  local r = D.reducer(params, o and o.bucket_bytes)
+  local r = D.reducer(params, o and o.bucket_bytes, o and o.overlap)
   return { begin = function() r:begin() end, finish = function() r:finish() end, stats = function() return r:stats() end,
     reducer = r }
 end

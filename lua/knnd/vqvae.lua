@@ -50,6 +50,12 @@ local function model_config(fname, given, channels)
   for k, v in pairs(given or {}) do c[k] = v end
   c.in_channels = c.in_channels or channels
   c.seed = c.seed or 0
+  -- GroupNorm's 32 groups, or the most that divide a narrow model's channels (16 channels: 16 groups)
+  if c.norm_groups == nil and math.type(c.channels) == "integer" and c.channels > 0 then
+    local a, b = 32, c.channels
+    while b ~= 0 do a, b = b, a % b end
+    c.norm_groups = a
+  end
   return c
 end
 

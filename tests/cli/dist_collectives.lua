@@ -121,26 +121,41 @@ backward()
 dist.all_reduce_grads(params)
 local want = {}
 for i, p in ipairs(params) do want[i] = p.grad and p.grad:clone() or false end
-local sync = dist.grad_sync(params, { bucket_bytes = 64 }) -- about one parameter per bucket
-for _ = 1, 2 do -- twice: the reducer is reused step after step
-  sync.begin()
-  backward()
-  sync.finish()
-  for i, p in ipairs(params) do
-    if want[i] then
-      local ok_g, d = same(p.grad, want[i], 1e-6)
-      check(ok_g, "reducer gradient %d differs from all_reduce_grads' by %g", i, d)
+for _, overlap in ipairs { false, true } do
+  local sync = dist.grad_sync(params, { bucket_bytes = 64, overlap = overlap }) -- about one parameter per bucket
+  for _ = 1, 2 do -- twice: the reducer is reused step after step
+    sync.begin()
+    backward()
+    sync.finish()
+    for i, p in ipairs(params) do
+      if want[i] then
+        local ok_g, d = same(p.grad, want[i], 1e-6)
+        check(ok_g, "reducer (overlap %s) gradient %d differs from all_reduce_grads' by %g", tostring(overlap), i, d)
+      else
+        check(p.grad == nil, "reducer: parameter %d has a gradient no rank computed", i)
+      end
+    end
+  end
+  if W > 1 then
+    local st = sync.stats()
+    if overlap then
+      check(st.buckets >= 6 and st.early >= 3, "buckets started during the backward: %d of %d", st.early, st.buckets)
     else
-      check(p.grad == nil, "reducer: parameter %d has a gradient no rank computed", i)
+      check(st.early == 0, "without overlap no bucket starts early (%d did)", st.early)
     end
   end
 end
 check(want[#params] and same(want[#params], knnd.full({ 2 }, 3 / W), 1e-6), "a parameter rank 0 alone uses: 3 / %d", W)
 check(not want[#params - 1], "a parameter nobody uses keeps no gradient")
-if W > 1 then
-  local st = sync.stats()
-  check(st.buckets >= 6 and st.early >= 3, "buckets started during the backward: %d of %d", st.early, st.buckets)
-end
+-- the ring (long buffers) and MPI's all-reduce (short ones) give every rank the same bits
+local long = knnd.randn(100003, { gen = knnd.Generator(7 + r) })
+local want_long = knnd.zeros(100003)
+for q = 0, W - 1 do want_long = want_long + knnd.randn(100003, { gen = knnd.Generator(7 + q) }) end
+dist.all_reduce(long, "sum")
+local ok_l, d_l = same(long, want_long, 1e-4)
+check(ok_l, "ring all-reduce of 100003 values differs from the sum by %g", d_l)
+local spread = dist.all_reduce(long:clone(), "max") - dist.all_reduce(long:clone(), "min")
+check(spread:abs():max():item() == 0, "the ring gives every rank the same values")
 
 -- a rank working alone (a sweep's shard): a world of one, no collectives
 dist.work_alone(true)

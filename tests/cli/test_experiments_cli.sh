@@ -120,7 +120,7 @@ check "db_swap writes its grids and metrics" $?
   && grep -q "| knn - no_knn | EmojiOne |" swap/db_swap.md && grep -q "over 2 sampling seeds" swap/db_swap.md
 check "db_swap reports the style classifier's EmojiOne share and the alignment per mode and index, with paired tests" $?
 out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=swap --set sample.per_prompt=1 \
-  --set sample.steps=2 --set prompts="red apple" --set seeds=1 --set modes=knn 2>&1); rc=$?
+  --set sample.steps=2 --set prompts="red apple" --set seeds=1 --set modes=knn --set style.steps=40 2>&1); rc=$?
 [ $rc = 0 ] && [[ "$out" == *"style classifier from swap/style.h5"* ]] && [[ "$out" == *"held-out accuracy"* ]]
 checkst $? "a rerun of db_swap reuses its style classifier ($(echo "$out" | tail -1))"
 

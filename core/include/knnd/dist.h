@@ -74,13 +74,17 @@ knnd_status knnd_dist_all_reduce_grads(int n, knnd_tensor *const *params, size_t
  * whose gradient is complete, and a bucket starts its all-reduce as soon as all its parameters
  * are (buckets start in their order on every rank, as MPI requires). finish starts the rest,
  * waits, and writes every parameter's averaged gradient (none where no rank had one), as
- * knnd_dist_all_reduce_grads does. KNND_DIST_OVERLAP=0 defers every bucket to finish (for
- * measuring). In a world of one begin and finish do nothing. Parameters on the GPU with NCCL built:
+ * knnd_dist_all_reduce_grads does. That overlap is opt-in (KNND_DIST_OVERLAP=1): by default
+ * finish sends every bucket around a ring of non-blocking messages, which on CPUs is faster (the
+ * reduction shares the cores with the backward, and MPI's non-blocking all-reduce is slower than
+ * the ring: docs/scale.md). In a world of one begin and finish do nothing. Parameters on the GPU with NCCL built:
  * finish all-reduces through NCCL after the backward (no overlap there yet). */
 typedef struct knnd_dist_reducer knnd_dist_reducer;
 knnd_status knnd_dist_reducer_new(int n, knnd_tensor *const *params, size_t bucket_bytes, knnd_dist_reducer **out);
 knnd_status knnd_dist_reducer_begin(knnd_dist_reducer *r);
 knnd_status knnd_dist_reducer_finish(knnd_dist_reducer *r);
+/* overlap: 1 on, 0 off, -1 as KNND_DIST_OVERLAP says (the default) */
+void knnd_dist_reducer_set_overlap(knnd_dist_reducer *r, int mode);
 /* buckets, and how many started during the last backward (before finish) */
 void knnd_dist_reducer_stats(const knnd_dist_reducer *r, int *buckets, int *early);
 void knnd_dist_reducer_free(knnd_dist_reducer *r);

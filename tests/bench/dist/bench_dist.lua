@@ -3,7 +3,7 @@
 --   train:     a train step of the reference UNet (tests/reference/unet_reference.py BENCH_UNET: 32x32x3,
 --              base 64, mults 1,2,2, attention at 16 and 8, cross-attention to 11 tokens of 512-d):
 --              forward, MSE, backward with the gradients averaged over the ranks (knnd.dist.grad_sync:
---              buckets sent while the backward runs unless KNND_DIST_OVERLAP=0), AdamW; the global
+--              around a ring after the backward, or with KNND_DIST_OVERLAP=1 sent while it runs), AdamW; the global
 --              batch split over the ranks
 --   allreduce: all_reduce (sum) of an f32 tensor of `mib` MiB; bus bandwidth 2 (N - 1) / N · bytes / time
 -- Median ms of `iters` timed steps after `warmup` (a barrier before each), and for train the median
@@ -79,5 +79,5 @@ local st = sync.stats()
 if dist.is_main() then
   print(("RESULT impl=knnd mode=train ranks=%d threads=%d batch=%d ms=%.1f samples_s=%.1f finish_ms=%.1f "
     .. "buckets=%d early=%d overlap=%s params=%d"):format(W, threads, opt.batch, m, opt.batch / (m / 1e3), median(fin),
-    st.buckets, st.early, os.getenv("KNND_DIST_OVERLAP") == "0" and "off" or "on", nparams))
+    st.buckets, st.early, os.getenv("KNND_DIST_OVERLAP") == "1" and "on" or "off", nparams))
 end
