@@ -2,7 +2,9 @@
  * broadcast from rank 0), on knnd's stream of the tensor's device; waited on with the same
  * deadline as the MPI collectives (a failed or hung peer aborts the communicator). One
  * communicator per process, on the device of the first CUDA tensor it sees (cuda:local_rank by
- * convention). Built only with CUDA and NCCL (KNND_HAVE_NCCL). */
+ * convention). Built with CUDA when nccl.h is found (KNND_HAVE_NCCL); libnccl.so.2 itself is
+ * opened when first needed (dlopen: 200 MB that a process without GPUs never needs, and a machine
+ * without NCCL still runs, staging CUDA tensors through host memory). */
 #include "dist/dist_internal.h"
 
 #ifndef KNND_HAVE_NCCL
@@ -18,6 +20,7 @@ knnd_status knnd_dist_nccl_all_reduce_grads(int n, knnd_tensor *const *params, c
 void knnd_dist_nccl_destroy(void) {}
 #else
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <nccl.h>
 #include <stdlib.h>
 #include <time.h>
@@ -28,11 +31,46 @@ void knnd_dist_nccl_destroy(void) {}
 static ncclComm_t comm;
 static int comm_device = -1;
 
-bool knnd_dist_nccl_available(void) { return getenv("KNND_DIST_NO_NCCL") == NULL; }
+/* the NCCL functions knnd calls, from libnccl.so.2 */
+static struct {
+  int tried;
+  ncclResult_t (*GetUniqueId)(ncclUniqueId *);
+  ncclResult_t (*CommInitRank)(ncclComm_t *, int, ncclUniqueId, int);
+  ncclResult_t (*AllReduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
+  ncclResult_t (*Broadcast)(const void *, void *, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
+  ncclResult_t (*CommGetAsyncError)(ncclComm_t, ncclResult_t *);
+  ncclResult_t (*CommAbort)(ncclComm_t);
+  ncclResult_t (*CommDestroy)(ncclComm_t);
+  const char *(*GetErrorString)(ncclResult_t);
+} N;
+
+static bool load_nccl(void) {
+  if (N.tried) return N.tried > 0;
+  N.tried = -1;
+  void *h = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (!h) h = dlopen("libnccl.so", RTLD_NOW | RTLD_LOCAL);
+  if (!h) return false;
+#define SYM(field, name)                       \
+  *(void **)(&N.field) = dlsym(h, name);       \
+  if (!N.field) return false;
+  SYM(GetUniqueId, "ncclGetUniqueId")
+  SYM(CommInitRank, "ncclCommInitRank")
+  SYM(AllReduce, "ncclAllReduce")
+  SYM(Broadcast, "ncclBroadcast")
+  SYM(CommGetAsyncError, "ncclCommGetAsyncError")
+  SYM(CommAbort, "ncclCommAbort")
+  SYM(CommDestroy, "ncclCommDestroy")
+  SYM(GetErrorString, "ncclGetErrorString")
+#undef SYM
+  N.tried = 1;
+  return true;
+}
+
+bool knnd_dist_nccl_available(void) { return getenv("KNND_DIST_NO_NCCL") == NULL && load_nccl(); }
 
 static knnd_status nccl_fail(ncclResult_t r, const char *op) {
   return knnd_error(KNND_ERR_STATE, "dist_%s: rank %d of %d: NCCL failed: %s", op, knnd_dist_rank(), knnd_dist_size(),
-                    ncclGetErrorString(r));
+                    N.GetErrorString(r));
 }
 
 static knnd_status ensure_comm(const knnd_tensor *t, const char *op, cudaStream_t *s) {
@@ -46,11 +84,11 @@ static knnd_status ensure_comm(const knnd_tensor *t, const char *op, cudaStream_
   }
   ncclUniqueId id;
   if (knnd_dist_rank() == 0) {
-    ncclResult_t r = ncclGetUniqueId(&id);
+    ncclResult_t r = N.GetUniqueId(&id);
     if (r != ncclSuccess) return nccl_fail(r, op);
   }
   KNND_TRY(knnd_dist_broadcast_bytes(&id, sizeof id, 0));
-  ncclResult_t r = ncclCommInitRank(&comm, knnd_dist_size(), id, knnd_dist_rank());
+  ncclResult_t r = N.CommInitRank(&comm, knnd_dist_size(), id, knnd_dist_rank());
   if (r != ncclSuccess) {
     comm = NULL;
     return nccl_fail(r, op);
@@ -73,13 +111,13 @@ static knnd_status wait_stream(cudaStream_t s, const char *op) {
     if (e == cudaSuccess) return KNND_OK;
     if (e != cudaErrorNotReady) return knnd_error(KNND_ERR_STATE, "dist_%s: CUDA: %s", op, cudaGetErrorString(e));
     ncclResult_t async;
-    if (ncclCommGetAsyncError(comm, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress) {
-      ncclCommAbort(comm);
+    if (N.CommGetAsyncError(comm, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress) {
+      N.CommAbort(comm);
       comm = NULL;
       return nccl_fail(async, op);
     }
     if (now_s() > deadline) {
-      ncclCommAbort(comm);
+      N.CommAbort(comm);
       comm = NULL;
       return knnd_error(KNND_ERR_STATE,
                         "dist_%s: rank %d of %d waited %g s for the other ranks (NCCL): one of them died, hung or "
@@ -129,7 +167,7 @@ knnd_status knnd_dist_nccl_broadcast(knnd_tensor *t, int root) {
   knnd_tensor *w;
   KNND_TRY(contig_work(t, &w));
   knnd_status st = KNND_OK;
-  ncclResult_t r = ncclBroadcast(knnd_tensor_data(w), knnd_tensor_data(w), knnd_tensor_nbytes(w), ncclUint8, root,
+  ncclResult_t r = N.Broadcast(knnd_tensor_data(w), knnd_tensor_data(w), knnd_tensor_nbytes(w), ncclUint8, root,
                                  comm, s);
   st = r != ncclSuccess ? nccl_fail(r, "broadcast") : wait_stream(s, "broadcast");
   return finish(t, w, st);
@@ -140,7 +178,7 @@ knnd_status knnd_dist_nccl_all_reduce(knnd_tensor *t, knnd_dist_op op) {
   KNND_TRY(ensure_comm(t, "all_reduce", &s));
   knnd_tensor *w;
   KNND_TRY(contig_work(t, &w));
-  ncclResult_t r = ncclAllReduce(knnd_tensor_data(w), knnd_tensor_data(w), (size_t)knnd_tensor_numel(w),
+  ncclResult_t r = N.AllReduce(knnd_tensor_data(w), knnd_tensor_data(w), (size_t)knnd_tensor_numel(w),
                                  nccl_type(w->dtype), nccl_op(op), comm, s);
   knnd_status st = r != ncclSuccess ? nccl_fail(r, "all_reduce") : wait_stream(s, "all_reduce");
   return finish(t, w, st);
@@ -177,7 +215,7 @@ knnd_status knnd_dist_nccl_all_reduce_grads(int n, knnd_tensor *const *params, c
     knnd_tensor_release(view);
     pos += m;
     if (!st && (pos - start >= bucket || pos == total)) {
-      ncclResult_t r = ncclAllReduce((float *)knnd_tensor_data(buf) + start, (float *)knnd_tensor_data(buf) + start,
+      ncclResult_t r = N.AllReduce((float *)knnd_tensor_data(buf) + start, (float *)knnd_tensor_data(buf) + start,
                                      (size_t)(pos - start), ncclFloat32, ncclAvg, comm, s);
       if (r != ncclSuccess) st = nccl_fail(r, "all_reduce_grads");
       start = pos;
@@ -206,7 +244,7 @@ knnd_status knnd_dist_nccl_all_reduce_grads(int n, knnd_tensor *const *params, c
 }
 
 void knnd_dist_nccl_destroy(void) {
-  if (comm) ncclCommDestroy(comm);
+  if (comm && N.CommDestroy) N.CommDestroy(comm);
   comm = NULL;
 }
 #endif

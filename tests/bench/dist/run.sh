@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run.sh — data parallelism on this machine's CPU: a train step of the reference UNet on 1 process and on
-# N MPI ranks (knnd, bench_dist.lua; overlap of the gradient all-reduce with the backward on and off)
+# N MPI ranks (knnd, bench_dist.lua; the gradient all-reduce overlapped with the backward, or around the
+# ring after it: the default)
 # against PyTorch DDP over gloo with the same ranks, threads and batch (torch_dist_peer.py), and the
 # all-reduce bus bandwidth of both. The cores are split among the ranks (threads / N each), so the
 # step times compare one process using all cores with N ranks sharing them.
@@ -71,5 +72,5 @@ if ar:
         print(f"| {r['impl']} | {r['mib']} MiB | {r['ranks']} | {r['ms']} | {r['busbw_gbs']} |")
 for r in probe:
     print(f"\nOpen MPI alone, {r['mib']} MiB over {r['ranks']} ranks: MPI_Allreduce {r['blocking_ms']} ms, "
-          f"MPI_Iallreduce {r['nonblocking_ms']} ms (knnd uses the latter)")
+          f"MPI_Iallreduce {r['nonblocking_ms']} ms (knnd's long sums go around its own ring instead: the knnd row)")
 PY
