@@ -457,7 +457,7 @@ end
 
 --- Run a sweep; see the top of this file. Returns {name, dir, runs = {{name, config, status, metrics,
 --- error}}, summary = (knnd.results.aggregate's table), ran, skipped, failed, shard}.
-function M.sweep(spec)
+local function sweep_impl(spec)
   if type(spec) ~= "table" then fail("argument 1 expected a table, got %s", type(spec)) end
   local allowed = {}
   for k in pairs(ALLOWED) do allowed[#allowed + 1] = k end
@@ -657,6 +657,17 @@ function M.sweep(spec)
   M.history[#M.history + 1] = out
   if stop then fail("run %s failed: %s (on_error = 'stop')", out.failed_names[#out.failed_names], tostring(out.runs[#out.runs].error)) end
   return out
+end
+
+-- a sweep run by the ranks of a job works alone while it runs (see sweep_impl), and the process is
+-- a rank of its job again afterwards
+function M.sweep(spec)
+  local dist = knnd_dist()
+  local was = dist and dist.alone()
+  local ok, res = pcall(sweep_impl, spec)
+  if dist then dist.work_alone(was) end
+  if not ok then error(res, 0) end
+  return res
 end
 
 setmetatable(M, { __call = function(_, spec) return M.sweep(spec) end })
