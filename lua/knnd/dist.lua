@@ -41,15 +41,15 @@ function M.timeout() return D.timeout() end
 function M.set_timeout(seconds) return D.timeout(seconds) end
 
 --- dist.barrier(): every rank waits for the others
-function M.barrier() D.barrier() end
+M.barrier = D.barrier
 --- dist.broadcast(t [, root = 0]) -> t, holding root's values on every rank (in place)
-function M.broadcast(t, root) return D.broadcast(t, root) end -- one rank: checks its arguments only
+M.broadcast = D.broadcast -- (one rank: checks its arguments only; so do the others)
 --- dist.all_reduce(t [, op = "sum" | "mean" | "max" | "min"]) -> t (in place)
-function M.all_reduce(t, op) return D.all_reduce(t, op) end -- one rank: checks its arguments only
+M.all_reduce = D.all_reduce
 --- dist.all_gather(t) -> every rank's t concatenated along dim 1 (sizes along dim 1 may differ)
-function M.all_gather(t) return D.all_gather(t) end -- one rank: a copy
+M.all_gather = D.all_gather -- (one rank: a copy)
 --- dist.all_reduce_grads(params [, bucket_bytes]): average the gradients over the ranks
-function M.all_reduce_grads(params, bucket_bytes) return D.all_reduce_grads(params, bucket_bytes) end
+M.all_reduce_grads = D.all_reduce_grads
 
 --- dist.grad_sync(params [, {bucket_bytes = 25 MiB, overlap =}]) -> s: s:begin() before loss:backward(),
 --- s:finish() after: the gradients averaged over the ranks (knnd/dist.h's reducer): around a ring at
