@@ -78,10 +78,13 @@ local function cmd_train(a)
   local model = knnd.clip.new { embed_dim = a.width, image_size = 28, patch_size = a.patch, vision_width = a.width,
     vision_layers = a.layers, vision_heads = heads, context_length = 16, text_width = a.width,
     text_layers = a.layers, text_heads = heads, tokenizer = tok }
-  io.write(("%s, %d parameters\n"):format(tostring(model), model:num_params()))
+  -- under mpirun the ranks train together (knnd.clip.train splits each batch); rank 0 writes and reports
+  local main = knnd.dist.is_main()
+  if main then io.write(("%s, %d parameters\n"):format(tostring(model), model:num_params())) end
   local r = knnd.clip.train { model = model, images = train.images, labels = train.labels, classes = classes,
     steps = a.steps, batch = a.batch, lr = a.lr, checkpoint = a.checkpoint, checkpoint_every = a.checkpoint_every,
     time_limit = a.time_limit, seed = a.seed, progress = not a.quiet }
+  if not main then return 0 end
   model:save(a.output)
   io.write(("trained %d steps in %.1f s%s, final loss %.4f; wrote %s and %s\n"):format(r.steps, r.seconds,
     r.resumed_from and (" (resumed from step %d)"):format(r.resumed_from) or "", r.loss or 0 / 0, a.output,
@@ -123,9 +126,12 @@ local function cmd_encode(a)
     if #texts == 0 then error(("knnd clip encode: %s has no captions"):format(a.captions), 0) end
     opts.texts, opts.source_name = texts, a.captions
   end
-  local r = model:encode_dataset(opts)
-  io.write(("encoded %d rows (%d skipped as already written) in %.1f s (%.0f rows/s) into %s\n"):format(r.rows,
-    r.skipped, r.seconds, r.per_second, a.output))
+  local r = model:encode_dataset(opts) -- under mpirun: each rank its segments, rank 0 assembles
+  if knnd.dist.is_main() then
+    local ranks = knnd.dist.size() > 1 and (" (rank 0 of %d: its segments)"):format(knnd.dist.size()) or ""
+    io.write(("encoded %d rows (%d skipped as already written) in %.1f s (%.0f rows/s%s) into %s\n"):format(r.rows,
+      r.skipped, r.seconds, r.per_second, ranks, a.output))
+  end
   return 0
 end
 
