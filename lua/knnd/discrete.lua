@@ -70,6 +70,12 @@ function M.new(o)
     self.to_logits.bias:fill_(0)
   end)
   self.process = knnd.vqdiff.new { num_classes = K, T = o.T, aux_weight = o.aux_weight }
+  -- importance sampling of t (VQ-Diffusion's sample_time 'importance', from Improved DDPM): the running
+  -- E[L_t^2] per timestep and how often each was seen, saved with the weights
+  self.time_sampling = o.time_sampling or "uniform"
+  if self.time_sampling == "importance" then
+    self.Lt_history, self.Lt_count = knnd.zeros(o.T), knnd.zeros(o.T)
+  end
   self.rows = knnd.arange(0, h, { dtype = "i64" })
   self.cols = knnd.arange(0, w, { dtype = "i64" })
   return self
@@ -98,6 +104,9 @@ function Net:state_dict()
   local sd = {}
   for _, np in ipairs(self:named_parameters()) do sd[np.name] = np.tensor end
   for k, v in pairs(self.vqvae:state_dict()) do sd["vqvae." .. k] = v end
+  if self.Lt_history then
+    sd["time_sampler.Lt_history"], sd["time_sampler.Lt_count"] = self.Lt_history, self.Lt_count
+  end
   return sd
 end
 
@@ -108,6 +117,15 @@ function Net:load_state_dict(sd)
     local head, rest = k:match("^([^.]+)%.(.+)$")
     if head == "vqvae" then
       vq[rest] = v
+    elseif head == "time_sampler" then
+      -- the importance sampler's statistics (kept when this model samples t that way)
+      local mine = self.Lt_history and (rest == "Lt_history" and self.Lt_history or rest == "Lt_count" and self.Lt_count)
+      if mine then
+        if v:numel() ~= mine:numel() then
+          fail("load", "'%s' has %d timesteps, the model %d", k, v:numel(), mine:numel())
+        end
+        knnd.no_grad(function() mine:copy_(v:to("f32"):reshape(-1)) end)
+      end
     elseif head and parts[head] then
       parts[head][rest] = v
     else
@@ -153,16 +171,83 @@ function Net:decode(tokens)
   return knnd.no_grad(function() return knnd.clamp(self.vqvae:decode(tokens:view(B, self.h, self.w)), -1, 1) end)
 end
 
+--- net:time_probabilities() -> the T probabilities importance sampling draws t from (a Lua list, t = 0 first),
+--- or nil while uniform: VQ-Diffusion's sample_time — uniform until every timestep was seen more than 10
+--- times, then p_t ∝ sqrt(E[L_t^2] + 1e-10) + 1e-4 with t = 0 given t = 1's (its decoder term is not L_t)
+function Net:time_probabilities()
+  if not self.Lt_history then return nil end
+  local count = self.Lt_count:totable()
+  for _, c in ipairs(count) do if c <= 10 then return nil end end
+  local p, total = {}, 0
+  for k, h in ipairs(self.Lt_history:totable()) do
+    p[k] = math.sqrt(h + 1e-10) + 1e-4
+  end
+  p[1] = p[2]
+  for k = 1, #p do total = total + p[k] end
+  for k = 1, #p do p[k] = p[k] / total end
+  return p
+end
+
+--- net:sample_t(B [, gen]) -> t i64 [B], pt f32 [B] (the probability each t was drawn with) or nil
+--- (uniform): draws from net:time_probabilities() by inverting its CDF with B uniform numbers
+function Net:sample_t(B, gen)
+  local T = self.process:num_timesteps()
+  local p = self.training and self:time_probabilities() or nil
+  if not p then return knnd.randint(0, T, { B }, { gen = gen, dtype = "i64" }), nil end
+  local cdf, acc = {}, 0
+  for k = 1, T do
+    acc = acc + p[k]
+    cdf[k] = acc
+  end
+  local t, pt = {}, {}
+  for i, u in ipairs(knnd.rand(B, { gen = gen }):totable()) do
+    local x = u * acc
+    local lo, hi = 1, T -- the first k with cdf[k] > x
+    while lo < hi do
+      local mid = (lo + hi) // 2
+      if cdf[mid] > x then hi = mid else lo = mid + 1 end
+    end
+    t[i], pt[i] = lo - 1, p[lo]
+  end
+  return knnd.tensor(t, { dtype = "i64" }), knnd.tensor(pt)
+end
+
+--- net:record_t(t [B], kl [B]): the importance sampler's statistics after a training loss: for each
+--- example, E[L_t^2] <- 0.1 L_t^2 + 0.9 E[L_t^2] (every example from the statistics before this batch,
+--- the last of equal t kept, as the reference's scatter) and one more count for t. On the ranks of a
+--- job the whole batch's t and L_t (gathered in rank order) update every rank's statistics alike.
+function Net:record_t(t, kl)
+  local dist = knnd.dist
+  if dist.size() > 1 then
+    t, kl = dist.all_gather(t:contiguous()), dist.all_gather(kl:detach():to("f32"):contiguous())
+  end
+  local hist, count = self.Lt_history:totable(), self.Lt_count:totable()
+  local before = { table.unpack(hist) }
+  local tt, kk = t:totable(), kl:totable()
+  for i = 1, #tt do
+    local k = tt[i] + 1
+    hist[k] = 0.1 * kk[i] * kk[i] + 0.9 * before[k]
+    count[k] = count[k] + 1
+  end
+  knnd.no_grad(function()
+    self.Lt_history:copy_(knnd.tensor(hist))
+    self.Lt_count:copy_(knnd.tensor(count))
+  end)
+end
+
 --- net:loss(images [B,C,H,W] in [-1, 1], ctx [B,T',D] [, {gen=}]) -> the VQ-Diffusion loss (scalar), its parts
---- t is drawn uniformly (the reference's importance sampling of t is not used)
+--- t is drawn uniformly, or (time_sampling = "importance") by net:sample_t, the loss then divided by p_t as
+--- the reference's vb_loss = L_t / p_t
 function Net:loss(x0, ctx, opts)
   local gen = opts and opts.gen
   local tokens = self:encode(x0)
   local B = tokens:size(1)
-  local t = knnd.randint(0, self.process:num_timesteps(), { B }, { gen = gen, dtype = "i64" })
+  local t, pt = self:sample_t(B, gen)
   local xt = self.process:q_sample(tokens, t, { gen = gen })
   local src = self.edit and self:encode(opts.source) or nil
-  return self.process:loss(self:forward(xt, t, ctx, src), tokens, xt, t)
+  local loss, parts = self.process:loss(self:forward(xt, t, ctx, src), tokens, xt, t, pt and { pt = pt } or nil)
+  if self.Lt_history and self.training then self:record_t(t, parts.kl) end
+  return loss, parts
 end
 
 --- the skip of the fast sampler that visits about `steps` timesteps (0: every one of the T)

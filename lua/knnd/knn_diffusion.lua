@@ -75,9 +75,10 @@ M.defaults = {
   cond = { mode = "knn", k = 10, dim = 512, p_uncond = 0.1, xi = 3.0 },
   diffusion = { schedule = "cosine", T = 1000, prediction = "eps", min_snr_gamma = 5.0 },
   -- backbone = "discrete": vqvae is the path of a knnd.vqvae model (or the module, with vqvae_model its
-  -- options); truncation the sampler's top-r mass (VQ-Diffusion's 0.86)
+  -- options); truncation the sampler's top-r mass (VQ-Diffusion's 0.86); time_sampling "uniform" or
+  -- "importance" (VQ-Diffusion's training draws t by sqrt(E[L_t^2]) once every t was seen 10 times)
   discrete = { vqvae = "", vqvae_model = false, dim = 128, heads = 4, layers = 4, mlp_ratio = 4, dropout = 0.0,
-    T = 100, aux_weight = 5e-4, truncation = 0.86 },
+    T = 100, aux_weight = 5e-4, truncation = 0.86, time_sampling = "uniform" },
 }
 
 M.BACKBONES = { "continuous", "discrete" }
@@ -113,6 +114,10 @@ local function resolve_config(fname, cfg)
     end
     if not (dc.truncation > 0 and dc.truncation <= 1) then
       fail(fname, "option 'discrete.truncation' is %g (expected 0 < r <= 1)", dc.truncation)
+    end
+    if dc.time_sampling ~= "uniform" and dc.time_sampling ~= "importance" then
+      fail(fname, "option 'discrete.time_sampling' is %s (expected \"uniform\" or \"importance\")",
+        tostring(dc.time_sampling))
     end
     if dc.vqvae == "" or (type(dc.vqvae) ~= "string" and not knnd.nn.is_module(dc.vqvae)) then
       fail(fname, "backbone 'discrete' needs option 'discrete.vqvae' (the path of a trained knnd.vqvae model)")
@@ -166,7 +171,8 @@ local function new_discrete(fname, c)
   end
   local ok, net = pcall(discrete.new, { vqvae = vq, vqvae_config = vq_cfg, image_size = c.image_size,
     channels = c.channels, dim = dc.dim, heads = dc.heads, layers = dc.layers, mlp_ratio = dc.mlp_ratio,
-    dropout = dc.dropout, context_dim = c.cond.dim, T = dc.T, aux_weight = dc.aux_weight, seed = c.seed, edit = c.edit })
+    dropout = dc.dropout, context_dim = c.cond.dim, T = dc.T, aux_weight = dc.aux_weight, seed = c.seed, edit = c.edit,
+    time_sampling = dc.time_sampling })
   if not ok then fail(fname, "cannot build the discrete backbone: %s", tostring(net)) end
   if type(dc.vqvae) ~= "string" then dc.vqvae = "(module)" end
   return setmetatable({ net = net, null = null_tokens(c), config = c }, Model)
@@ -713,6 +719,10 @@ function M.train(o)
     end
     local c = peek.config or {}
     if c.format ~= M.FORMAT then fail(fname, "'%s' is not a knn_diffusion training checkpoint", ck_path) end
+    -- checkpoints from before discrete.time_sampling existed sampled t uniformly
+    if type(c.model) == "table" and type(c.model.discrete) == "table" and c.model.discrete.time_sampling == nil then
+      c.model.discrete.time_sampling = "uniform"
+    end
     local differs = config_difference(c.model, stored_config(model))
     if differs then
       fail(fname, "'%s' holds a model of another configuration (%s): give another 'out' directory, or resume = false "

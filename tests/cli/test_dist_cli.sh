@@ -52,7 +52,8 @@ check "the same script on one process, no launcher ($out)" $ok
 
 cat > train.lua <<'EOF'
 local knnd = require "knnd"
-local opt = knnd.options { out = "run", steps = 16, every = 4, batch = 8, mode = "knn", backbone = "continuous" }
+local opt = knnd.options { out = "run", steps = 16, every = 4, batch = 8, mode = "knn", backbone = "continuous",
+  time_sampling = "uniform" }
 -- each rank's pid, for the test to kill one
 local f = io.open("/proc/self/stat")
 local pid = f:read("n")
@@ -62,7 +63,7 @@ local m
 if opt.backbone == "discrete" then
   m = knnd.knn_diffusion.new { image_size = 16, channels = 1, seed = 1, backbone = "discrete",
     cond = { mode = opt.mode, k = 3, dim = 16, p_uncond = 0.2 },
-    discrete = { vqvae = "vq/model.h5", dim = 32, heads = 2, layers = 2, T = 20 } }
+    discrete = { vqvae = "vq/model.h5", dim = 32, heads = 2, layers = 2, T = 20, time_sampling = opt.time_sampling } }
 else
   m = knnd.knn_diffusion.new { image_size = 16, channels = 1, seed = 1,
     unet = { channels = 16, channel_mult = { 1, 2 }, num_res_blocks = 1, attention_resolutions = { 8 },
@@ -117,6 +118,14 @@ check "3 ranks x batch 2 = 1 process x batch 6 ($out)" $rc
 out=$(mpi 2 "$knnd" run train.lua --set out=disc2 --set backbone=discrete --set steps=8 2>&1); rc=$?
 [ $rc = 0 ] && out=$("$knnd" run compare.lua disc1 disc2 2>&1); rc=$?
 check "the discrete backbone: 2 ranks x batch 4 = 1 process x batch 8 ($out)" $rc
+# importance sampling of t: the statistics from the whole batch on every rank (40 x 8 draws over 20 timesteps)
+imp="--set backbone=discrete --set time_sampling=importance --set steps=40 --set every=20"
+# shellcheck disable=SC2086
+"$knnd" run train.lua --set out=imp1 $imp >/dev/null 2>&1
+# shellcheck disable=SC2086
+out=$(mpi 2 "$knnd" run train.lua --set out=imp2 $imp 2>&1); rc=$?
+[ $rc = 0 ] && out=$("$knnd" run compare.lua imp1 imp2 2>&1); rc=$?
+check "importance sampling of t on 2 ranks = 1 process, E[L_t^2] included ($out)" $rc
 
 # the VQ-VAE with an EMA codebook and dead-code restarts: the codebook follows the whole batch on every rank
 cat > vq.lua <<'EOF'

@@ -201,3 +201,73 @@ describe("backbone = discrete: training", function()
     h.errors_with(function() back:loss(x, tokens) end, "needs the source image")
   end)
 end)
+
+describe("backbone = discrete: importance sampling of t (VQ-Diffusion's sample_time 'importance')", function()
+  local function imp()
+    return tiny("knn", { discrete = { vqvae = vq_path, dim = 32, heads = 2, layers = 2, T = 20,
+      time_sampling = "importance" } })
+  end
+
+  it("is uniform until every t was seen more than 10 times, then p_t ∝ sqrt(E[L_t^2]) + 1e-4, p_0 = p_1", function()
+    local net = imp().net
+    assert.is_nil(net:time_probabilities())
+    local hist = {}
+    for k = 1, 20 do hist[k] = (k / 10) ^ 2 end
+    knnd.no_grad(function()
+      net.Lt_history:copy_(knnd.tensor(hist))
+      net.Lt_count:fill_(11)
+    end)
+    local p = net:time_probabilities()
+    local q, total = {}, 0
+    for k = 1, 20 do q[k] = math.sqrt(hist[k] + 1e-10) + 1e-4 end
+    q[1] = q[2]
+    for k = 1, 20 do total = total + q[k] end
+    for k = 1, 20 do assert.is_true(math.abs(p[k] - q[k] / total) < 1e-7 * q[k] / total, k) end -- (f32 history)
+    -- drawn with those probabilities (20000 draws: 5 standard deviations), each with its p_t
+    local t, pt = net:sample_t(20000, knnd.Generator(4))
+    local freq = {}
+    for _, v in ipairs(t:totable()) do freq[v + 1] = (freq[v + 1] or 0) + 1 end
+    for k = 1, 20 do
+      local f = (freq[k] or 0) / 20000
+      assert.is_true(math.abs(f - p[k]) < 5 * math.sqrt(p[k] * (1 - p[k]) / 20000) + 1e-9, ("t = %d: %g vs %g"):format(k - 1, f, p[k]))
+    end
+    local tt, pp = t:totable(), pt:totable()
+    for i = 1, 50 do assert.is_true(math.abs(pp[i] - p[tt[i] + 1]) < 1e-7) end
+    net:eval() -- not while evaluating
+    assert.is_nil(select(2, net:sample_t(4)))
+  end)
+
+  it("updates E[L_t^2] as the reference: from the statistics before the batch, the last of equal t kept", function()
+    local net = imp().net
+    knnd.no_grad(function() net.Lt_history:fill_(2) end)
+    net:record_t(knnd.tensor({ 3, 3, 5 }, { dtype = "i64" }), knnd.tensor({ 1, 2, 4 }))
+    local hist, cnt = net.Lt_history:totable(), net.Lt_count:totable()
+    assert.is_true(math.abs(hist[4] - (0.1 * 4 + 0.9 * 2)) < 1e-6)
+    assert.is_true(math.abs(hist[6] - (0.1 * 16 + 0.9 * 2)) < 1e-6)
+    assert.are.equal(2, hist[1])
+    assert.are.same({ 0, 0, 0, 2, 0, 1 }, { cnt[1], cnt[2], cnt[3], cnt[4], cnt[5], cnt[6] })
+  end)
+
+  it("trains with the loss divided by p_t and keeps its statistics in the saved weights", function()
+    local m = imp()
+    knnd.no_grad(function()
+      m.net.Lt_history:copy_(knnd.rand(20, { gen = knnd.Generator(2) }))
+      m.net.Lt_count:fill_(11)
+    end)
+    local x = ds:images(knnd.arange(0, 4, { dtype = "i64" })):float() * (2 / 255) - 1
+    local tokens = m:condition(emb:narrow(1, 1, 4), store:gather(knnd.tensor({ { 5, 6, 7, 8 }, { 9, 10, 11, 12 },
+      { 13, 14, 15, 16 }, { 1, 2, 3, 4 } }, { dtype = "i64" })))
+    local before = m.net.Lt_count:sum():item()
+    local loss = m:loss(x, tokens, { gen = knnd.Generator(9) })
+    assert.is_true(loss:item() == loss:item() and loss:item() < math.huge)
+    assert.are.equal(before + 4, m.net.Lt_count:sum():item())
+    local path = h.tmp("discrete_spec", "importance.h5")
+    m:save(path)
+    local back = kd.load(path)
+    assert.are.equal("importance", back.config.discrete.time_sampling)
+    assert.is_true(same(back.net.Lt_history, m.net.Lt_history) and same(back.net.Lt_count, m.net.Lt_count))
+    h.errors_with(function()
+      tiny("knn", { discrete = { vqvae = vq_path, dim = 32, heads = 2, layers = 2, time_sampling = "loss" } })
+    end, "option 'discrete.time_sampling' is loss (expected \"uniform\" or \"importance\")")
+  end)
+end)
