@@ -173,6 +173,11 @@ function M.sharded_index(o)
 end
 
 function Sharded:ntotal() return self.n end
+--- s:info() -> {dim =, ntotal =, factory =, ranks =} (what knnd.knn_diffusion.generate asks an index: a sharded
+--- index conditions generation too, every rank calling generate)
+function Sharded:info()
+  return { dim = self.dim, ntotal = self.n, factory = self.factory, ranks = M.size(), sharded = true }
+end
 function Sharded:__tostring()
   return ("knnd.dist sharded index (%s, %d rows over %d ranks; rank %d holds rows %d..%d)"):format(self.factory,
     self.n, M.size(), M.rank(), self.first, self.first + self.count - 1)

@@ -127,6 +127,26 @@ out=$(mpi 2 "$knnd" run train.lua --set out=imp2 $imp 2>&1); rc=$?
 [ $rc = 0 ] && out=$("$knnd" run compare.lua imp1 imp2 2>&1); rc=$?
 check "importance sampling of t on 2 ranks = 1 process, E[L_t^2] included ($out)" $rc
 
+# generation conditioned through a sharded index: the same samples as through one index
+cat > gen.lua <<'EOF'
+local knnd = require "knnd"
+local m = knnd.knn_diffusion.load("one/model.h5")
+local store = knnd.embeddings.open("emb.h5")
+local q = store:read(1, 2)
+local function gen(index)
+  return knnd.knn_diffusion.generate { model = m, index = index, query = q, prompts = { "a", "b" }, n = 2, steps = 3, seed = 5,
+    progress = false }.images
+end
+local a = gen(knnd.index.build { store = store, factory = "Flat" })
+local b = gen(knnd.dist.sharded_index { store = store })
+local d = (a - b):abs():max():item()
+assert(d == 0, ("sharded generation differs by %g"):format(d))
+if knnd.dist.is_main() then print(("generated %d images through a sharded index, identical"):format(a:size(1))) end
+EOF
+out=$(mpi 2 "$knnd" run gen.lua 2>&1); rc=$?
+[ $rc = 0 ] && contains "$out" "identical"; ok=$?
+check "generation through a sharded index on 2 ranks = through one index ($out)" $ok
+
 # the VQ-VAE with an EMA codebook and dead-code restarts: the codebook follows the whole batch on every rank
 cat > vq.lua <<'EOF'
 local knnd = require "knnd"
