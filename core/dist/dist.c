@@ -335,7 +335,8 @@ static knnd_status ring_allreduce(float *buf, int64_t n, const char *op) {
   }
 #undef CHUNK_OFF
 #undef CHUNK_LEN
-  free(tmp);
+  /* after a failure a message may still be in flight into tmp: keep it (the job is ending) */
+  if (!st) free(tmp);
   return st;
 }
 
