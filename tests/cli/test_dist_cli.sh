@@ -24,20 +24,12 @@ mpi() { ASAN_OPTIONS=detect_leaks=0 timeout 300 mpirun --oversubscribe --bind-to
 
 cat > setup.lua <<'EOF'
 local knnd = require "knnd"
-knnd.dataset.prepare_fashion_mnist { out = "fm.h5", split = "train", size = 16, limit = 400, progress = false }
-local ds = knnd.dataset.open("fm.h5")
-local x = ds:images(knnd.arange(0, 400, { dtype = "i64" })):to("f32"):view(400, -1) / 255
-local e = knnd.matmul(x, knnd.randn(256, 16, { gen = knnd.Generator(3) }))
-knnd.embeddings.save("emb.h5", e / e:square():sum { dim = 2, keepdim = true }:sqrt(), { encoder = "projection",
-  encoder_hash = "seed3" })
-local store = knnd.embeddings.open("emb.h5")
-knnd.cache.build("nn.h5", knnd.index.build { store = store, factory = "Flat" }, store, { k = 3, exclude_self = true })
 -- a small VQ-VAE for the discrete backbone
 knnd.vqvae.train { dataset = "fm.h5", out = "vq", steps = 5, batch = 16, lr = 2e-3, seed = 1, progress = false,
   model = { channels = 16, channel_mult = { 1, 2, 2 }, num_res_blocks = 1, norm_groups = 8, num_codes = 32,
     embed_dim = 8 } }
 EOF
-out=$("$knnd" run setup.lua 2>&1); rc=$?
+out=$("$knnd" run "$here/fmnist16_setup.lua" 2>&1 && "$knnd" run setup.lua 2>&1); rc=$?
 check "setup: dataset, embeddings, index and neighbour cache ($out)" $rc
 
 out=$(mpi 3 "$knnd" run "$here/dist_collectives.lua" 2>&1); rc=$?

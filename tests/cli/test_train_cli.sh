@@ -5,21 +5,10 @@
 # Usage: test_train_cli.sh KNND_EXE  (run by ctest in a scratch directory)
 set -u
 knnd=$1
-. "$(dirname "$0")/lib.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 scratch train_cli
 
-# the data: 400 images at 16x16, a random-projection "encoder", an exact index and neighbour cache
-cat > setup.lua <<'EOF'
-local knnd = require "knnd"
-knnd.dataset.prepare_fashion_mnist { out = "fm.h5", split = "train", size = 16, limit = 400, progress = false }
-local ds = knnd.dataset.open("fm.h5")
-local x = ds:images(knnd.arange(0, 400, { dtype = "i64" })):to("f32"):view(400, -1) / 255
-local e = knnd.matmul(x, knnd.randn(256, 16, { gen = knnd.Generator(3) }))
-knnd.embeddings.save("emb.h5", e / e:square():sum { dim = 2, keepdim = true }:sqrt(), { encoder = "projection",
-  encoder_hash = "seed3" })
-local store = knnd.embeddings.open("emb.h5")
-knnd.cache.build("nn.h5", knnd.index.build { store = store, factory = "Flat" }, store, { k = 3, exclude_self = true })
-EOF
 cat > train.lua <<'EOF'
 local knnd = require "knnd"
 local opt = knnd.options { out = "run", steps = 40, every = 5 }
@@ -31,7 +20,8 @@ local r = knnd.knn_diffusion.train { model = m, dataset = "fm.h5", embeddings = 
   out = opt.out, steps = opt.steps, batch = 8, checkpoint_every = opt.every, seed = 7, progress = false }
 print(("trained to step %d%s"):format(r.steps, r.resumed_from and (" (resumed from step %d)"):format(r.resumed_from) or ""))
 EOF
-out=$("$knnd" run setup.lua 2>&1); rc=$?
+# the data: 400 images at 16x16, a random-projection "encoder", an exact index and neighbour cache
+out=$("$knnd" run "$here/fmnist16_setup.lua" 2>&1); rc=$?
 check "setup: dataset, embeddings, index and neighbour cache ($out)" $rc
 
 out=$("$knnd" run train.lua --set out=uninterrupted 2>&1); rc=$?
