@@ -26,7 +26,7 @@ bool knnd_dist_launched(void) {
   return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
 }
 
-static double now_s(void) {
+double knnd_dist_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -112,14 +112,14 @@ static knnd_status need_world(const char *op, bool *many) {
 }
 
 knnd_status knnd_dist_wait(int n, MPI_Request *reqs, const char *op) {
-  double start = now_s(), deadline = start + W.timeout;
+  double start = knnd_dist_now(), deadline = start + W.timeout;
   long sleep_ns = 10000;
   for (;;) {
     int done = 0;
     int rc = MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
     if (rc != MPI_SUCCESS) return mpi_fail(rc, op);
     if (done) return KNND_OK;
-    if (now_s() > deadline)
+    if (knnd_dist_now() > deadline)
       return knnd_error(KNND_ERR_STATE,
                         "dist_%s: rank %d of %d waited %g s for the other ranks: one of them died, hung or stopped "
                         "taking part (KNND_DIST_TIMEOUT or knnd.dist.set_timeout to wait longer)",
@@ -127,7 +127,7 @@ knnd_status knnd_dist_wait(int n, MPI_Request *reqs, const char *op) {
     /* MPI moves a non-blocking collective only inside MPI calls: test without pause for the first
      * second (yielding the core to any other runnable process: ranks may share cores), then sleep
      * with a growing interval (a long wait is a slow or missing rank, not a message in flight) */
-    if (now_s() - start < 1.0) {
+    if (knnd_dist_now() - start < 1.0) {
       sched_yield();
     } else {
       struct timespec ts = {0, sleep_ns};
@@ -262,6 +262,51 @@ static knnd_status through_host(knnd_tensor *t, host_fn fn, void *ctx) {
   }
   knnd_tensor_release(h);
   return st;
+}
+
+/* parameter i's gradient as floats into dst (zeros when it has none): the packing of every bucket */
+static knnd_status grad_to_floats(const knnd_tensor *p, int i, float *dst, const char *op) {
+  int64_t m = knnd_tensor_numel(p);
+  knnd_tensor *g = p->grad;
+  if (!g) {
+    memset(dst, 0, (size_t)m * sizeof(float));
+    return KNND_OK;
+  }
+  if (knnd_tensor_numel(g) != m)
+    return knnd_error(KNND_ERR_SHAPE, "dist_%s: parameter %d has %lld values but its gradient %lld", op, i + 1,
+                      (long long)m, (long long)knnd_tensor_numel(g));
+  knnd_tensor *h = NULL, *f = NULL;
+  knnd_status st = host_contig(g, &h);
+  if (!st) st = knnd_contig_f32(h, &f);
+  if (!st) memcpy(dst, knnd_tensor_data(f), (size_t)m * sizeof(float));
+  knnd_tensor_release(h);
+  knnd_tensor_release(f);
+  return st;
+}
+
+/* p's gradient becomes a fresh tensor (its device and dtype) of the floats at src — never written
+ * through: a gradient may share its storage with others */
+static knnd_status install_grad(knnd_tensor *p, const float *src) {
+  knnd_tensor *h = NULL, *g = NULL;
+  knnd_status st = knnd_tensor_from_data(KNND_F32, p->ndim, p->shape, src, &h);
+  if (!st) {
+    if (knnd_on_cuda(p)) st = knnd_to_device(h, p->storage->device, &g);
+    else g = knnd_tensor_retain(h);
+  }
+  if (!st && p->dtype != KNND_F32) {
+    knnd_tensor *c = NULL;
+    st = knnd_to_dtype(g, p->dtype, &c);
+    knnd_tensor_release(g);
+    g = c;
+  }
+  knnd_tensor_release(h);
+  if (st) {
+    knnd_tensor_release(g);
+    return st;
+  }
+  knnd_tensor_release(p->grad);
+  p->grad = g;
+  return KNND_OK;
 }
 
 static knnd_status bcast_host(knnd_tensor *h, void *ctx) {
@@ -519,22 +564,7 @@ knnd_status knnd_dist_all_reduce_grads(int n, knnd_tensor *const *params, size_t
   for (int i = 0; i < n; i++) {
     if (!has[i]) continue;
     int64_t m = knnd_tensor_numel(params[i]);
-    knnd_tensor *g = params[i]->grad;
-    if (!g) memset(buf + pos, 0, (size_t)m * sizeof(float));
-    else {
-      if (knnd_tensor_numel(g) != m) {
-        st = knnd_error(KNND_ERR_SHAPE, "dist_all_reduce_grads: parameter %d has %lld values but its gradient %lld",
-                        i + 1, (long long)m, (long long)knnd_tensor_numel(g));
-        goto cleanup;
-      }
-      knnd_tensor *h = NULL, *f = NULL;
-      st = host_contig(g, &h);
-      if (!st) st = knnd_contig_f32(h, &f);
-      if (!st) memcpy(buf + pos, knnd_tensor_data(f), (size_t)m * sizeof(float));
-      knnd_tensor_release(h);
-      knnd_tensor_release(f);
-      if (st) goto cleanup;
-    }
+    KNND_CHECK(grad_to_floats(params[i], i, buf + pos, "all_reduce_grads"));
     pos += m;
     /* a full bucket goes around the ring while the next is packed... in turn: the ring is
      * synchronous, its bandwidth what matters here (see ring_allreduce) */
@@ -547,27 +577,11 @@ knnd_status knnd_dist_all_reduce_grads(int n, knnd_tensor *const *params, size_t
   float inv = 1.0f / (float)W.size;
 #pragma omp parallel for num_threads(knnd_threads_for(pos))
   for (int64_t j = 0; j < pos; j++) buf[j] *= inv;
-  /* unpack into fresh gradients (a grad may share its storage with others: never write through) */
   pos = 0;
   for (int i = 0; i < n; i++) {
     if (!has[i]) continue;
-    knnd_tensor *p = params[i], *h = NULL, *g = NULL;
-    int64_t m = knnd_tensor_numel(p);
-    st = knnd_tensor_from_data(KNND_F32, p->ndim, p->shape, buf + pos, &h);
-    if (!st) {
-      if (knnd_on_cuda(p) || p->dtype != KNND_F32) {
-        knnd_tensor *d = NULL;
-        st = knnd_on_cuda(p) ? knnd_to_device(h, p->storage->device, &d) : knnd_contig(h, &d);
-        if (!st && p->dtype != KNND_F32) st = knnd_to_dtype(d, p->dtype, &g);
-        else if (!st) g = knnd_tensor_retain(d);
-        knnd_tensor_release(d);
-      } else g = knnd_tensor_retain(h);
-    }
-    knnd_tensor_release(h);
-    if (st) goto cleanup;
-    knnd_tensor_release(p->grad);
-    p->grad = g;
-    pos += m;
+    KNND_CHECK(install_grad(params[i], buf + pos));
+    pos += knnd_tensor_numel(params[i]);
   }
 cleanup:
   free(has);
@@ -742,24 +756,8 @@ static knnd_status pack_bucket(knnd_dist_reducer *r, int b) {
   float *flags = r->buf + r->bstart[b] + r->blen[b] - r->count[b];
   for (int k = 0; k < r->count[b]; k++) {
     int i = r->order[r->first[b] + k];
-    knnd_tensor *p = r->params[i], *g = p->grad;
-    int64_t m = knnd_tensor_numel(p);
-    float *dst = r->buf + r->offset[i];
-    flags[k] = g ? 1.0f : 0.0f;
-    if (!g) {
-      memset(dst, 0, (size_t)m * sizeof(float));
-      continue;
-    }
-    if (knnd_tensor_numel(g) != m)
-      return knnd_error(KNND_ERR_SHAPE, "dist_reducer: parameter %d has %lld values but its gradient %lld", i + 1,
-                        (long long)m, (long long)knnd_tensor_numel(g));
-    knnd_tensor *h = NULL, *f = NULL;
-    knnd_status st = host_contig(g, &h);
-    if (!st) st = knnd_contig_f32(h, &f);
-    if (!st) memcpy(dst, knnd_tensor_data(f), (size_t)m * sizeof(float));
-    knnd_tensor_release(h);
-    knnd_tensor_release(f);
-    if (st) return st;
+    flags[k] = r->params[i]->grad ? 1.0f : 0.0f;
+    KNND_TRY(grad_to_floats(r->params[i], i, r->buf + r->offset[i], "reducer"));
   }
   return KNND_OK;
 }
@@ -849,7 +847,7 @@ knnd_status knnd_dist_reducer_finish(knnd_dist_reducer *r) {
     const float *flags = r->buf + r->bstart[b] + r->blen[b] - r->count[b];
     for (int k = 0; k < r->count[b] && !st; k++) {
       int i = r->order[r->first[b] + k];
-      knnd_tensor *p = r->params[i], *h = NULL, *g = NULL;
+      knnd_tensor *p = r->params[i];
       if (flags[k] == 0.0f) { /* no rank had a gradient: none */
         knnd_tensor_release(p->grad);
         p->grad = NULL;
@@ -859,22 +857,7 @@ knnd_status knnd_dist_reducer_finish(knnd_dist_reducer *r) {
       int64_t m = knnd_tensor_numel(p);
 #pragma omp parallel for num_threads(knnd_threads_for(m))
       for (int64_t j = 0; j < m; j++) src[j] *= inv;
-      st = knnd_tensor_from_data(KNND_F32, p->ndim, p->shape, src, &h);
-      if (!st) {
-        if (knnd_on_cuda(p)) st = knnd_to_device(h, p->storage->device, &g);
-        else g = knnd_tensor_retain(h);
-      }
-      if (!st && p->dtype != KNND_F32) {
-        knnd_tensor *c = NULL;
-        st = knnd_to_dtype(g, p->dtype, &c);
-        knnd_tensor_release(g);
-        g = c;
-      }
-      knnd_tensor_release(h);
-      if (!st) {
-        knnd_tensor_release(p->grad);
-        p->grad = g;
-      } else knnd_tensor_release(g);
+      st = install_grad(p, src);
     }
   }
   knnd_set_grad_enabled(was);

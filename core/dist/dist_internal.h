@@ -8,6 +8,8 @@
 
 #include "knnd/dist.h"
 
+/* Monotonic seconds (the deadlines). */
+double knnd_dist_now(void);
 /* Wait for n requests with the timeout; the error names op. */
 knnd_status knnd_dist_wait(int n, MPI_Request *reqs, const char *op);
 

@@ -97,15 +97,10 @@ static knnd_status ensure_comm(const knnd_tensor *t, const char *op, cudaStream_
   return KNND_OK;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* the stream's work done, or the communicator's error, or the deadline (then abort it) */
 static knnd_status wait_stream(cudaStream_t s, const char *op) {
-  double deadline = now_s() + knnd_dist_timeout();
+  double deadline = knnd_dist_now() + knnd_dist_timeout();
   for (;;) {
     cudaError_t e = cudaStreamQuery(s);
     if (e == cudaSuccess) return KNND_OK;
@@ -116,7 +111,7 @@ static knnd_status wait_stream(cudaStream_t s, const char *op) {
       comm = NULL;
       return nccl_fail(async, op);
     }
-    if (now_s() > deadline) {
+    if (knnd_dist_now() > deadline) {
       N.CommAbort(comm);
       comm = NULL;
       return knnd_error(KNND_ERR_STATE,

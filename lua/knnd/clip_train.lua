@@ -219,11 +219,7 @@ function M.train(opts)
   local step = start
   local stop = math.min(steps, opts.until_step or steps)
   while step < stop do
-    if opts.time_limit then -- the ranks stop together: rank 0's clock decides
-      local over = knnd.tensor({ knnd.wall_time() - t0 > opts.time_limit and 1 or 0 }, { dtype = "i32" })
-      if world > 1 then dist.broadcast(over, 0) end
-      if over:item() == 1 then break end
-    end
+    if dist.past(t0, opts.time_limit) then break end -- the ranks stop together
     if pos + batch > n then -- a new epoch: a fresh permutation from the checkpointed generator
       perm = knnd.randperm(n, { gen = gen })
       pos = 0

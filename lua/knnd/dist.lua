@@ -79,6 +79,15 @@ function M.data_parallel(params, batch, who)
   return world, rank, M.grad_sync(params)
 end
 
+--- dist.past(t0, seconds) -> whether `seconds` have passed since wall time t0 (false when seconds is nil),
+--- as rank 0's clock says on every rank: the trainers' time_limit, so that the ranks stop together
+function M.past(t0, seconds)
+  if seconds == nil then return false end
+  local over = knnd.tensor({ knnd.wall_time() - t0 > seconds and 1 or 0 }, { dtype = "i32" })
+  if many() then D.broadcast(over, 0) end
+  return over:item() == 1
+end
+
 --- dist.broadcast_value(v [, root = 0]) -> root's v (nil, boolean, number, string or a table of
 --- them, as JSON) on every rank
 function M.broadcast_value(v, root)

@@ -199,11 +199,7 @@ function M.train(o)
   local step, last = start, {}
   model:train()
   while step < stop do
-    if o.time_limit then -- the ranks stop together: rank 0's clock decides
-      local over = knnd.tensor({ knnd.wall_time() - t0 > o.time_limit and 1 or 0 }, { dtype = "i32" })
-      if world > 1 then dist.broadcast(over, 0) end
-      if over:item() == 1 then break end
-    end
+    if dist.past(t0, o.time_limit) then break end -- the ranks stop together
     local b = loader:next()
     opt:set_lr(sched(step))
     opt:zero_grad()

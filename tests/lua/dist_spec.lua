@@ -43,6 +43,13 @@ describe("knnd.dist on one process", function()
     h.errors_with(function() dist.all_reduce(p) end, "in-place on a leaf that requires grad")
   end)
 
+  it("tells a time limit passed (the trainers' time_limit, rank 0's clock on every rank)", function()
+    local t0 = knnd.wall_time()
+    assert.is_false(dist.past(t0, nil))
+    assert.is_false(dist.past(t0, 3600))
+    assert.is_true(dist.past(t0 - 10, 5))
+  end)
+
   it("splits n items into contiguous slices, the first n % world one longer", function()
     local got = {}
     for r = 0, 3 do got[#got + 1] = { dist.shard(10, r, 4) } end
