@@ -17,8 +17,9 @@
  *
  * Option names are the fields of knnd_unet_opts / knnd_transformer_opts / knnd_vqvae_opts
  * (channels is accepted for model_channels; the quantiser's are flat: num_codes, embed_dim,
- * codebook = "loss" | "ema", beta, decay, eps, dead_after); arrays are Lua lists; gen (or
- * generator) a knnd.Generator, or seed an integer, makes the initialisation reproducible. */
+ * codebook = "loss" | "ema" | "gumbel", beta, decay, eps, dead_after); arrays are Lua lists;
+ * attn_levels lists 0-based level indices (as in the weights' names, encoder.down.3.attn); gen
+ * (or generator) a knnd.Generator, or seed an integer, makes the initialisation reproducible. */
 #include <string.h>
 
 #include "bind_state.h"
@@ -166,7 +167,33 @@ static int nn_transformer_block(lua_State *L) { return build_transformer(L, "nn.
 /* ---- the VQ-VAE (core/nn/vqvae.c) ---------------------------------------------------------- */
 _Static_assert(KNND_VQVAE_MAX_LEVELS == KNND_UNET_MAX_LEVELS, "opt_levels fills arrays of KNND_UNET_MAX_LEVELS");
 
-static const char *const vq_update_names[] = {"loss", "ema", NULL};
+static const char *const vq_update_names[] = {"loss", "ema", "gumbel", NULL};
+
+/* attn_levels = {0-based level indices, as in the weights' names encoder.down.3.attn} -> bits */
+static uint32_t opt_attn_levels(lua_State *L, int idx, const char *fname) {
+  lua_getfield(L, idx, "attn_levels");
+  uint32_t bits = 0;
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (!lua_istable(L, -1))
+    luaL_error(L, "knnd.%s: option 'attn_levels' expected a list of level indices (0-based), got %s", fname,
+               luaL_typename(L, -1));
+  const lua_Integer n = luaL_len(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, -1, i);
+    int isint;
+    const lua_Integer v = lua_tointegerx(L, -1, &isint);
+    if (!isint || v < 0 || v >= KNND_VQVAE_MAX_LEVELS)
+      luaL_error(L, "knnd.%s: option 'attn_levels' entry %I expected a level index in [0, %d), got %s", fname, i,
+                 KNND_VQVAE_MAX_LEVELS, isint ? lua_tostring(L, -1) : luaL_typename(L, -1));
+    bits |= 1u << v;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return bits;
+}
 
 /* the quantiser's options of the table at 1; dim_key names D ("embed_dim" or "dim") */
 static knnd_vq_opts vq_options(lua_State *L, const char *fname, const char *dim_key) {
@@ -184,8 +211,9 @@ static knnd_vq_opts vq_options(lua_State *L, const char *fname, const char *dim_
 static int nn_vqvae(lua_State *L) {
   static const char *fname = "nn.vqvae";
   static const char *const allowed[] = {"in_channels", "out_channels", "channels", "channel_mult", "num_res_blocks",
-                                        "z_channels", "norm_groups", "dropout", "num_codes", "embed_dim", "codebook",
-                                        "beta", "decay", "eps", "dead_after", "gen", "generator", "seed", NULL};
+                                        "z_channels", "norm_groups", "dropout", "attn_levels", "mid_attn", "pad_taming",
+                                        "num_codes", "embed_dim", "codebook", "beta", "decay", "eps", "dead_after",
+                                        "gen", "generator", "seed", NULL};
   check_opts_table(L, fname, allowed);
   knnd_vqvae_opts o = {0};
   o.in_channels = opt_size(L, 1, fname, "in_channels", 0, 1);
@@ -196,6 +224,9 @@ static int nn_vqvae(lua_State *L) {
   o.z_channels = opt_size(L, 1, fname, "z_channels", 0, 1);
   o.norm_groups = opt_size(L, 1, fname, "norm_groups", 0, 1);
   o.dropout = knnd_lua_opt_number(L, 1, fname, "dropout", 0.0);
+  o.attn_levels = opt_attn_levels(L, 1, fname);
+  o.mid_attn = knnd_lua_opt_bool(L, 1, fname, "mid_attn", false);
+  o.pad_taming = knnd_lua_opt_bool(L, 1, fname, "pad_taming", false);
   o.vq = vq_options(L, fname, "embed_dim");
   knnd_generator seeded;
   knnd_generator *g = opt_generator(L, 1, fname, &seeded);

@@ -28,8 +28,9 @@ static knnd_status vq_fill_defaults(const knnd_vq_opts *in, const char *op, knnd
   if (o->eps == 0) o->eps = 1e-5;
   if (o->num_codes < 1) return knnd_error(KNND_ERR_ARG, "%s: argument 'num_codes' is %lld (expected > 0)", op, (long long)o->num_codes);
   if (o->dim < 1) return knnd_error(KNND_ERR_ARG, "%s: argument 'dim' is %lld (expected > 0)", op, (long long)o->dim);
-  if (o->update != KNND_VQ_LOSS && o->update != KNND_VQ_EMA)
-    return knnd_error(KNND_ERR_ARG, "%s: argument 'update' is %d (expected KNND_VQ_LOSS or KNND_VQ_EMA)", op, (int)o->update);
+  if (o->update != KNND_VQ_LOSS && o->update != KNND_VQ_EMA && o->update != KNND_VQ_GUMBEL)
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'update' is %d (expected KNND_VQ_LOSS, KNND_VQ_EMA or KNND_VQ_GUMBEL)",
+                      op, (int)o->update);
   if (!(o->beta >= 0)) return knnd_error(KNND_ERR_ARG, "%s: argument 'beta' is %g (expected >= 0)", op, o->beta);
   if (!(o->decay > 0 && o->decay < 1))
     return knnd_error(KNND_ERR_ARG, "%s: argument 'decay' is %g (expected in (0, 1))", op, o->decay);
@@ -67,6 +68,15 @@ knnd_status knnd_nn_vector_quantizer(const knnd_vq_opts *opts, knnd_generator *g
   KNND_TRY(vq_fill_defaults(opts, "nn_vector_quantizer", &o));
   knnd_module *m = NULL, *emb = NULL;
   KNND_TRY(knnd_nn_module_with_cfg(VQ_TYPE, vq_forward, &o, sizeof o, &m));
+  if (o.update == KNND_VQ_GUMBEL) {
+    /* taming's GumbelQuantize: proj = Conv2d(D, K, 1), embed = Embedding(K, D) (PyTorch's inits) */
+    knnd_module *proj = NULL;
+    knnd_status st = knnd_nn_conv2d(o.dim, o.num_codes, 1, 1, NULL, true, g, &proj);
+    if (!st) st = knnd_nn_adopt(m, "proj", proj);
+    if (!st) st = knnd_nn_embedding(o.num_codes, o.dim, g, &emb);
+    if (!st) st = knnd_nn_adopt(m, "embed", emb);
+    return knnd_nn_built(st, m, out);
+  }
   knnd_status st = knnd_module_new("Embedding", vq_embedding_forward, &emb);
   const int64_t kd[2] = {o.num_codes, o.dim};
   knnd_tensor *w = NULL, *t = NULL;
@@ -112,6 +122,7 @@ static knnd_tensor *local_buffer(const knnd_module *m, const char *name) {
 
 static knnd_tensor *codebook_of(const knnd_module *vq) {
   knnd_module *emb = knnd_module_child(vq, "embedding");
+  if (!emb) emb = knnd_module_child(vq, "embed"); /* KNND_VQ_GUMBEL */
   knnd_tensor *w = knnd_module_param(emb, "weight");
   return w ? w : local_buffer(emb, "weight");
 }
@@ -201,6 +212,58 @@ static knnd_status nearest_codes(const float *z, const float *e, int64_t N, int6
   }
   free(norms);
   free(dots);
+  return st;
+}
+
+knnd_status knnd_vq_nearest(knnd_tensor *rows, knnd_tensor *codes, knnd_tensor **idx) {
+  static const char op[] = "vq_nearest";
+  if (!idx) return knnd_error(KNND_ERR_ARG, "%s: argument 'idx' is NULL", op);
+  *idx = NULL;
+  KNND_TRY(knnd_check_float(rows, op, "rows"));
+  KNND_TRY(knnd_check_float(codes, op, "codes"));
+  if (rows->ndim != 2 || codes->ndim != 2 || rows->shape[1] != codes->shape[1] || codes->shape[0] < 1)
+    return knnd_error(KNND_ERR_SHAPE, "%s: arguments 'rows' (%d dims) and 'codes' (%d dims) expected [N, D] and [K, D] with K > 0",
+                      op, rows->ndim, codes->ndim);
+  knnd_tensor *devs[2] = {rows, codes};
+  KNND_TRY(knnd_check_devices(op, 2, devs));
+  const int64_t N = rows->shape[0], K = codes->shape[0];
+  /* rows per block: the [rows, K] distances stay under 2^24 floats (64 MiB) */
+  int64_t block = ((int64_t)1 << 24) / K;
+  if (block < 1) block = 1;
+  knnd_tensor *t[3] = {NULL};
+  knnd_tensor **sq = &t[0], **norms = &t[1], **et = &t[2];
+  knnd_status st = KNND_OK;
+  const bool was = knnd_set_grad_enabled(false);
+  /* ||e_k||² - 2 z·e_k: the negated distance up to ||z||², so the argmax is the nearest code */
+  KNND_CHECK(knnd_mul(codes, codes, sq));
+  {
+    const int dim1 = 1;
+    KNND_CHECK(knnd_sum(*sq, 1, &dim1, false, norms));
+  }
+  KNND_CHECK(knnd_transpose(codes, 0, 1, et));
+  KNND_CHECK(knnd_tensor_empty(KNND_I64, 1, &N, rows->storage->device, idx));
+  for (int64_t r0 = 0; r0 < N; r0 += block) {
+    const int64_t n = N - r0 < block ? N - r0 : block;
+    knnd_tensor *b[5] = {NULL};
+    st = knnd_narrow(rows, 0, r0, n, &b[0]);
+    if (!st) st = knnd_matmul(b[0], *et, &b[1]);                             /* z·e [n, K] */
+    if (!st) st = knnd_binary_scalar(KNND_BINARY_MUL, b[1], 2.0, &b[2]);     /* 2 z·e */
+    if (!st) st = knnd_sub(b[2], *norms, &b[3]);                             /* -(||e||² - 2 z·e) */
+    if (!st) st = knnd_argmax(b[3], 1, false, &b[4]);
+    knnd_tensor *dst = NULL;
+    if (!st) st = knnd_narrow(*idx, 0, r0, n, &dst);
+    if (!st) st = knnd_copy_(dst, b[4]);
+    knnd_tensor_release(dst);
+    knnd_nn_release(5, b);
+    if (st) goto cleanup;
+  }
+cleanup:
+  knnd_set_grad_enabled(was);
+  knnd_nn_release(3, t);
+  if (st) {
+    knnd_tensor_release(*idx);
+    *idx = NULL;
+  }
   return st;
 }
 
@@ -320,6 +383,105 @@ cleanup:
   return st;
 }
 
+/* the index shape of z: z's shape without dim 1 */
+static int index_shape(const knnd_tensor *z, int64_t *ishape) {
+  int ind = 0;
+  for (int d = 0; d < z->ndim; d++)
+    if (d != 1) ishape[ind++] = z->shape[d];
+  return ind;
+}
+
+/* z_q = the codes' vectors in z's layout: embedding(w, idx) [.., D] moved to dim 1 and cast */
+static knnd_status codes_in_layout(knnd_tensor *w, knnd_tensor *idx, const knnd_tensor *z, knnd_tensor **out) {
+  knnd_tensor *q = NULL, *qp = NULL;
+  KNND_TRY(knnd_embedding(w, idx, &q));
+  knnd_status st = KNND_OK;
+  if (z->ndim == 4) {
+    static const int perm[4] = {0, 3, 1, 2};
+    st = knnd_permute(q, perm, &qp);
+  } else {
+    qp = knnd_tensor_retain(q);
+  }
+  knnd_tensor_release(q);
+  if (st) return st;
+  if (qp->dtype != z->dtype) {
+    st = knnd_to_dtype(qp, z->dtype, out);
+    knnd_tensor_release(qp);
+    return st;
+  }
+  *out = qp;
+  return KNND_OK;
+}
+
+/* code counts of idx (any device) -> usage and perplexity */
+static knnd_status index_stats(knnd_tensor *idx, int64_t K, knnd_vq_result *out) {
+  knnd_tensor *h = NULL;
+  KNND_TRY(knnd_to_device(idx, (knnd_device){KNND_DEVICE_CPU, 0}, &h));
+  const int64_t n = knnd_tensor_numel(h);
+  int64_t *counts = calloc((size_t)K, sizeof *counts);
+  knnd_status st = counts ? KNND_OK : knnd_error(KNND_ERR_NOMEM, "vq_quantize: out of memory");
+  if (!st) {
+    knnd_tensor *c = NULL;
+    st = knnd_contiguous(h, &c);
+    if (!st) {
+      const int64_t *ix = (const int64_t *)knnd_tensor_data(c);
+      for (int64_t i = 0; i < n; i++) counts[ix[i]]++;
+      histogram_stats(counts, K, n, &out->usage, &out->perplexity);
+    }
+    knnd_tensor_release(c);
+  }
+  free(counts);
+  knnd_tensor_release(h);
+  return st;
+}
+
+/* taming's GumbelQuantize in eval mode, without the noise: logits = proj(z), the code is their
+ * argmax; the loss reported is its KL term Σ_k p_k log(p_k K) (mean over vectors, no kl_weight) */
+static knnd_status gumbel_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *out) {
+  const knnd_vq_opts *o = vq->impl;
+  const int64_t K = o->num_codes;
+  knnd_module *proj = knnd_module_child(vq, "proj");
+  knnd_tensor *pw = knnd_module_param(proj, "weight"), *pb = knnd_module_param(proj, "bias");
+  knnd_tensor *t[9] = {NULL};
+  knnd_tensor **rows = &t[0], **w2 = &t[1], **logits = &t[2], **flat = &t[3], **lp = &t[4], **p = &t[5],
+              **plp = &t[6], **per = &t[7], **shifted = &t[8];
+  knnd_status st = KNND_OK;
+  KNND_CHECK(channels_last_rows(z, rows));
+  {
+    const int64_t shape[2] = {K, o->dim};
+    KNND_CHECK(knnd_reshape(pw, 2, shape, w2));
+  }
+  KNND_CHECK(knnd_linear(*rows, *w2, pb, logits)); /* [N, K] */
+  {
+    const bool was = knnd_set_grad_enabled(false);
+    st = knnd_argmax(*logits, 1, false, flat);
+    knnd_set_grad_enabled(was);
+    if (st) goto cleanup;
+  }
+  {
+    int64_t ishape[KNND_MAX_DIMS];
+    const int ind = index_shape(z, ishape);
+    KNND_CHECK(knnd_reshape(*flat, ind, ishape, &out->indices));
+  }
+  KNND_CHECK(codes_in_layout(codebook_of(vq), out->indices, z, &out->z_q));
+  KNND_CHECK(knnd_log_softmax(*logits, 1, lp));
+  KNND_CHECK(knnd_exp(*lp, p));
+  KNND_CHECK(knnd_binary_scalar(KNND_BINARY_ADD, *lp, log((double)K), shifted));
+  KNND_CHECK(knnd_mul(*p, *shifted, plp));
+  {
+    const int dim1 = 1;
+    KNND_CHECK(knnd_sum(*plp, 1, &dim1, false, per));
+  }
+  KNND_CHECK(knnd_mean(*per, 0, NULL, false, &out->loss));
+  out->codebook_loss = knnd_tensor_retain(out->loss);
+  out->commitment_loss = knnd_tensor_retain(out->loss);
+  KNND_CHECK(index_stats(out->indices, K, out));
+cleanup:
+  knnd_nn_release(9, t);
+  if (st) knnd_vq_result_clear(out);
+  return st;
+}
+
 /* quantise z; update: whether the module's state may change (training mode of forward) */
 static knnd_status vq_quantize(knnd_module *vq, knnd_tensor *z, bool update, knnd_vq_result *out) {
   static const char op[] = "vq_quantize";
@@ -335,17 +497,29 @@ static knnd_status vq_quantize(knnd_module *vq, knnd_tensor *z, bool update, knn
   knnd_tensor *w = codebook_of(vq);
   knnd_tensor *devs[2] = {z, w};
   KNND_TRY(knnd_check_devices(op, 2, devs));
+  if (o->update == KNND_VQ_GUMBEL) {
+    if (update)
+      return knnd_error(KNND_ERR_ARG, "%s: the Gumbel quantiser (of a loaded VQGAN) quantises in eval mode only: call "
+                        ":eval() on the model (training it is not supported)", op);
+    return gumbel_quantize(vq, z, out);
+  }
+  /* CPU tensors: the fused search on the host; others (CUDA): knnd_vq_nearest on their device,
+   * with z brought to the host only when the codebook's state changes (EMA sums, restarts) */
+  const bool on_host = z->storage->device.type == KNND_DEVICE_CPU;
   knnd_tensor *t[12] = {NULL};
-  knnd_tensor **rows = &t[0], **zh = &t[1], **wh = &t[2], **idx = &t[3], **q = &t[4], **qp = &t[5], **qd = &t[6],
+  knnd_tensor **rows = &t[0], **zh = &t[1], **wh = &t[2], **idx = &t[3], **qp = &t[5], **qd = &t[6],
               **zd = &t[7], **diff = &t[8], **idx_dev = &t[9];
   int64_t *counts = calloc((size_t)K, sizeof *counts);
   knnd_status st = counts ? KNND_OK : knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
   const bool was = knnd_set_grad_enabled(false);
   if (st) goto cleanup;
   KNND_CHECK(channels_last_rows(z, rows));
-  KNND_CHECK(host_copy(*rows, zh));
-  const int64_t N = (*zh)->shape[0];
-  const float *zdata = (const float *)(*zh)->storage->data;
+  const int64_t N = (*rows)->shape[0];
+  const float *zdata = NULL;
+  if (on_host || update) {
+    KNND_CHECK(host_copy(*rows, zh));
+    zdata = (const float *)(*zh)->storage->data;
+  }
   /* data-parallel training (knnd/dist.h): the codebook's state changes with the whole batch's
    * statistics — every rank's z for the restarts, the summed code counts and EMA sums — so every
    * rank keeps the codebook one process training on the whole batch would */
@@ -355,16 +529,29 @@ static knnd_status vq_quantize(knnd_module *vq, knnd_tensor *z, bool update, knn
     const knnd_tensor *zr = dp ? t[10] : *zh;
     KNND_CHECK(restart_dead(vq, (const float *)zr->storage->data, zr->shape[0], &out->restarted));
   }
-  KNND_CHECK(host_copy(w, wh));
   {
     int64_t ishape[KNND_MAX_DIMS];
-    int ind = 0;
-    for (int d = 0; d < z->ndim; d++)
-      if (d != 1) ishape[ind++] = z->shape[d];
-    KNND_CHECK(knnd_tensor_empty(KNND_I64, ind, ishape, (knnd_device){KNND_DEVICE_CPU, 0}, idx));
+    const int ind = index_shape(z, ishape);
+    if (on_host) {
+      KNND_CHECK(host_copy(w, wh));
+      KNND_CHECK(knnd_tensor_empty(KNND_I64, ind, ishape, (knnd_device){KNND_DEVICE_CPU, 0}, idx));
+      KNND_CHECK(nearest_codes(zdata, (const float *)(*wh)->storage->data, N, K, D, (int64_t *)(*idx)->storage->data));
+    } else {
+      knnd_tensor *r32 = NULL, *flat = NULL, *dev = NULL;
+      st = (*rows)->dtype == KNND_F32 ? (r32 = knnd_tensor_retain(*rows), KNND_OK) : knnd_to_dtype(*rows, KNND_F32, &r32);
+      if (!st && w->dtype != KNND_F32) st = knnd_to_dtype(w, KNND_F32, &t[11]);
+      if (!st) st = knnd_vq_nearest(r32, t[11] ? t[11] : w, &flat);
+      if (!st) st = knnd_reshape(flat, ind, ishape, &dev);
+      if (!st) st = knnd_to_device(dev, (knnd_device){KNND_DEVICE_CPU, 0}, idx);
+      knnd_tensor_release(r32);
+      knnd_tensor_release(flat);
+      knnd_tensor_release(dev);
+      knnd_tensor_release(t[11]);
+      t[11] = NULL;
+      if (st) goto cleanup;
+    }
   }
-  int64_t *ix = (int64_t *)(*idx)->storage->data;
-  KNND_CHECK(nearest_codes(zdata, (const float *)(*wh)->storage->data, N, K, D, ix));
+  const int64_t *ix = (const int64_t *)(*idx)->storage->data;
   for (int64_t n = 0; n < N; n++) counts[ix[n]]++;
   int64_t n_all = N;
   if (dp) {
@@ -379,19 +566,7 @@ static knnd_status vq_quantize(knnd_module *vq, knnd_tensor *z, bool update, knn
   KNND_CHECK(knnd_to_device(*idx, z->storage->device, idx_dev));
   knnd_set_grad_enabled(was);
   /* q in z's layout, differentiable in the codebook (loss mode) */
-  KNND_CHECK(knnd_embedding(w, *idx_dev, q));
-  if (z->ndim == 4) {
-    static const int perm[4] = {0, 3, 1, 2};
-    KNND_CHECK(knnd_permute(*q, perm, qp));
-  } else {
-    *qp = knnd_tensor_retain(*q);
-  }
-  if ((*qp)->dtype != z->dtype) {
-    knnd_tensor *c = NULL;
-    KNND_CHECK(knnd_to_dtype(*qp, z->dtype, &c));
-    knnd_tensor_release(*qp);
-    *qp = c;
-  }
+  KNND_CHECK(codes_in_layout(w, *idx_dev, z, qp));
   KNND_CHECK(knnd_detach(*qp, qd));
   KNND_CHECK(knnd_detach(z, zd));
   /* straight-through: z_q = z + sg(q - z) (van den Oord et al. 2017, eq. 3's gradient copy) */
@@ -434,7 +609,7 @@ knnd_status knnd_vq_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *ou
   return vq_quantize(vq, z, vq && vq->training, out);
 }
 
-/* ---- the encoder and decoder (taming's Encoder/Decoder without attention) ------------------ */
+/* ---- the encoder and decoder (taming's Encoder/Decoder) ------------------------------------- */
 typedef struct vqvae_cfg {
   knnd_vqvae_opts o;
   int levels;
@@ -517,6 +692,87 @@ static knnd_status add_resnet(knnd_status st, knnd_module *parent, const char *n
   return knnd_nn_adopt(parent, name, m);
 }
 
+/* [B, C, H, W] -> [B, 1, H·W, C]: one head over the positions */
+static knnd_status to_sequence(knnd_tensor *x, knnd_tensor **out) {
+  static const int perm[4] = {0, 2, 3, 1};
+  knnd_tensor *p = NULL;
+  KNND_TRY(knnd_permute(x, perm, &p));
+  const int64_t shape[4] = {x->shape[0], 1, x->shape[2] * x->shape[3], x->shape[1]};
+  knnd_status st = knnd_reshape(p, 4, shape, out);
+  knnd_tensor_release(p);
+  return st;
+}
+
+/* taming's AttnBlock: x + proj_out(attention(q(n), k(n), v(n))), n = norm(x), one head over the
+ * H·W positions with scale C^-1/2 */
+static knnd_status attn_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'x' is missing");
+  knnd_tensor *x = in[0];
+  if (x->ndim != 4) return knnd_error(KNND_ERR_SHAPE, "forward: argument 'x' has %d dims (expected [B, C, H, W])", x->ndim);
+  knnd_tensor *t[12] = {NULL};
+  knnd_status st = KNND_OK;
+  static const char *const names[3] = {"q", "k", "v"};
+  KNND_CHECK(knnd_nn_child_forward(m, "norm", x, &t[0]));
+  for (int i = 0; i < 3; i++) {
+    KNND_CHECK(knnd_nn_child_forward(m, names[i], t[0], &t[1 + i]));
+    KNND_CHECK(to_sequence(t[1 + i], &t[4 + i]));
+  }
+  KNND_CHECK(knnd_scaled_dot_product_attention(t[4], t[5], t[6], NULL, false, 0.0, &t[7]));
+  {
+    const int64_t shape[4] = {x->shape[0], x->shape[2], x->shape[3], x->shape[1]};
+    static const int perm[4] = {0, 3, 1, 2};
+    KNND_CHECK(knnd_reshape(t[7], 4, shape, &t[8]));
+    KNND_CHECK(knnd_permute(t[8], perm, &t[9]));
+    KNND_CHECK(knnd_contiguous(t[9], &t[10]));
+  }
+  KNND_CHECK(knnd_nn_child_forward(m, "proj_out", t[10], &t[11]));
+  KNND_CHECK(knnd_add(x, t[11], out));
+cleanup:
+  knnd_nn_release(12, t);
+  return st;
+}
+
+static knnd_status add_attn(knnd_status st, knnd_module *parent, const char *name, const knnd_vqvae_opts *o, int64_t ch,
+                            knnd_generator *g) {
+  if (st) return st;
+  knnd_module *m = NULL;
+  KNND_TRY(knnd_module_new("AttnBlock", attn_forward, &m));
+  st = add_norm(st, m, "norm", o->norm_groups, ch);
+  st = add_conv(st, m, "q", ch, ch, 1, 1, g);
+  st = add_conv(st, m, "k", ch, ch, 1, 1, g);
+  st = add_conv(st, m, "v", ch, ch, 1, 1, g);
+  st = add_conv(st, m, "proj_out", ch, ch, 1, 1, g);
+  if (st) {
+    knnd_module_release(m);
+    return st;
+  }
+  return knnd_nn_adopt(parent, name, m);
+}
+
+/* taming's Downsample padding: (0, 1, 0, 1), one zero column right and one zero row below */
+static knnd_status pad_right_bottom(knnd_tensor **h) {
+  knnd_tensor *x = *h, *t[4] = {NULL};
+  knnd_status st = KNND_OK;
+  const int64_t col[4] = {x->shape[0], x->shape[1], x->shape[2], 1};
+  const int64_t row[4] = {x->shape[0], x->shape[1], 1, x->shape[3] + 1};
+  KNND_CHECK(knnd_tensor_full(x->dtype, 4, col, 0.0, x->storage->device, &t[0]));
+  KNND_CHECK(knnd_tensor_full(x->dtype, 4, row, 0.0, x->storage->device, &t[1]));
+  {
+    knnd_tensor *a[2] = {x, t[0]};
+    KNND_CHECK(knnd_cat(2, a, 3, &t[2]));
+  }
+  {
+    knnd_tensor *a[2] = {t[2], t[1]};
+    KNND_CHECK(knnd_cat(2, a, 2, &t[3]));
+  }
+  knnd_tensor_release(*h);
+  *h = t[3];
+  t[3] = NULL;
+cleanup:
+  knnd_nn_release(4, t);
+  return st;
+}
+
 static knnd_status run_child(knnd_module *m, const char *name, knnd_tensor **h) {
   knnd_tensor *y = NULL;
   KNND_TRY(knnd_nn_child_forward(m, name, *h, &y));
@@ -525,32 +781,60 @@ static knnd_status run_child(knnd_module *m, const char *name, knnd_tensor **h) 
   return KNND_OK;
 }
 
-/* the blocks of level i of down/up (index i), then its down/upsample when present */
+/* the blocks of level i of down/up (index i), each followed by its attention block when the
+ * level has them, then its down/upsample when present */
 static knnd_status run_level(knnd_module *list, int i, const char *resample, knnd_tensor **h) {
   char name[16];
   snprintf(name, sizeof name, "%d", i);
   knnd_module *level = knnd_module_child(list, name), *blocks = knnd_module_child(level, "block");
+  knnd_module *attn = knnd_module_child(level, "attn");
   for (int j = 0; j < blocks->n_children; j++) {
     knnd_tensor *y = NULL;
     KNND_TRY(knnd_module_forward(blocks->children[j], 1, h, &y));
     knnd_tensor_release(*h);
     *h = y;
+    if (!attn) continue;
+    KNND_TRY(knnd_module_forward(attn->children[j], 1, h, &y));
+    knnd_tensor_release(*h);
+    *h = y;
   }
   knnd_module *rs = knnd_module_child(level, resample);
   if (!rs) return KNND_OK;
-  if (resample[0] == 'u') {
-    /* taming's Upsample: nearest ×2, then conv */
-    knnd_tensor *up = NULL;
-    KNND_TRY(knnd_interpolate(*h, (*h)->shape[2] * 2, (*h)->shape[3] * 2, KNND_INTERP_NEAREST, false, &up));
-    knnd_tensor_release(*h);
-    *h = up;
-  }
-  return run_child(rs, "conv", h);
+  knnd_tensor *y = NULL;
+  KNND_TRY(knnd_module_forward(rs, 1, h, &y));
+  knnd_tensor_release(*h);
+  *h = y;
+  return KNND_OK;
+}
+
+/* taming's Downsample: conv (stride 2) of x, padded 1 on all sides or (pad_taming) right/bottom */
+static knnd_status downsample_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'x' is missing");
+  if (in[0]->ndim != 4) return knnd_error(KNND_ERR_SHAPE, "forward: argument 'x' has %d dims (expected [B, C, H, W])", in[0]->ndim);
+  const bool *pad_taming = m->impl;
+  knnd_tensor *h = knnd_tensor_retain(in[0]);
+  knnd_status st = *pad_taming ? pad_right_bottom(&h) : KNND_OK;
+  if (!st) st = knnd_nn_child_forward(m, "conv", h, out);
+  knnd_tensor_release(h);
+  return st;
+}
+
+/* taming's Upsample: nearest ×2, then conv */
+static knnd_status upsample_forward(knnd_module *m, int n_in, knnd_tensor *const *in, knnd_tensor **out) {
+  if (n_in < 1 || !in[0]) return knnd_error(KNND_ERR_ARG, "forward: argument 'x' is missing");
+  if (in[0]->ndim != 4) return knnd_error(KNND_ERR_SHAPE, "forward: argument 'x' has %d dims (expected [B, C, H, W])", in[0]->ndim);
+  knnd_tensor *up = NULL;
+  KNND_TRY(knnd_interpolate(in[0], in[0]->shape[2] * 2, in[0]->shape[3] * 2, KNND_INTERP_NEAREST, false, &up));
+  knnd_status st = knnd_nn_child_forward(m, "conv", up, out);
+  knnd_tensor_release(up);
+  return st;
 }
 
 static knnd_status run_tail(knnd_module *m, knnd_tensor **h) {
-  KNND_TRY(run_child(knnd_module_child(m, "mid"), "block_1", h));
-  return run_child(knnd_module_child(m, "mid"), "block_2", h);
+  knnd_module *mid = knnd_module_child(m, "mid");
+  KNND_TRY(run_child(mid, "block_1", h));
+  if (knnd_module_child(mid, "attn_1")) KNND_TRY(run_child(mid, "attn_1", h));
+  return run_child(mid, "block_2", h);
 }
 
 static knnd_status run_out(knnd_module *m, knnd_tensor **h) {
@@ -599,18 +883,34 @@ static knnd_status add_level(knnd_status st, knnd_module *list, int i, const knn
   if (st) return st;
   char name[16];
   snprintf(name, sizeof name, "%d", i);
-  knnd_module *level = NULL, *blocks = NULL;
+  knnd_module *level = NULL, *blocks = NULL, *attn = NULL;
   KNND_TRY(knnd_module_new("Level", NULL, &level));
   st = add_list(st, level, "block", &blocks);
   for (int j = 0; j < n && !st; j++) {
     snprintf(name, sizeof name, "%d", j);
     st = add_resnet(st, blocks, name, o, j == 0 ? in : outc, outc, g);
   }
+  if (o->attn_levels & (1u << i)) {
+    st = add_list(st, level, "attn", &attn);
+    for (int j = 0; j < n && !st; j++) {
+      snprintf(name, sizeof name, "%d", j);
+      st = add_attn(st, attn, name, o, outc, g);
+    }
+  }
   if (!st && resample) {
     knnd_module *rs = NULL;
-    st = knnd_module_new(resample[0] == 'u' ? "Upsample" : "Downsample", NULL, &rs);
-    /* Downsample: stride-2 3×3 conv (padding 1 on all sides); Upsample: 3×3 conv after nearest ×2 */
-    st = add_conv(st, rs, "conv", outc, outc, 3, resample[0] == 'u' ? 1 : 2, g);
+    st = resample[0] == 'u' ? knnd_module_new("Upsample", upsample_forward, &rs)
+                            : knnd_nn_module_with_cfg("Downsample", downsample_forward, &o->pad_taming, sizeof o->pad_taming, &rs);
+    /* Downsample: stride-2 3×3 conv, padding 1 on all sides or (pad_taming) none after one zero
+     * row and column below and right; Upsample: 3×3 conv after nearest ×2 */
+    if (!st && resample[0] == 'd' && o->pad_taming) {
+      knnd_module *conv = NULL;
+      const knnd_conv2d_opts co = {.stride = {2, 2}, .padding = {0, 0}};
+      st = knnd_nn_conv2d(outc, outc, 3, 3, &co, true, g, &conv);
+      if (!st) st = knnd_nn_adopt(rs, "conv", conv);
+    } else {
+      st = add_conv(st, rs, "conv", outc, outc, 3, resample[0] == 'u' ? 1 : 2, g);
+    }
     if (rs) st = st ? (knnd_module_release(rs), st) : knnd_nn_adopt(level, resample, rs);
   }
   snprintf(name, sizeof name, "%d", i);
@@ -625,6 +925,7 @@ static knnd_status add_mid(knnd_status st, knnd_module *parent, const knnd_vqvae
   knnd_module *mid = NULL;
   st = add_list(st, parent, "mid", &mid);
   st = add_resnet(st, mid, "block_1", o, ch, ch, g);
+  if (o->mid_attn) st = add_attn(st, mid, "attn_1", o, ch, g);
   return add_resnet(st, mid, "block_2", o, ch, ch, g);
 }
 
@@ -671,6 +972,9 @@ static knnd_status vqvae_fill_defaults(const knnd_vqvae_opts *in, knnd_vqvae_opt
   }
   if (!(o->dropout >= 0 && o->dropout < 1))
     return knnd_error(KNND_ERR_ARG, "%s: argument 'dropout' is %g (expected in [0, 1))", op, o->dropout);
+  if (o->attn_levels >> n)
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'attn_levels' (0x%x) names a level beyond the %d levels", op,
+                      (unsigned)o->attn_levels, n);
   *levels = n;
   return KNND_OK;
 }

@@ -7,6 +7,7 @@
 --   local vq = knnd.vqvae.load("runs/vq/model.h5")                 -- a knnd.nn.Module (VQVAE)
 --   local tokens = vq:encode(x)                                     -- i64 [B,h,w]
 --   local e = knnd.vqvae.evaluate{model = vq, dataset = "fm_test.h5"} -- {psnr=, usage=, perplexity=}
+--   local vg = knnd.vqvae.load("vqgan_f8.safetensors")             -- a taming-transformers VQGAN
 --
 -- Conventions of knnd.knn_diffusion.train: out/checkpoint.h5 (model, AdamW, step, generator,
 -- loader position; training resumes from it exactly), out/model.h5 (the weights and config, for
@@ -246,11 +247,204 @@ function M.save(model, path, cfg)
   knnd.io.save_checkpoint(path, { model = model, step = 0, config = { format = M.FORMAT, model = cfg } })
 end
 
+-- ---- VQGANs of taming-transformers, VQ-Diffusion and latent-diffusion -------------------------
+-- knnd's VQVAE is laid out as taming's VQModel, so its names are taming's; what differs between
+-- the checkpoints users bring is where the model sits. Each part of knnd's model, and the places
+-- (after the checkpoint's root prefix) the layouts keep it, first found wins:
+M.TAMING_PARTS = {
+  { "encoder.", { "encoder.", "enc.encoder." } },                   -- taming / LDM; VQ-Diffusion's codec
+  { "quant_conv.", { "quant_conv.", "enc.quant_conv." } },
+  { "quantize.", { "quantize.", "enc.quantize.", "dec.quantize." } }, -- VQ-Diffusion keeps it twice
+  { "post_quant_conv.", { "post_quant_conv.", "dec.post_quant_conv." } },
+  { "decoder.", { "decoder.", "dec.decoder." } },
+}
+-- knnd's own state, absent from taming's checkpoints (kept at the model's initial values)
+local KNND_ONLY = { ["quantize.unused_steps"] = true }
+
+local function shape_str(t)
+  return "[" .. table.concat(t:shape(), ", ") .. "]"
+end
+
+-- the checkpoint's root prefix: where encoder.conv_in.weight (or enc.encoder.conv_in.weight) is
+local function taming_root(fname, path, sd, given)
+  if given ~= nil then
+    if type(given) ~= "string" then fail(fname, "option 'prefix' expected a string, got %s", type(given)) end
+    if sd[given .. "encoder.conv_in.weight"] == nil and sd[given .. "enc.encoder.conv_in.weight"] == nil then
+      fail(fname, "'%s' has no %sencoder.conv_in.weight (option 'prefix' is '%s')", path, given, given)
+    end
+    return given
+  end
+  local roots = {}
+  for k in pairs(sd) do
+    local r = k:match("^(.-)encoder%.conv_in%.weight$")
+    if r then
+      r = r:gsub("enc%.$", "")
+      if sd[r .. "encoder.conv_in.weight"] or sd[r .. "enc.encoder.conv_in.weight"] then roots[r] = true end
+    end
+  end
+  local list = {}
+  for r in pairs(roots) do list[#list + 1] = ("'%s'"):format(r) end
+  table.sort(list)
+  if #list == 0 then
+    fail(fname, "'%s' is not a VQGAN checkpoint: it has no encoder.conv_in.weight under any prefix", path)
+  elseif #list > 1 then
+    fail(fname, "'%s' holds several encoders (prefixes %s): choose one with option 'prefix'", path,
+      table.concat(list, ", "))
+  end
+  return (next(roots))
+end
+
+-- knnd name -> {tensor, source name} of the checkpoint, and the number of tensors left out
+local function taming_tensors(sd, root)
+  local out, used = {}, {}
+  for _, part in ipairs(M.TAMING_PARTS) do
+    local dst, srcs = part[1], part[2]
+    for _, src in ipairs(srcs) do
+      local from, found = root .. src, false
+      for k, v in pairs(sd) do
+        if k:sub(1, #from) == from then
+          found = true
+          out[dst .. k:sub(#from + 1)] = { v, k }
+        end
+      end
+      if found then
+        for k in pairs(sd) do
+          if k:sub(1, #root + #src) == root .. src then used[k] = true end
+        end
+        -- a second copy of the part (VQ-Diffusion's dec.quantize) is not left out either
+        for _, other in ipairs(srcs) do
+          for k in pairs(sd) do
+            if k:sub(1, #root + #other) == root .. other then used[k] = true end
+          end
+        end
+        break
+      end
+    end
+  end
+  local ignored = 0
+  for k in pairs(sd) do
+    if not used[k] then ignored = ignored + 1 end
+  end
+  return out, ignored
+end
+
+-- the knnd.nn.vqvae options of taming's ddconfig, read from the tensors' names and shapes
+local function taming_config(fname, path, t)
+  local function need(name)
+    local v = t[name]
+    if not v then fail(fname, "'%s' has no tensor for %s", path, name) end
+    return v[1]
+  end
+  local conv_in = need("encoder.conv_in.weight")
+  local ch = conv_in:size(1)
+  local c = { in_channels = conv_in:size(2), channels = ch, channel_mult = {}, attn_levels = {}, pad_taming = true,
+              norm_groups = 32 }
+  local levels = 0
+  while t[("encoder.down.%d.block.0.conv1.weight"):format(levels)] do levels = levels + 1 end
+  if levels == 0 then fail(fname, "'%s' has no tensor for encoder.down.0.block.0.conv1.weight", path) end
+  for i = 0, levels - 1 do
+    local out = need(("encoder.down.%d.block.0.conv1.weight"):format(i)):size(1)
+    if out % ch ~= 0 then
+      fail(fname, "'%s': encoder.down.%d.block.0.conv1.weight has %d output channels, not a multiple of conv_in's %d",
+        path, i, out, ch)
+    end
+    c.channel_mult[i + 1] = out // ch
+    if t[("encoder.down.%d.attn.0.q.weight"):format(i)] then c.attn_levels[#c.attn_levels + 1] = i end
+  end
+  local blocks = 0
+  while t[("encoder.down.0.block.%d.conv1.weight"):format(blocks)] do blocks = blocks + 1 end
+  c.num_res_blocks = blocks
+  c.mid_attn = t["encoder.mid.attn_1.q.weight"] ~= nil
+  c.z_channels = need("decoder.conv_in.weight"):size(2)
+  local enc_out = need("encoder.conv_out.weight"):size(1)
+  if enc_out == 2 * c.z_channels then
+    fail(fname, "'%s': encoder.conv_out.weight has 2 x %d outputs (double_z: a KL autoencoder, not a VQGAN)", path,
+      c.z_channels)
+  end
+  c.out_channels = need("decoder.conv_out.weight"):size(1)
+  c.embed_dim = need("quant_conv.weight"):size(1)
+  if t["quantize.proj.weight"] then
+    c.codebook = "gumbel"
+    c.num_codes = need("quantize.embed.weight"):size(1)
+  else
+    c.codebook = t["quantize.embedding.embed_avg"] and "ema" or "loss"
+    c.num_codes = need("quantize.embedding.weight"):size(1)
+  end
+  return c
+end
+
+local load_taming_keys = { prefix = 1, model = 1 }
+
+--- knnd.vqvae.load_taming(path [, {prefix=, model=}]) -> the VQVAE module (eval mode), its
+---   knnd.nn.vqvae options, {prefix=, ignored=, tensors=}
+--- A VQGAN of taming-transformers (VQModel, GumbelVQ, taming's EMA quantiser), as latent-diffusion
+--- or VQ-Diffusion (content_codec.enc / .dec) keep it, in a safetensors file: convert a .ckpt once
+--- with safetensors.torch.save_file({k: v.contiguous() for k, v in torch.load(p)["state_dict"].items()}).
+--- The architecture is read from the tensors (taming's ddconfig: ch, ch_mult, num_res_blocks, the
+--- levels with attention, z_channels, embed_dim, n_embed; GroupNorm's 32 groups); option 'model'
+--- overrides any of those knnd.nn.vqvae options. Tensors outside the model (the discriminator's
+--- loss.*, a transformer's) are left out and counted; a missing, extra or mis-shaped tensor of the
+--- model is an error naming it.
+function M.load_taming(path, o)
+  local fname = "load_taming"
+  if type(path) ~= "string" then fail(fname, "argument 1 'path' expected a file path, got %s", type(path)) end
+  o = o or {}
+  check_keys(fname, o, load_taming_keys)
+  if not exists(path) then fail(fname, "'%s' not found", path) end
+  local ok, sd = pcall(knnd.io.load_safetensors, path)
+  if not ok then
+    fail(fname, "cannot read '%s' as safetensors (%s)", path, (tostring(sd):gsub("^.-load_safetensors: ", "")))
+  end
+  local root = taming_root(fname, path, sd, o.prefix)
+  local t, ignored = taming_tensors(sd, root)
+  local cfg = taming_config(fname, path, t)
+  if o.model ~= nil then
+    if type(o.model) ~= "table" then fail(fname, "option 'model' expected a table of knnd.nn.vqvae options") end
+    for k, v in pairs(o.model) do cfg[k] = v end
+  end
+  local okm, m = pcall(knnd.nn.vqvae, cfg)
+  if not okm then fail(fname, "'%s': %s", path, tostring(m)) end
+  local own, load = m:state_dict(), {}
+  local names = {}
+  for k in pairs(own) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    local got = t[k]
+    if not got then
+      if not KNND_ONLY[k] then
+        fail(fname, "'%s' has no tensor for %s (looked under prefix '%s')", path, k, root)
+      end
+      load[k] = own[k]
+    else
+      local v, src = got[1], got[2]
+      local want = own[k]
+      if shape_str(v) ~= shape_str(want) then
+        fail(fname, "tensor %s of '%s' (%s) is %s, the model expects %s", k, path, src, shape_str(v), shape_str(want))
+      end
+      load[k] = v:dtype() == want:dtype() and v or v:to(want:dtype())
+    end
+  end
+  local extra = {}
+  for k, got in pairs(t) do
+    if own[k] == nil then extra[#extra + 1] = ("%s (%s)"):format(k, got[2]) end
+  end
+  table.sort(extra)
+  if #extra > 0 then
+    fail(fname, "'%s' has tensors this model has no place for: %s", path, table.concat(extra, ", "))
+  end
+  m:load_state_dict(load)
+  m:eval()
+  cfg.seed = 0
+  return m, cfg, { prefix = root, ignored = ignored, tensors = #names }
+end
+
 --- knnd.vqvae.load(path) -> the VQVAE module (eval mode) saved by save or train (model.h5 or
---- checkpoint.h5), and its knnd.nn.vqvae options
+--- checkpoint.h5), or a taming VQGAN in a .safetensors file (knnd.vqvae.load_taming), and its
+--- knnd.nn.vqvae options
 function M.load(path)
   if type(path) ~= "string" then fail("load", "argument 1 'path' expected a file path, got %s", type(path)) end
   if not exists(path) then fail("load", "'%s' not found", path) end
+  if path:match("%.safetensors$") then return M.load_taming(path) end
   local ok, ck = pcall(knnd.io.load_checkpoint, path, { gen = false })
   if not ok then
     fail("load", "cannot read '%s' as a knnd.vqvae model (%s)", path,

@@ -1,7 +1,10 @@
 /* test_vqvae.c — the VQ-VAE (core/nn/vqvae.c): nearest codes against a naive double loop, the
- * straight-through gradient, finite-difference gradients of the codebook and commitment losses,
- * one EMA update against a hand computation, dead-code restarts, usage and perplexity of crafted
- * histograms, the encoder/decoder's shapes, names and gradients, and argument errors. */
+ * device-agnostic search (knnd_vq_nearest, the CUDA path) against the host's, the straight-through
+ * gradient, finite-difference gradients of the codebook and commitment losses, one EMA update
+ * against a hand computation, dead-code restarts, usage and perplexity of crafted histograms, the
+ * Gumbel quantiser against a hand computation, the encoder/decoder's shapes, names and gradients
+ * (with taming's attention blocks and padding too), and argument errors. (Numerical agreement
+ * with taming-transformers' own modules: tests/lua/vqgan_spec.lua.) */
 #include "testutil.h"
 
 #include <math.h>
@@ -110,6 +113,112 @@ static void test_nearest_codes(void **state) {
   knnd_vq_result_clear(&r);
   knnd_tensor_release(z);
   knnd_tensor_release(en);
+  knnd_module_release(vq);
+}
+
+/* knnd_vq_nearest (tensor ops in blocks of 2^24 / K rows: three blocks here) picks the host
+ * search's codes, or one as near where f32 rounding breaks a near-tie differently */
+static void test_nearest_ops(void **state) {
+  (void)state;
+  knnd_test_seed(11);
+  const int64_t K = 32768, D = 3, N = 1100; /* 512 rows per block */
+  knnd_module *vq = quantizer(K, D, KNND_VQ_LOSS, 0);
+  knnd_module_train(vq, false);
+  knnd_tensor *e = codebook(vq), *en = kt_randn(2, K, D);
+  bool was = knnd_set_grad_enabled(false);
+  KT_OK(knnd_copy_(e, en));
+  knnd_set_grad_enabled(was);
+  knnd_tensor *z = kt_randn(2, N, D), *idx = NULL;
+  knnd_vq_result r = {0};
+  KT_OK(knnd_vq_quantize(vq, z, &r));
+  KT_OK(knnd_vq_nearest(z, e, &idx));
+  assert_int_equal(idx->dtype, KNND_I64);
+  assert_int_equal(idx->ndim, 1);
+  assert_int_equal(idx->shape[0], N);
+  double *zv = malloc(sizeof(double) * N * D), *ev = malloc(sizeof(double) * K * D), *a = malloc(sizeof(double) * N),
+         *b = malloc(sizeof(double) * N);
+  KT_OK(knnd_tensor_to_doubles(z, zv, N * D));
+  KT_OK(knnd_tensor_to_doubles(e, ev, K * D));
+  KT_OK(knnd_tensor_to_doubles(idx, a, N));
+  KT_OK(knnd_tensor_to_doubles(r.indices, b, N));
+  int64_t same = 0;
+  for (int64_t n = 0; n < N; n++) {
+    double da = 0, db = 0;
+    for (int64_t c = 0; c < D; c++) {
+      const double x = zv[n * D + c], ya = ev[(int64_t)a[n] * D + c], yb = ev[(int64_t)b[n] * D + c];
+      da += (x - ya) * (x - ya);
+      db += (x - yb) * (x - yb);
+    }
+    if (!(fabs(da - db) <= 1e-5)) fail_msg("row %lld: code %g at %g, the host's %g at %g", (long long)n, a[n], da, b[n], db);
+    same += a[n] == b[n];
+  }
+  assert_true(same >= N - N / 100);
+  const int64_t bad_shape[2] = {4, D + 1};
+  knnd_tensor *wrong = NULL;
+  KT_OK(knnd_tensor_zeros(KNND_F32, 2, bad_shape, KNND_CPU, &wrong));
+  knnd_tensor *idx2 = NULL;
+  KT_FAILS(knnd_vq_nearest(wrong, e, &idx2), KNND_ERR_SHAPE, "'rows'");
+  free(zv);
+  free(ev);
+  free(a);
+  free(b);
+  knnd_vq_result_clear(&r);
+  knnd_tensor *rel[4] = {z, idx, en, wrong};
+  for (int i = 0; i < 4; i++) knnd_tensor_release(rel[i]);
+  knnd_module_release(vq);
+}
+
+/* taming's GumbelQuantize without the noise: the code is the argmax of proj(z), z_q its embed row,
+ * the loss Σ_k p_k log(p_k K) averaged over vectors; training mode is refused */
+static void test_gumbel(void **state) {
+  (void)state;
+  knnd_test_seed(12);
+  const int64_t K = 7, D = 4, B = 2, H = 3, W = 2;
+  knnd_module *vq = quantizer(K, D, KNND_VQ_GUMBEL, 0);
+  knnd_module *proj = knnd_module_child(vq, "proj");
+  knnd_tensor *pw = knnd_module_param(proj, "weight"), *pb = knnd_module_param(proj, "bias");
+  knnd_tensor *ew = knnd_module_param(knnd_module_child(vq, "embed"), "weight");
+  assert_non_null(pw);
+  assert_non_null(pb);
+  assert_non_null(ew);
+  assert_int_equal(pw->ndim, 4);
+  assert_int_equal(pw->shape[0], K);
+  assert_int_equal(pw->shape[1], D);
+  knnd_tensor *z = kt_randn(4, B, D, H, W);
+  knnd_vq_result r = {0};
+  KT_FAILS(knnd_vq_quantize(vq, z, &r), KNND_ERR_ARG, "eval mode");
+  knnd_module_train(vq, false);
+  KT_OK(knnd_vq_quantize(vq, z, &r));
+  double zv[2 * 4 * 3 * 2], wv[7 * 4], bv[7], ev[7 * 4], qv[2 * 4 * 3 * 2], iv[2 * 3 * 2];
+  KT_OK(knnd_tensor_to_doubles(z, zv, B * D * H * W));
+  KT_OK(knnd_tensor_to_doubles(pw, wv, K * D));
+  KT_OK(knnd_tensor_to_doubles(pb, bv, K));
+  KT_OK(knnd_tensor_to_doubles(ew, ev, K * D));
+  KT_OK(knnd_tensor_to_doubles(r.z_q, qv, B * D * H * W));
+  KT_OK(knnd_tensor_to_doubles(r.indices, iv, B * H * W));
+  assert_int_equal(r.indices->ndim, 3);
+  double kl = 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t y = 0; y < H; y++)
+      for (int64_t x = 0; x < W; x++) {
+        double logit[7], mx = -INFINITY, sum = 0;
+        int64_t arg = 0;
+        for (int64_t k = 0; k < K; k++) {
+          logit[k] = bv[k];
+          for (int64_t c = 0; c < D; c++) logit[k] += wv[k * D + c] * zv[((b * D + c) * H + y) * W + x];
+          if (logit[k] > mx) mx = logit[k], arg = k;
+        }
+        for (int64_t k = 0; k < K; k++) sum += exp(logit[k] - mx);
+        for (int64_t k = 0; k < K; k++) {
+          const double p = exp(logit[k] - mx) / sum;
+          kl += p * log(p * (double)K);
+        }
+        assert_int_equal((int64_t)iv[(b * H + y) * W + x], arg);
+        for (int64_t c = 0; c < D; c++) assert_float_equal(qv[((b * D + c) * H + y) * W + x], ev[arg * D + c], 1e-6);
+      }
+  assert_float_equal(get(r.loss, 0), kl / (double)(B * H * W), 1e-5);
+  knnd_vq_result_clear(&r);
+  knnd_tensor_release(z);
   knnd_module_release(vq);
 }
 
@@ -365,6 +474,84 @@ static void test_vqvae_model(void **state) {
   knnd_module_release(m);
 }
 
+/* taming's layout: attention blocks at the levels named and in the middle, the stride-2 conv
+ * unpadded after one zero row and column (checked against a conv of the hand-padded input), the
+ * Gumbel quantiser; gradients reach the attention's parameters */
+static void test_taming_layout(void **state) {
+  (void)state;
+  knnd_test_seed(13);
+  knnd_vqvae_opts o = tiny;
+  o.attn_levels = 1u << 2;
+  o.mid_attn = true;
+  o.pad_taming = true;
+  knnd_module *m = NULL;
+  KT_OK(knnd_nn_vqvae(&o, knnd_test_gen(), &m));
+  knnd_state_dict *sd = NULL;
+  KT_OK(knnd_module_state_dict(m, &sd));
+  static const char *names[] = {"encoder.down.2.attn.0.q.weight", "encoder.down.2.attn.0.norm.bias",
+                                "encoder.mid.attn_1.proj_out.weight", "decoder.mid.attn_1.k.bias",
+                                "decoder.up.2.attn.1.v.weight", "encoder.down.0.downsample.conv.weight"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (!knnd_state_dict_get(sd, names[i])) fail_msg("missing %s", names[i]);
+  assert_null(knnd_state_dict_get(sd, "encoder.down.1.attn.0.q.weight"));
+  assert_null(knnd_state_dict_get(sd, "decoder.up.2.attn.2.q.weight"));
+  knnd_state_dict_free(sd);
+  knnd_module_train(m, false);
+  /* the encoder's first downsample against conv2d(pad(x), stride 2, no padding) */
+  knnd_module *ds = knnd_module_child(knnd_module_child(knnd_module_child(knnd_module_child(m, "encoder"), "down"), "0"),
+                                      "downsample");
+  knnd_module *conv = knnd_module_child(ds, "conv");
+  knnd_tensor *cw = knnd_module_param(conv, "weight"), *cb = knnd_module_param(conv, "bias");
+  knnd_tensor *h = kt_randn(4, 1, 8, 6, 6), *padded = NULL, *want = NULL;
+  const int64_t ps[4] = {1, 8, 7, 7};
+  KT_OK(knnd_tensor_zeros(KNND_F32, 4, ps, KNND_CPU, &padded));
+  {
+    double hv[8 * 36];
+    KT_OK(knnd_tensor_to_doubles(h, hv, 8 * 36));
+    float pv[8 * 49] = {0};
+    for (int c = 0; c < 8; c++)
+      for (int y = 0; y < 6; y++)
+        for (int x = 0; x < 6; x++) pv[(c * 7 + y) * 7 + x] = (float)hv[(c * 6 + y) * 6 + x];
+    knnd_tensor_release(padded);
+    padded = kt_tensor(4, ps, pv);
+  }
+  const knnd_conv2d_opts co = {.stride = {2, 2}};
+  KT_OK(knnd_conv2d(padded, cw, cb, &co, &want));
+  knnd_tensor *got = NULL;
+  KT_OK(knnd_module_forward(ds, 1, &h, &got));
+  kt_assert_close(got, want, 1e-6, 1e-6);
+  knnd_tensor_release(got);
+  knnd_tensor *x = kt_randn(4, 2, 3, 16, 16), *tok = NULL, *zq = NULL, *img = NULL;
+  KT_OK(knnd_vqvae_encode(m, x, &tok, &zq));
+  assert_int_equal(tok->shape[1], 4);
+  assert_int_equal(tok->shape[2], 4);
+  KT_OK(knnd_vqvae_decode(m, tok, &img));
+  assert_int_equal(img->shape[2], 16);
+  assert_int_equal(want->shape[2], 3);
+  knnd_module_train(m, true);
+  knnd_vqvae_output out = {0};
+  KT_OK(knnd_vqvae_forward(m, x, &out));
+  KT_OK(knnd_backward(out.loss, NULL, false));
+  knnd_module *attn = knnd_module_child(knnd_module_child(knnd_module_child(m, "encoder"), "mid"), "attn_1");
+  knnd_tensor *gq = knnd_module_param(knnd_module_child(attn, "q"), "weight")->grad;
+  assert_non_null(gq);
+  double s1 = 0;
+  for (int64_t i = 0; i < knnd_tensor_numel(gq); i++) s1 += fabs(get(gq, i));
+  assert_true(s1 > 0);
+  knnd_vqvae_output_clear(&out);
+  o.vq.update = KNND_VQ_GUMBEL;
+  knnd_module *gm = NULL;
+  KT_OK(knnd_nn_vqvae(&o, knnd_test_gen(), &gm));
+  knnd_module_train(gm, false);
+  knnd_tensor *gtok = NULL;
+  KT_OK(knnd_vqvae_encode(gm, x, &gtok, NULL));
+  assert_int_equal(gtok->shape[1], 4);
+  knnd_tensor *rel[8] = {h, padded, want, x, tok, zq, img, gtok};
+  for (int i = 0; i < 8; i++) knnd_tensor_release(rel[i]);
+  knnd_module_release(m);
+  knnd_module_release(gm);
+}
+
 static void test_errors(void **state) {
   (void)state;
   knnd_test_seed(7);
@@ -401,6 +588,8 @@ int main(void) {
       cmocka_unit_test(test_loss_gradients),   cmocka_unit_test(test_ema_update),
       cmocka_unit_test(test_dead_code_restart), cmocka_unit_test(test_usage_perplexity),
       cmocka_unit_test(test_vqvae_model),      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_nearest_ops),      cmocka_unit_test(test_gumbel),
+      cmocka_unit_test(test_taming_layout),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,8 +4,11 @@
  * EMAVectorQuantizer), dead-code restarts, usage and perplexity; and a convolutional
  * encoder/decoder around it laid out as taming-transformers' Encoder/Decoder (names
  * encoder.conv_in, encoder.down.0.block.0.norm1, encoder.down.0.downsample.conv, encoder.mid.block_1,
- * quant_conv, quantize.embedding.weight, post_quant_conv, decoder.up.1.upsample.conv, ...; no
- * attention blocks; the downsampling conv pads symmetrically (taming pads right/bottom only)). */
+ * quant_conv, quantize.embedding.weight, post_quant_conv, decoder.up.1.upsample.conv,
+ * encoder.down.3.attn.0.q, decoder.mid.attn_1.proj_out, ...), so that a VQGAN trained by
+ * taming-transformers (VQModel or GumbelVQ, as VQ-Diffusion uses them) loads by name: attention
+ * blocks where its attn_resolutions put them, its right/bottom padding before the stride-2 conv,
+ * and its Gumbel quantiser (a 1x1 conv to K logits; the code is their argmax). */
 #ifndef KNND_VQVAE_H
 #define KNND_VQVAE_H
 
@@ -17,7 +20,11 @@ extern "C" {
 
 typedef enum knnd_vq_update {
   KNND_VQ_LOSS = 0, /* the codebook learns from ||sg(z) - q||² (a parameter) */
-  KNND_VQ_EMA       /* the codebook is an exponential moving average of its assigned vectors (buffers) */
+  KNND_VQ_EMA,      /* the codebook is an exponential moving average of its assigned vectors (buffers) */
+  /* taming's GumbelQuantize for a loaded VQGAN (eval mode only): children proj (1x1 conv D -> K)
+   * and embed (weight [K, D]); the code of a vector is the argmax of its K logits (the mode of
+   * the distribution taming samples from with Gumbel noise, even in eval mode) */
+  KNND_VQ_GUMBEL
 } knnd_vq_update;
 
 typedef struct knnd_vq_opts {
@@ -34,7 +41,8 @@ typedef struct knnd_vq_opts {
 
 /* Parameters: embedding.weight [K, D] (KNND_VQ_LOSS; init U(-1/K, 1/K) as taming) or buffers
  * embedding.weight, embedding.cluster_size [K], embedding.embed_avg [K, D] (KNND_VQ_EMA);
- * buffer unused_steps [K] (quantisations since each code was last chosen). */
+ * buffer unused_steps [K] (quantisations since each code was last chosen). KNND_VQ_GUMBEL:
+ * parameters proj.weight [K, D, 1, 1], proj.bias [K], embed.weight [K, D]. */
 knnd_status knnd_nn_vector_quantizer(const knnd_vq_opts *opts, knnd_generator *g, knnd_module **out);
 
 typedef struct knnd_vq_result {
@@ -43,6 +51,8 @@ typedef struct knnd_vq_result {
   knnd_tensor *loss;            /* scalar: codebook_loss + β·commitment_loss (EMA: β·commitment_loss) */
   knnd_tensor *codebook_loss;   /* mean ||sg(z) - q||² (in EMA mode only reported: no gradient) */
   knnd_tensor *commitment_loss; /* mean ||z - sg(q)||² */
+  /* KNND_VQ_GUMBEL: loss = codebook_loss = commitment_loss is taming's KL term without its weight,
+   * mean over vectors of Σ_k p_k log(p_k K), p = softmax(logits) */
   double usage;                 /* fraction of the K codes chosen by at least one vector */
   double perplexity;            /* exp of the entropy of the code histogram (1 .. K) */
   int64_t restarted;            /* codes re-initialised by this call */
@@ -51,8 +61,13 @@ void knnd_vq_result_clear(knnd_vq_result *r);
 
 /* z: float [B, D, H, W] or [N, D] (channels at dim 1). In training mode the EMA codebook is
  * updated after quantising (taming's order) and dead codes restart (before quantising, from the
- * default generator); in eval mode the module's state is left unchanged. */
+ * default generator); in eval mode the module's state is left unchanged. On a CUDA device the
+ * codes are searched there (knnd_vq_nearest); only the EMA sums and restarts go through the host. */
 knnd_status knnd_vq_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *out);
+/* idx[n] = argmin_k ||rows[n] - codes[k]||² (ties: the lowest k) with tensor ops on the tensors'
+ * device, in blocks of rows: rows float [N, D], codes float [K, D] -> i64 [N] on that device.
+ * knnd_vq_quantize uses it for CUDA tensors (CPU tensors take a fused loop on the host). */
+knnd_status knnd_vq_nearest(knnd_tensor *rows, knnd_tensor *codes, knnd_tensor **idx);
 /* usage and perplexity of a code histogram: indices any integer dtype, values in [0, K) */
 knnd_status knnd_vq_code_stats(knnd_tensor *indices, int64_t num_codes, double *usage, double *perplexity);
 
@@ -67,6 +82,12 @@ typedef struct knnd_vqvae_opts {
   int64_t z_channels;                            /* encoder output before quant_conv: default vq.dim */
   int64_t norm_groups;                           /* GroupNorm groups: default 32 */
   double dropout;
+  uint32_t attn_levels;  /* bit i: an attention block (taming's AttnBlock) after each res block of
+                            level i, encoder and decoder (taming's attn_resolutions: level i is at
+                            resolution / 2^i) */
+  bool mid_attn;         /* mid.attn_1 between mid.block_1 and mid.block_2 (taming always has it) */
+  bool pad_taming;       /* downsampling pads right and bottom by one and convolves unpadded, as
+                            taming's Downsample; default: padding 1 on all sides */
   knnd_vq_opts vq;                               /* vq.dim is the embed dim */
 } knnd_vqvae_opts;
 knnd_status knnd_nn_vqvae(const knnd_vqvae_opts *opts, knnd_generator *g, knnd_module **out);
