@@ -45,6 +45,16 @@ static knnd_module *quantizer(int64_t K, int64_t D, knnd_vq_update up, int64_t d
   return vq;
 }
 
+/* an eval-mode quantiser's codebook set to standard normal values (returned; the caller releases it) */
+static knnd_tensor *random_codebook(knnd_module *vq, int64_t K, int64_t D) {
+  knnd_module_train(vq, false);
+  knnd_tensor *en = kt_randn(2, K, D);
+  const bool was = knnd_set_grad_enabled(false);
+  KT_OK(knnd_copy_(codebook(vq), en));
+  knnd_set_grad_enabled(was);
+  return en;
+}
+
 /* element i (row-major) of t */
 static double get(const knnd_tensor *t, int64_t i) {
   const int64_t n = knnd_tensor_numel(t);
@@ -62,11 +72,7 @@ static void test_nearest_codes(void **state) {
   knnd_test_seed(1);
   const int64_t K = 37, D = 5, B = 2, H = 3, W = 4;
   knnd_module *vq = quantizer(K, D, KNND_VQ_LOSS, 0);
-  knnd_module_train(vq, false);
-  knnd_tensor *e = codebook(vq), *en = kt_randn(2, K, D);
-  bool was = knnd_set_grad_enabled(false);
-  KT_OK(knnd_copy_(e, en));
-  knnd_set_grad_enabled(was);
+  knnd_tensor *e = codebook(vq), *en = random_codebook(vq, K, D);
   knnd_tensor *z = kt_randn(4, B, D, H, W);
   knnd_vq_result r = {0};
   KT_OK(knnd_vq_quantize(vq, z, &r));
@@ -123,11 +129,7 @@ static void test_nearest_ops(void **state) {
   knnd_test_seed(11);
   const int64_t K = 32768, D = 3, N = 1100; /* 512 rows per block */
   knnd_module *vq = quantizer(K, D, KNND_VQ_LOSS, 0);
-  knnd_module_train(vq, false);
-  knnd_tensor *e = codebook(vq), *en = kt_randn(2, K, D);
-  bool was = knnd_set_grad_enabled(false);
-  KT_OK(knnd_copy_(e, en));
-  knnd_set_grad_enabled(was);
+  knnd_tensor *e = codebook(vq), *en = random_codebook(vq, K, D);
   knnd_tensor *z = kt_randn(2, N, D), *idx = NULL;
   knnd_vq_result r = {0};
   KT_OK(knnd_vq_quantize(vq, z, &r));
