@@ -14,6 +14,7 @@
  *   local recon, info = vq:forward(x)       -- info: loss, recon_loss, codebook_loss, commitment_loss,
  *                                           -- vq_loss, tokens, usage, perplexity, restarted (vq(x): recon only)
  *   local q = knnd.nn.vector_quantizer{num_codes = 64, dim = 8}; local z_q, info = q:quantize(z)
+ *   vq:num_codes(), q:num_codes()           -- K, whatever the quantiser
  *
  * Option names are the fields of knnd_unet_opts / knnd_transformer_opts / knnd_vqvae_opts
  * (channels is accepted for model_channels; the quantiser's are flat: num_codes, embed_dim,
@@ -316,6 +317,15 @@ static int vqvae_decode_latent_method(lua_State *L) {
   return 1;
 }
 
+/* m:num_codes() -> K of a VQVAE or a VectorQuantizer */
+static int vq_num_codes_method(lua_State *L) {
+  knnd_module *m = knnd_lua_test_module(L, 1);
+  const int64_t K = knnd_vq_num_codes(m);
+  if (!K) return luaL_error(L, "knnd.nn.Module:num_codes: the module is not a VQVAE or a VectorQuantizer");
+  lua_pushinteger(L, (lua_Integer)K);
+  return 1;
+}
+
 /* m:forward(...): a VQVAE gives recon, info and a VectorQuantizer z_q, info; any other module
  * goes to the generic forward (upvalue 1) */
 static int vq_forward_method(lua_State *L) {
@@ -356,6 +366,7 @@ static void add_vq_methods(lua_State *L) {
       {"decode", vqvae_decode_method},
       {"decode_latent", vqvae_decode_latent_method},
       {"quantize", vq_quantize_method},
+      {"num_codes", vq_num_codes_method},
       {NULL, NULL},
   };
   luaL_setfuncs(L, methods, 0);

@@ -605,6 +605,12 @@ cleanup:
   return st;
 }
 
+int64_t knnd_vq_num_codes(const knnd_module *m) {
+  if (m && m->type && strcmp(m->type, VQVAE_TYPE) == 0) m = knnd_module_child(m, "quantize");
+  if (!m || !m->type || strcmp(m->type, VQ_TYPE) != 0) return 0;
+  return ((const knnd_vq_opts *)m->impl)->num_codes;
+}
+
 knnd_status knnd_vq_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *out) {
   return vq_quantize(vq, z, vq && vq->training, out);
 }

@@ -43,7 +43,7 @@ function M.new(o)
   local probe = knnd.zeros(1, o.channels, o.image_size, o.image_size)
   local grid = knnd.no_grad(function() return vq:encode(probe) end)
   local h, w = grid:size(2), grid:size(3)
-  local K = vq:state_dict()["quantize.embedding.weight"]:size(1)
+  local K = vq:num_codes()
   local dim = o.dim
   local g = knnd.Generator(o.seed)
   local self = setmetatable({ vqvae = vq, vqvae_config = o.vqvae_config, K = K, h = h, w = w, dim = dim,

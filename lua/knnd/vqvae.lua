@@ -505,7 +505,7 @@ function M.evaluate(o)
     used = used + 1
     entropy = entropy - (c / total) * math.log(c / total)
   end
-  local K = model:state_dict()["quantize.embedding.weight"]:size(1) -- (model.quantize is the method)
+  local K = model:num_codes()
   return { psnr = psnr_sum / n, mse = mse_sum / n, usage = used / K, perplexity = math.exp(entropy), count = n }
 end
 

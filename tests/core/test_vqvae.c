@@ -186,6 +186,7 @@ static void test_gumbel(void **state) {
   assert_int_equal(pw->ndim, 4);
   assert_int_equal(pw->shape[0], K);
   assert_int_equal(pw->shape[1], D);
+  assert_int_equal(knnd_vq_num_codes(vq), K);
   knnd_tensor *z = kt_randn(4, B, D, H, W);
   knnd_vq_result r = {0};
   KT_FAILS(knnd_vq_quantize(vq, z, &r), KNND_ERR_ARG, "eval mode");
@@ -545,6 +546,8 @@ static void test_taming_layout(void **state) {
   knnd_module *gm = NULL;
   KT_OK(knnd_nn_vqvae(&o, knnd_test_gen(), &gm));
   knnd_module_train(gm, false);
+  assert_int_equal(knnd_vq_num_codes(gm), 16);
+  assert_int_equal(knnd_vq_num_codes(knnd_module_child(gm, "encoder")), 0);
   knnd_tensor *gtok = NULL;
   KT_OK(knnd_vqvae_encode(gm, x, &gtok, NULL));
   assert_int_equal(gtok->shape[1], 4);

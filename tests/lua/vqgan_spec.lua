@@ -71,17 +71,20 @@ describe("knnd.vqvae.load_taming", function()
     assert.are.same(IO["gumbel.indices"]:totable(), (again:encode(IO["gumbel.x"])):totable())
   end)
 
-  it("gives the discrete backbone a loaded VQGAN: tokens, a loss, a decoded sample", function()
-    local path = FIX .. "vq_model.safetensors"
-    local model = knnd.knn_diffusion.new { backbone = "discrete", image_size = 16, channels = 3, seed = 3,
-      cond = { mode = "knn", k = 2, dim = 8 }, discrete = { vqvae = path, dim = 32, heads = 2, layers = 1, T = 10 } }
-    local x = IO["vq.x"]
-    local g = knnd.Generator(4)
-    local tokens = model:condition(knnd.randn(2, 8, { gen = g }), knnd.randn(2, 2, 8, { gen = g }))
-    local loss = model:loss(x, tokens, { gen = knnd.Generator(1) })
-    assert.is_true(loss:item() > 0 and loss:item() < 1e3)
-    local img = model:sample { tokens = tokens, steps = 2, seed = 5 }
-    assert.are.same({ 2, 3, 16, 16 }, img:shape())
+  it("gives the discrete backbone a loaded VQGAN (either quantiser): tokens, a loss, a decoded sample", function()
+    for _, case in ipairs { { "vq_model.safetensors", "vq.", 64 }, { "gumbel_vqdiff.safetensors", "gumbel.", 48 } } do
+      local path, prefix, K = FIX .. case[1], case[2], case[3]
+      local model = knnd.knn_diffusion.new { backbone = "discrete", image_size = 16, channels = 3, seed = 3,
+        cond = { mode = "knn", k = 2, dim = 8 }, discrete = { vqvae = path, dim = 32, heads = 2, layers = 1, T = 10 } }
+      assert.are.equal(K, model.net.K)
+      assert.are.equal(K, model.net.vqvae:num_codes())
+      local g = knnd.Generator(4)
+      local tokens = model:condition(knnd.randn(2, 8, { gen = g }), knnd.randn(2, 2, 8, { gen = g }))
+      local loss = model:loss(IO[prefix .. "x"], tokens, { gen = knnd.Generator(1) })
+      assert.is_true(loss:item() > 0 and loss:item() < 1e3)
+      local img = model:sample { tokens = tokens, steps = 2, seed = 5 }
+      assert.are.same({ 2, 3, 16, 16 }, img:shape())
+    end
   end)
 
   describe("names what is wrong", function()

@@ -68,6 +68,8 @@ knnd_status knnd_vq_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *ou
  * device, in blocks of rows: rows float [N, D], codes float [K, D] -> i64 [N] on that device.
  * knnd_vq_quantize uses it for CUDA tensors (CPU tensors take a fused loop on the host). */
 knnd_status knnd_vq_nearest(knnd_tensor *rows, knnd_tensor *codes, knnd_tensor **idx);
+/* K of a VectorQuantizer or a VQVAE module (whatever the quantiser's kind); 0 for any other module */
+int64_t knnd_vq_num_codes(const knnd_module *m);
 /* usage and perplexity of a code histogram: indices any integer dtype, values in [0, K) */
 knnd_status knnd_vq_code_stats(knnd_tensor *indices, int64_t num_codes, double *usage, double *perplexity);
 
