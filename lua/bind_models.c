@@ -213,7 +213,7 @@ static int nn_vqvae(lua_State *L) {
   static const char *fname = "nn.vqvae";
   static const char *const allowed[] = {"in_channels", "out_channels", "channels", "channel_mult", "num_res_blocks",
                                         "z_channels", "norm_groups", "dropout", "attn_levels", "mid_attn", "pad_taming",
-                                        "num_codes", "embed_dim", "codebook", "beta", "decay", "eps", "dead_after",
+                                        "token_codes", "num_codes", "embed_dim", "codebook", "beta", "decay", "eps", "dead_after",
                                         "gen", "generator", "seed", NULL};
   check_opts_table(L, fname, allowed);
   knnd_vqvae_opts o = {0};
@@ -228,6 +228,7 @@ static int nn_vqvae(lua_State *L) {
   o.attn_levels = opt_attn_levels(L, 1, fname);
   o.mid_attn = knnd_lua_opt_bool(L, 1, fname, "mid_attn", false);
   o.pad_taming = knnd_lua_opt_bool(L, 1, fname, "pad_taming", false);
+  o.token_codes = opt_size(L, 1, fname, "token_codes", 0, 0);
   o.vq = vq_options(L, fname, "embed_dim");
   knnd_generator seeded;
   knnd_generator *g = opt_generator(L, 1, fname, &seeded);

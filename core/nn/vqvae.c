@@ -605,12 +605,6 @@ cleanup:
   return st;
 }
 
-int64_t knnd_vq_num_codes(const knnd_module *m) {
-  if (m && m->type && strcmp(m->type, VQVAE_TYPE) == 0) m = knnd_module_child(m, "quantize");
-  if (!m || !m->type || strcmp(m->type, VQ_TYPE) != 0) return 0;
-  return ((const knnd_vq_opts *)m->impl)->num_codes;
-}
-
 knnd_status knnd_vq_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *out) {
   return vq_quantize(vq, z, vq && vq->training, out);
 }
@@ -978,6 +972,11 @@ static knnd_status vqvae_fill_defaults(const knnd_vqvae_opts *in, knnd_vqvae_opt
   }
   if (!(o->dropout >= 0 && o->dropout < 1))
     return knnd_error(KNND_ERR_ARG, "%s: argument 'dropout' is %g (expected in [0, 1))", op, o->dropout);
+  if (o->token_codes < 0)
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'token_codes' is %lld (expected >= 0)", op, (long long)o->token_codes);
+  if (o->token_codes > o->vq.num_codes)
+    return knnd_error(KNND_ERR_ARG, "%s: argument 'token_codes' is %lld (expected at most num_codes %lld)", op,
+                      (long long)o->token_codes, (long long)o->vq.num_codes);
   if (o->attn_levels >> n)
     return knnd_error(KNND_ERR_ARG, "%s: argument 'attn_levels' (0x%x) names a level beyond the %d levels", op,
                       (unsigned)o->attn_levels, n);
@@ -1039,6 +1038,17 @@ knnd_status knnd_nn_vqvae(const knnd_vqvae_opts *opts, knnd_generator *g, knnd_m
   st = add_conv(st, m, "post_quant_conv", D, o->z_channels, 1, 1, g);
   if (!st) st = knnd_nn_vector_quantizer(&o->vq, g, &vq);
   if (!st) st = knnd_nn_adopt(m, "quantize", vq);
+  if (!st && o->token_codes) {
+    /* a placeholder (code k -> token k mod K') until the real map is loaded */
+    knnd_tensor *map = NULL;
+    st = knnd_tensor_empty(KNND_I64, 1, &o->vq.num_codes, (knnd_device){KNND_DEVICE_CPU, 0}, &map);
+    if (!st) {
+      int64_t *mp = (int64_t *)knnd_tensor_data(map);
+      for (int64_t k = 0; k < o->vq.num_codes; k++) mp[k] = k % o->token_codes;
+      st = knnd_module_add_buffer(m, "token_map", map);
+    }
+    knnd_tensor_release(map);
+  }
   knnd_module_release(enc);
   knnd_module_release(dec);
   return knnd_nn_built(st, m, out);
@@ -1082,6 +1092,67 @@ static knnd_status encode_latent(knnd_module *m, knnd_tensor *x, knnd_tensor **z
   return st;
 }
 
+/* the token map's host copy [K] (checked: every value a token in [0, K')) and, when inverse is not
+ * NULL, the first code of each token [K'] (every token must have one) */
+static knnd_status token_maps(knnd_module *m, const char *op, int64_t **map, int64_t **inverse) {
+  const vqvae_cfg *c = m->impl;
+  const int64_t K = c->o.vq.num_codes, T = c->o.token_codes;
+  knnd_tensor *buf = local_buffer(m, "token_map"), *h = NULL, *cont = NULL;
+  *map = NULL;
+  if (inverse) *inverse = NULL;
+  if (!buf || buf->ndim != 1 || buf->shape[0] != K)
+    return knnd_error(KNND_ERR_SHAPE, "%s: buffer 'token_map' is missing or not [%lld]", op, (long long)K);
+  KNND_TRY(knnd_to_device(buf, (knnd_device){KNND_DEVICE_CPU, 0}, &h));
+  knnd_status st = knnd_to_dtype(h, KNND_I64, &cont);
+  knnd_tensor_release(h);
+  if (st) return st;
+  int64_t *mp = malloc((size_t)K * sizeof *mp), *inv = inverse ? malloc((size_t)T * sizeof *inv) : NULL;
+  if (!mp || (inverse && !inv)) st = knnd_error(KNND_ERR_NOMEM, "%s: out of memory", op);
+  if (!st) {
+    knnd_tensor *cc = NULL;
+    st = knnd_contiguous(cont, &cc);
+    if (!st) memcpy(mp, knnd_tensor_data(cc), (size_t)K * sizeof *mp);
+    knnd_tensor_release(cc);
+  }
+  for (int64_t k = 0; k < K && !st; k++)
+    if (mp[k] < 0 || mp[k] >= T)
+      st = knnd_error(KNND_ERR_ARG, "%s: buffer 'token_map' maps code %lld to %lld (expected tokens in [0, %lld))", op,
+                      (long long)k, (long long)mp[k], (long long)T);
+  if (!st && inv) {
+    for (int64_t t = 0; t < T; t++) inv[t] = -1;
+    for (int64_t k = 0; k < K; k++)
+      if (inv[mp[k]] < 0) inv[mp[k]] = k;
+    for (int64_t t = 0; t < T && !st; t++)
+      if (inv[t] < 0)
+        st = knnd_error(KNND_ERR_ARG, "%s: buffer 'token_map' maps no code to token %lld (of %lld)", op, (long long)t,
+                        (long long)T);
+  }
+  knnd_tensor_release(cont);
+  if (st) {
+    free(mp);
+    free(inv);
+    return st;
+  }
+  *map = mp;
+  if (inverse) *inverse = inv;
+  return KNND_OK;
+}
+
+/* ids (integer, any shape, on dev) -> table[ids] i64 of the same shape on dev; table has n values */
+static knnd_status lookup(const int64_t *table, int64_t n, knnd_tensor *ids, knnd_tensor **out) {
+  knnd_tensor *tab = NULL, *tab_dev = NULL, *flat = NULL, *picked = NULL, *idx = NULL;
+  const int64_t numel = knnd_tensor_numel(ids);
+  knnd_status st = knnd_tensor_from_data(KNND_I64, 1, &n, table, &tab);
+  if (!st) st = knnd_to_device(tab, ids->storage->device, &tab_dev);
+  if (!st) st = ids->dtype == KNND_I64 ? (idx = knnd_tensor_retain(ids), KNND_OK) : knnd_to_dtype(ids, KNND_I64, &idx);
+  if (!st) st = knnd_reshape(idx, 1, &numel, &flat);
+  if (!st) st = knnd_index_select(tab_dev, 0, flat, &picked);
+  if (!st) st = knnd_reshape(picked, ids->ndim, ids->shape, out);
+  knnd_tensor *rel[5] = {tab, tab_dev, flat, picked, idx};
+  knnd_nn_release(5, rel);
+  return st;
+}
+
 knnd_status knnd_vqvae_encode(knnd_module *m, knnd_tensor *x, knnd_tensor **tokens, knnd_tensor **z_q) {
   static const char op[] = "vqvae_encode";
   if (tokens) *tokens = NULL;
@@ -1094,7 +1165,17 @@ knnd_status knnd_vqvae_encode(knnd_module *m, knnd_tensor *x, knnd_tensor **toke
   knnd_status st = vq_quantize(knnd_module_child(m, "quantize"), z, false, &r);
   knnd_tensor_release(z);
   if (st) return st;
-  if (tokens) {
+  const vqvae_cfg *c = m->impl;
+  if (tokens && c->o.token_codes) {
+    int64_t *map = NULL;
+    st = token_maps(m, op, &map, NULL);
+    if (!st) st = lookup(map, c->o.vq.num_codes, r.indices, tokens);
+    free(map);
+    if (st) {
+      knnd_vq_result_clear(&r);
+      return st;
+    }
+  } else if (tokens) {
     *tokens = r.indices;
     r.indices = NULL;
   }
@@ -1134,10 +1215,23 @@ knnd_status knnd_vqvae_decode(knnd_module *m, knnd_tensor *tokens, knnd_tensor *
   if (tokens->ndim != 3)
     return knnd_error(KNND_ERR_SHAPE, "%s: argument 'tokens' has %d dims (expected [B, h, w])", op, tokens->ndim);
   double usage;
-  KNND_TRY(knnd_vq_code_stats(tokens, c->o.vq.num_codes, &usage, NULL)); /* range check naming the values */
-  knnd_tensor *e = NULL, *z = NULL;
+  const int64_t T = c->o.token_codes ? c->o.token_codes : c->o.vq.num_codes;
+  KNND_TRY(knnd_vq_code_stats(tokens, T, &usage, NULL)); /* range check naming the values */
+  knnd_tensor *e = NULL, *z = NULL, *codes = NULL;
   static const int perm[4] = {0, 3, 1, 2};
-  knnd_status st = knnd_embedding(codebook_of(knnd_module_child(m, "quantize")), tokens, &e);
+  knnd_status st = KNND_OK;
+  if (c->o.token_codes) {
+    int64_t *map = NULL, *inverse = NULL;
+    st = token_maps(m, op, &map, &inverse);
+    if (!st) st = lookup(inverse, T, tokens, &codes);
+    free(map);
+    free(inverse);
+    if (st) return st;
+  } else {
+    codes = knnd_tensor_retain(tokens);
+  }
+  st = knnd_embedding(codebook_of(knnd_module_child(m, "quantize")), codes, &e);
+  knnd_tensor_release(codes);
   if (!st) st = knnd_permute(e, perm, &z);
   if (!st) st = knnd_vqvae_decode_latent(m, z, out);
   knnd_tensor_release(e);
@@ -1167,4 +1261,14 @@ cleanup:
   knnd_tensor_release(z);
   if (st) knnd_vqvae_output_clear(out);
   return st;
+}
+
+int64_t knnd_vq_num_codes(const knnd_module *m) {
+  if (m && m->type && strcmp(m->type, VQVAE_TYPE) == 0) {
+    const vqvae_cfg *c = m->impl;
+    if (c->o.token_codes) return c->o.token_codes;
+    m = knnd_module_child(m, "quantize");
+  }
+  if (!m || !m->type || strcmp(m->type, VQ_TYPE) != 0) return 0;
+  return ((const knnd_vq_opts *)m->impl)->num_codes;
 }

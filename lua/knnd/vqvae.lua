@@ -373,10 +373,40 @@ local function taming_config(fname, path, t)
   return c
 end
 
-local load_taming_keys = { prefix = 1, model = 1 }
+local load_taming_keys = { prefix = 1, model = 1, token_map = 1 }
 
---- knnd.vqvae.load_taming(path [, {prefix=, model=}]) -> the VQVAE module (eval mode), its
----   knnd.nn.vqvae options, {prefix=, ignored=, tensors=}
+-- option token_map: an integer tensor [K], or the path of a safetensors file holding one
+local function token_map_option(fname, v, K)
+  local map = v
+  if type(v) == "string" then
+    if not exists(v) then fail(fname, "option 'token_map': '%s' not found", v) end
+    local ok, t = pcall(knnd.io.load_safetensors, v)
+    if not ok then fail(fname, "option 'token_map': cannot read '%s' as safetensors (%s)", v, tostring(t)) end
+    local names = {}
+    for k in pairs(t) do names[#names + 1] = k end
+    if #names ~= 1 then
+      fail(fname, "option 'token_map': '%s' holds %d tensors (expected one: the code -> token map)", v, #names)
+    end
+    map = t[names[1]]
+  end
+  if not knnd.is_tensor(map) then
+    fail(fname, "option 'token_map' expected an integer tensor [K] or a safetensors path, got %s", type(v))
+  end
+  if map:dim() ~= 1 or map:size(1) ~= K then
+    fail(fname, "option 'token_map' is %s (expected [%d]: a token for each code)", shape_str(map), K)
+  end
+  if map:dtype() ~= "i64" and map:dtype() ~= "i32" then
+    fail(fname, "option 'token_map' has dtype %s (expected i64 or i32)", map:dtype())
+  end
+  map = map:to("i64")
+  local f = map:float() -- (min and max take float tensors; token ids are far below 2^24)
+  local lo, hi = math.tointeger(f:min():item()), math.tointeger(f:max():item())
+  if lo < 0 then fail(fname, "option 'token_map' holds %d (expected tokens >= 0)", lo) end
+  return map, hi + 1
+end
+
+--- knnd.vqvae.load_taming(path [, {prefix=, model=, token_map=}]) -> the VQVAE module (eval mode),
+---   its knnd.nn.vqvae options, {prefix=, ignored=, tensors=}
 --- A VQGAN of taming-transformers (VQModel, GumbelVQ, taming's EMA quantiser), as latent-diffusion
 --- or VQ-Diffusion (content_codec.enc / .dec) keep it, in a safetensors file: convert a .ckpt once
 --- with safetensors.torch.save_file({k: v.contiguous() for k, v in torch.load(p)["state_dict"].items()}).
@@ -384,7 +414,9 @@ local load_taming_keys = { prefix = 1, model = 1 }
 --- levels with attention, z_channels, embed_dim, n_embed; GroupNorm's 32 groups); option 'model'
 --- overrides any of those knnd.nn.vqvae options. Tensors outside the model (the discriminator's
 --- loss.*, a transformer's) are left out and counted; a missing, extra or mis-shaped tensor of the
---- model is an error naming it.
+--- model is an error naming it. token_map (an integer tensor [K] or a safetensors file holding one:
+--- VQ-Diffusion's full_to_quantize, e.g. 8,192 codes to 2,887 tokens) makes the tokens classes of
+--- codes: encode maps each code to its token, decode takes the first code of each token.
 function M.load_taming(path, o)
   local fname = "load_taming"
   if type(path) ~= "string" then fail(fname, "argument 1 'path' expected a file path, got %s", type(path)) end
@@ -398,9 +430,14 @@ function M.load_taming(path, o)
   local root = taming_root(fname, path, sd, o.prefix)
   local t, ignored = taming_tensors(sd, root)
   local cfg = taming_config(fname, path, t)
+  local token_map
+  if o.token_map ~= nil then token_map, cfg.token_codes = token_map_option(fname, o.token_map, cfg.num_codes) end
   if o.model ~= nil then
     if type(o.model) ~= "table" then fail(fname, "option 'model' expected a table of knnd.nn.vqvae options") end
     for k, v in pairs(o.model) do cfg[k] = v end
+  end
+  if cfg.token_codes and not token_map then
+    fail(fname, "model option 'token_codes' needs option 'token_map' (the code -> token map)")
   end
   local okm, m = pcall(knnd.nn.vqvae, cfg)
   if not okm then fail(fname, "'%s': %s", path, tostring(m)) end
@@ -410,7 +447,9 @@ function M.load_taming(path, o)
   table.sort(names)
   for _, k in ipairs(names) do
     local got = t[k]
-    if not got then
+    if k == "token_map" then
+      load[k] = token_map
+    elseif not got then
       if not KNND_ONLY[k] then
         fail(fname, "'%s' has no tensor for %s (looked under prefix '%s')", path, k, root)
       end

@@ -2,7 +2,8 @@
  * search on the device (knnd_vq_nearest: one GEMM and an argmax per block of rows) against the
  * host's fused search, the quantiser in eval mode and in an EMA training step (codes, z_q, the
  * updated codebook), and a VQGAN in taming's layout (attention blocks, right/bottom padding; the
- * nearest-code and the Gumbel quantiser): encode, decode and the gradients of a training step.
+ * nearest-code and the Gumbel quantiser, the latter with a code -> token map): encode, decode and
+ * the gradients of a training step.
  * f32 with TF32 off. A code may differ from the CPU's only at a near-tie: its distance then
  * equals the CPU code's within f32 rounding. Every case is skipped (never passed) without a CUDA
  * device. */
@@ -144,6 +145,8 @@ static void check_taming(knnd_vq_update up) {
   knnd_cuda_set_allow_tf32(false);
   const knnd_vqvae_opts o = {.in_channels = 3, .channels = 32, .channel_mult = {1, 2, 2}, .num_res_blocks = 1,
                              .norm_groups = 8, .attn_levels = 1u << 2, .mid_attn = true, .pad_taming = true,
+                             /* the Gumbel case maps its 32 codes to 10 tokens (VQ-Diffusion's token map) */
+                             .token_codes = up == KNND_VQ_GUMBEL ? 10 : 0,
                              .vq = {.num_codes = 32, .dim = 8, .update = up}};
   knnd_module *a = NULL, *b = NULL;
   knnd_generator g1, g2;

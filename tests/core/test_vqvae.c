@@ -571,6 +571,12 @@ static void test_errors(void **state) {
   knnd_vqvae_opts o = tiny;
   o.norm_groups = 3;
   KT_FAILS(knnd_nn_vqvae(&o, NULL, &m), KNND_ERR_ARG, "norm_groups");
+  o = tiny;
+  o.token_codes = 17; /* more tokens than the 16 codes */
+  KT_FAILS(knnd_nn_vqvae(&o, NULL, &m), KNND_ERR_ARG, "token_codes");
+  o = tiny;
+  o.attn_levels = 1u << 3; /* three levels: 0..2 */
+  KT_FAILS(knnd_nn_vqvae(&o, NULL, &m), KNND_ERR_ARG, "attn_levels");
   KT_OK(knnd_nn_vqvae(&tiny, NULL, &m));
   knnd_tensor *x = kt_randn(4, 1, 3, 10, 10), *tok = NULL, *img = NULL;
   KT_FAILS(knnd_vqvae_encode(m, x, &tok, NULL), KNND_ERR_SHAPE, "divisible by 4");

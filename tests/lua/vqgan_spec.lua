@@ -71,6 +71,37 @@ describe("knnd.vqvae.load_taming", function()
     assert.are.same(IO["gumbel.indices"]:totable(), (again:encode(IO["gumbel.x"])):totable())
   end)
 
+  it("maps codes to fewer tokens as VQ-Diffusion's codec does (full_to_quantize / quantize_to_full)", function()
+    local path = FIX .. "gumbel_vqdiff.safetensors"
+    local m, cfg = knnd.vqvae.load_taming(path, { token_map = FIX .. "gumbel_token_map.safetensors" })
+    assert.are.equal(20, cfg.token_codes)
+    assert.are.equal(20, m:num_codes())
+    knnd.no_grad(function()
+      local tokens = m:encode(IO["gumbel.x"])
+      assert.are.same(IO["gumbel.tokens"]:totable(), tokens:totable())
+      local y = m:decode(IO["gumbel.tokens"])
+      assert.is_true(max_abs(y, IO["gumbel.recon_mapped"]) < 1e-4)
+      H.errors_with(function() m:decode(knnd.full({ 1, 4, 4 }, 20, { dtype = "i64" })) end, "[0, 20)")
+    end)
+    -- the map travels in the state dict: a rebuilt model from the options and weights maps the same
+    local again = knnd.nn.vqvae(cfg)
+    again:load_state_dict((m:state_dict()))
+    again:eval()
+    assert.are.same(IO["gumbel.tokens"]:totable(), (again:encode(IO["gumbel.x"])):totable())
+    -- a map that leaves a token without a code, or of the wrong length, or without the option
+    local bad = knnd.io.load_safetensors(FIX .. "gumbel_token_map.safetensors").full_to_quantize:clone()
+    local hole = bad:clone()
+    local v = hole:totable()
+    local gap = v[1]
+    for i = 1, #v do if v[i] == gap then v[i] = (gap + 1) % 20 end end
+    local m2 = knnd.vqvae.load_taming(path, { token_map = knnd.tensor(v, { dtype = "i64" }) })
+    H.errors_with(function() m2:decode(knnd.zeros(1, 4, 4, { dtype = "i64" })) end, "maps no code to token " .. gap)
+    H.errors_with(function() knnd.vqvae.load_taming(path, { token_map = bad:narrow(1, 1, 40) }) end,
+      "expected [48]: a token for each code")
+    H.errors_with(function() knnd.vqvae.load_taming(path, { token_map = bad:float() }) end, "expected i64 or i32")
+    H.errors_with(function() knnd.vqvae.load_taming(path, { model = { token_codes = 20 } }) end, "needs option 'token_map'")
+  end)
+
   it("gives the discrete backbone a loaded VQGAN (either quantiser): tokens, a loss, a decoded sample", function()
     for _, case in ipairs { { "vq_model.safetensors", "vq.", 64 }, { "gumbel_vqdiff.safetensors", "gumbel.", 48 } } do
       local path, prefix, K = FIX .. case[1], case[2], case[3]

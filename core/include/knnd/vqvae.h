@@ -68,7 +68,8 @@ knnd_status knnd_vq_quantize(knnd_module *vq, knnd_tensor *z, knnd_vq_result *ou
  * device, in blocks of rows: rows float [N, D], codes float [K, D] -> i64 [N] on that device.
  * knnd_vq_quantize uses it for CUDA tensors (CPU tensors take a fused loop on the host). */
 knnd_status knnd_vq_nearest(knnd_tensor *rows, knnd_tensor *codes, knnd_tensor **idx);
-/* K of a VectorQuantizer or a VQVAE module (whatever the quantiser's kind); 0 for any other module */
+/* K of a VectorQuantizer or a VQVAE module (whatever the quantiser's kind; a VQVAE's K' when it
+ * maps codes to tokens): the number of token values; 0 for any other module */
 int64_t knnd_vq_num_codes(const knnd_module *m);
 /* usage and perplexity of a code histogram: indices any integer dtype, values in [0, K) */
 knnd_status knnd_vq_code_stats(knnd_tensor *indices, int64_t num_codes, double *usage, double *perplexity);
@@ -90,6 +91,10 @@ typedef struct knnd_vqvae_opts {
   bool mid_attn;         /* mid.attn_1 between mid.block_1 and mid.block_2 (taming always has it) */
   bool pad_taming;       /* downsampling pads right and bottom by one and convolves unpadded, as
                             taming's Downsample; default: padding 1 on all sides */
+  int64_t token_codes;   /* K' > 0: tokens are not the codes but K' classes of them, through the
+                            buffer token_map [K] (code -> token, VQ-Diffusion's full_to_quantize:
+                            its COCO codec keeps 2,887 of 8,192); decoding a token takes the first
+                            code mapped to it (its quantize_to_full). 0: tokens are the codes */
   knnd_vq_opts vq;                               /* vq.dim is the embed dim */
 } knnd_vqvae_opts;
 knnd_status knnd_nn_vqvae(const knnd_vqvae_opts *opts, knnd_generator *g, knnd_module **out);
@@ -102,10 +107,10 @@ typedef struct knnd_vqvae_output {
 } knnd_vqvae_output;
 void knnd_vqvae_output_clear(knnd_vqvae_output *o);
 
-/* x [B, in, H, W] (H, W divisible by 2^(levels-1)) -> tokens i64 [B, h, w] and z_q [B, D, h, w]
- * (either out may be NULL); never changes the codebook */
+/* x [B, in, H, W] (H, W divisible by 2^(levels-1)) -> tokens i64 [B, h, w] (through token_map
+ * when token_codes is set) and z_q [B, D, h, w] (either out may be NULL); never changes the codebook */
 knnd_status knnd_vqvae_encode(knnd_module *m, knnd_tensor *x, knnd_tensor **tokens, knnd_tensor **z_q);
-/* tokens (integer [B, h, w], values in [0, K)) -> image [B, out, H, W] */
+/* tokens (integer [B, h, w], values in [0, K), or [0, K') with token_codes) -> image [B, out, H, W] */
 knnd_status knnd_vqvae_decode(knnd_module *m, knnd_tensor *tokens, knnd_tensor **out);
 /* z_q [B, D, h, w] -> image */
 knnd_status knnd_vqvae_decode_latent(knnd_module *m, knnd_tensor *z_q, knnd_tensor **out);

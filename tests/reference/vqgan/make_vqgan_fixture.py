@@ -14,12 +14,15 @@ taming computes with them, for tests/lua/vqgan_spec.lua (knnd.vqvae.load_taming)
                             content_codec.dec.quantize.* (the same quantiser again), plus a
                             transformer.* tensor. ch 32, ch_mult (1, 1, 1), 2 res blocks, attention
                             at resolution 4 of 16 (level 2), z 16, 48 codes of 16.
+  gumbel_token_map.safetensors  VQ-Diffusion's full_to_quantize for it: 48 codes to 20 tokens.
   vqgan_io.safetensors      per model (prefix vq. / gumbel.): x [2,3,16,16] in [-1, 1]; h, the
                             pre-quantisation latent quant_conv(encoder(x)); indices (VectorQuantizer2's
                             own argmin; for Gumbel the argmax of proj(h), the mode of the
                             distribution taming samples with Gumbel noise even in eval mode); z_q;
                             recon = decoder(post_quant_conv(get_codebook_entry(indices))); and
-                            kl (Gumbel: taming's diff / kl_weight, which does not depend on the noise).
+                            kl (Gumbel: taming's diff / kl_weight, which does not depend on the noise);
+                            gumbel.tokens = full_to_quantize[indices] (VQ-Diffusion's get_tokens) and
+                            gumbel.recon_mapped, their decoding through quantize_to_full (its decode).
 
 The weights are PyTorch's default initialisation, then every GroupNorm's affine parameters
 perturbed and each codebook set to latent vectors of the inputs plus noise (so that the codes in
@@ -104,9 +107,25 @@ def main():
         for k, v in m.state_dict().items():
             sd[prefix + k] = v.detach().clone().contiguous()
     sd["transformer.content_emb.emb.weight"] = torch.randn(49, 8, generator=g)
+    # VQ-Diffusion's token map (TamingGumbelVQVAE with quantize_number): full_to_quantize sends each of
+    # the 48 codes to one of 20 tokens; quantize_to_full, built by the loop of its __init__ (first code
+    # of each token), is what decode uses
+    full_to_quantize = torch.cat([torch.randperm(20, generator=g), torch.randint(20, (28,), generator=g)])
+    full_to_quantize = full_to_quantize[torch.randperm(48, generator=g)]
+    quantize_to_full = torch.full((20,), -1, dtype=torch.long)
+    for idx, i in enumerate(full_to_quantize.tolist()):
+        if quantize_to_full[i] == -1:
+            quantize_to_full[i] = idx
+    tokens = full_to_quantize[ind]
+    with torch.no_grad():
+        full = quantize_to_full[tokens]
+        e2 = quant.get_codebook_entry(full.reshape(-1), shape=(2, h.shape[2], h.shape[3], 16))
+        recon_mapped = dec(pqc(e2))
+    save_file({"full_to_quantize": full_to_quantize.contiguous()}, os.path.join(HERE, "gumbel_token_map.safetensors"))
     save_file(sd, os.path.join(HERE, "gumbel_vqdiff.safetensors"))
     io.update({"gumbel.x": x, "gumbel.h": h, "gumbel.indices": ind.long(), "gumbel.z_q": e, "gumbel.recon": recon,
-               "gumbel.kl": (diff / quant.kl_weight).reshape(1)})
+               "gumbel.kl": (diff / quant.kl_weight).reshape(1), "gumbel.tokens": tokens.long(),
+               "gumbel.recon_mapped": recon_mapped})
 
     save_file({k: v.detach().contiguous() for k, v in io.items()}, os.path.join(HERE, "vqgan_io.safetensors"))
     print("wrote", ", ".join(sorted(io)))
