@@ -362,19 +362,15 @@ static knnd_status linear_2d(knnd_tensor *x, knnd_tensor *w, knnd_tensor *bias, 
   if (st) goto cleanup;
   int64_t rows = x->shape[0], n = w->shape[0];
   KNND_CHECK(knnd_tensor_empty(ox.dtype, 2, (const int64_t[]){rows, n}, x->storage->device, &res));
-  if (bias) { /* the GEMM adds onto rows prefilled with the bias (beta 1): no extra pass */
-    if (native) {
-      KNND_CHECK(knnd_copy_(res, bias)); /* broadcast over the rows, on the device */
-    } else {
-      KNND_CHECK(knnd_contig_f32(bias, &bc));
-      const float *bp = knnd_tensor_data(bc);
-      float *c = knnd_tensor_data(res);
-#pragma omp parallel for num_threads(knnd_threads_for(rows * n))
-      for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < n; j++) c[r * n + j] = bp[j];
-    }
+  if (bias && !native) { /* the CPU's GEMM adds the bias in its own pass */
+    KNND_CHECK(knnd_contig_f32(bias, &bc));
+    KNND_CHECK(knnd_sgemm_bias(ox.trans, ow.trans, rows, n, x->shape[1], ox.base, ox.ld, ow.base, ow.ld,
+                               knnd_tensor_data(bc), knnd_tensor_data(res), n));
+  } else {
+    /* on the device the GEMM adds onto rows prefilled with the bias (beta 1): no extra pass */
+    if (bias) KNND_CHECK(knnd_copy_(res, bias)); /* broadcast over the rows, on the device */
+    KNND_CHECK(gemm_operands(&ox, &ow, bias ? 1.0f : 0.0f, res, 0, NULL));
   }
-  KNND_CHECK(gemm_operands(&ox, &ow, bias ? 1.0f : 0.0f, res, 0, NULL));
   if (res->dtype != x->dtype) { /* the CPU's f32 result */
     knnd_tensor *converted;
     st = knnd_f32_to_dtype(res, x->dtype, &converted);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cpu/cpu_gemm.h"
+
 /* ---- references ------------------------------------------------------------------------------ */
 static double *to_doubles(const knnd_tensor *t) {
   int64_t n = knnd_tensor_numel(t);
@@ -108,6 +110,51 @@ static void test_sgemm_transposes_and_leading_dims(void **state) {
   KT_FAILS(knnd_sgemm(false, false, 3, 4, 5, 1.0f, c, 4, c, 4, 0.0f, c, 4), KNND_ERR_ARG, "lda");
   KT_FAILS(knnd_sgemm(false, true, 3, 4, 5, 1.0f, c, 5, c, 4, 0.0f, c, 4), KNND_ERR_ARG, "ldb");
   KT_FAILS(knnd_sgemm(false, false, 3, 4, 5, 1.0f, c, 5, c, 4, 0.0f, c, 3), KNND_ERR_ARG, "ldc");
+}
+
+/* products of 2^25 flops and more run through oneDNN's matmul primitive (counted), with the same
+ * transposes, leading dimensions, alpha, beta and fused bias as the small ones */
+static void test_sgemm_large_through_matmul_primitive(void **state) {
+  (void)state;
+  knnd_test_seed(9);
+  const int64_t before = knnd_gemm_matmul_calls();
+  int calls = 0;
+  for (int trial = 0; trial < 10; trial++) {
+    bool ta = trial & 1, tb = trial & 2, with_bias = trial >= 8;
+    int64_t m = kt_randint(300, 331), n = kt_randint(280, 301), k = kt_randint(200, 231);
+    int64_t lda = (ta ? m : k) + kt_randint(0, 3), ldb = (tb ? k : n) + kt_randint(0, 3), ldc = n + kt_randint(0, 2);
+    knnd_tensor *ta_ = kt_randn(1, (ta ? k : m) * lda), *tb_ = kt_randn(1, (tb ? n : k) * ldb), *tc = kt_randn(1, m * ldc),
+                *tbias = kt_randn(1, n);
+    const float *A = knnd_tensor_data(ta_), *B = knnd_tensor_data(tb_), *bias = knnd_tensor_data(tbias);
+    float *C = knnd_tensor_data(tc);
+    float alpha = with_bias || trial % 3 == 0 ? 1.0f : 0.75f, beta = with_bias || trial % 2 ? 0.0f : 0.5f;
+    double *want = malloc(sizeof(double) * (size_t)(m * ldc));
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < ldc; j++) {
+        if (j >= n) { want[i * ldc + j] = C[i * ldc + j]; continue; } /* padding untouched */
+        double s = 0;
+        for (int64_t q = 0; q < k; q++)
+          s += (double)(ta ? A[q * lda + i] : A[i * lda + q]) * (tb ? B[j * ldb + q] : B[q * ldb + j]);
+        want[i * ldc + j] = alpha * s + (beta == 0.0f ? 0.0 : beta * (double)C[i * ldc + j]) + (with_bias ? bias[j] : 0.0);
+      }
+    if (with_bias)
+      KT_OK(knnd_sgemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc));
+    else
+      KT_OK(knnd_sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc));
+    calls++;
+    kt_assert_close_doubles(tc, want, 1e-3, 1e-4);
+    free(want);
+    knnd_tensor *rel[4] = {ta_, tb_, tc, tbias};
+    for (int i = 0; i < 4; i++) knnd_tensor_release(rel[i]);
+  }
+  assert_int_equal(knnd_gemm_matmul_calls() - before, calls);
+  /* a small product with a bias: dnnl_sgemm onto the prefilled rows */
+  const float a2[6] = {1, 2, 3, 4, 5, 6}, b2[6] = {1, 0, 0, 1, 1, 1}, bias2[3] = {10, 20, 30};
+  float c2[6];
+  KT_OK(knnd_sgemm_bias(false, false, 2, 3, 2, a2, 2, b2, 3, bias2, c2, 3)); /* [2,2]·[2,3] */
+  const float want2[6] = {1 + 2 + 10, 2 + 20, 2 + 30, 3 + 4 + 10, 4 + 20, 4 + 30};
+  for (int i = 0; i < 6; i++) assert_float_equal(c2[i], want2[i], 1e-6);
+  assert_int_equal(knnd_gemm_matmul_calls() - before, calls);
 }
 
 static void test_gemm_backend_names_library_and_isa(void **state) {
@@ -402,6 +449,7 @@ static void test_matmul_errors_name_arguments(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sgemm_transposes_and_leading_dims),
+      cmocka_unit_test(test_sgemm_large_through_matmul_primitive),
       cmocka_unit_test(test_gemm_backend_names_library_and_isa),
       cmocka_unit_test(test_matmul_values_against_reference),
       cmocka_unit_test(test_matmul_non_contiguous_operands),

@@ -16,4 +16,10 @@ knnd_status knnd_sgemm_batched(bool trans_a, bool trans_b, int64_t m, int64_t n,
                                const int64_t *b_off, float beta, float *c, int64_t ldc, const int64_t *c_off,
                                int64_t batch);
 
+/* how many GEMMs oneDNN's matmul primitive ran (the rest ran through dnnl_sgemm): for the tests */
+int64_t knnd_gemm_matmul_calls(void);
+/* C = op(A)·op(B) + bias (bias [n] added to every row; C is written, not read) */
+knnd_status knnd_sgemm_bias(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                            const float *b, int64_t ldb, const float *bias, float *c, int64_t ldc);
+
 #endif
