@@ -72,6 +72,21 @@ static void expect_shape(const knnd_tensor *t, int ndim, const int64_t *shape) {
 }
 
 /* ---- sgemm ---------------------------------------------------------------------------------- */
+/* alpha·op(A)·op(B) + beta·C (+ bias on every row) in double, C's padding columns kept: m x ldc */
+static double *sgemm_reference(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *A,
+                               int64_t lda, const float *B, int64_t ldb, float beta, const float *C, int64_t ldc,
+                               const float *bias) {
+  double *want = malloc(sizeof(double) * (size_t)(m * ldc));
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t j = 0; j < ldc; j++) {
+      if (j >= n) { want[i * ldc + j] = C[i * ldc + j]; continue; } /* padding untouched */
+      double s = 0;
+      for (int64_t q = 0; q < k; q++)
+        s += (double)(ta ? A[q * lda + i] : A[i * lda + q]) * (tb ? B[j * ldb + q] : B[q * ldb + j]);
+      want[i * ldc + j] = alpha * s + (beta == 0.0f ? 0.0 : beta * (double)C[i * ldc + j]) + (bias ? bias[j] : 0.0);
+    }
+  return want;
+}
 static void test_sgemm_transposes_and_leading_dims(void **state) {
   (void)state;
   knnd_test_seed(1);
@@ -83,15 +98,7 @@ static void test_sgemm_transposes_and_leading_dims(void **state) {
     const float *A = knnd_tensor_data(ta_), *B = knnd_tensor_data(tb_);
     float *C = knnd_tensor_data(tc);
     float alpha = 0.75f, beta = trial % 3 ? 0.5f : 0.0f;
-    double *want = malloc(sizeof(double) * (size_t)(m * ldc));
-    for (int64_t i = 0; i < m; i++)
-      for (int64_t j = 0; j < ldc; j++) {
-        if (j >= n) { want[i * ldc + j] = C[i * ldc + j]; continue; } /* padding untouched */
-        double s = 0;
-        for (int64_t q = 0; q < k; q++)
-          s += (double)(ta ? A[q * lda + i] : A[i * lda + q]) * (tb ? B[j * ldb + q] : B[q * ldb + j]);
-        want[i * ldc + j] = alpha * s + (beta == 0.0f ? 0.0 : beta * (double)C[i * ldc + j]);
-      }
+    double *want = sgemm_reference(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
     KT_OK(knnd_sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc));
     kt_assert_close_doubles(tc, want, 1e-4, 1e-4);
     free(want);
@@ -128,15 +135,7 @@ static void test_sgemm_large_through_matmul_primitive(void **state) {
     const float *A = knnd_tensor_data(ta_), *B = knnd_tensor_data(tb_), *bias = knnd_tensor_data(tbias);
     float *C = knnd_tensor_data(tc);
     float alpha = with_bias || trial % 3 == 0 ? 1.0f : 0.75f, beta = with_bias || trial % 2 ? 0.0f : 0.5f;
-    double *want = malloc(sizeof(double) * (size_t)(m * ldc));
-    for (int64_t i = 0; i < m; i++)
-      for (int64_t j = 0; j < ldc; j++) {
-        if (j >= n) { want[i * ldc + j] = C[i * ldc + j]; continue; } /* padding untouched */
-        double s = 0;
-        for (int64_t q = 0; q < k; q++)
-          s += (double)(ta ? A[q * lda + i] : A[i * lda + q]) * (tb ? B[j * ldb + q] : B[q * ldb + j]);
-        want[i * ldc + j] = alpha * s + (beta == 0.0f ? 0.0 : beta * (double)C[i * ldc + j]) + (with_bias ? bias[j] : 0.0);
-      }
+    double *want = sgemm_reference(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, with_bias ? bias : NULL);
     if (with_bias)
       KT_OK(knnd_sgemm_bias(ta, tb, m, n, k, A, lda, B, ldb, bias, C, ldc));
     else
