@@ -428,6 +428,11 @@ function M.load_taming(path, o)
     fail(fname, "cannot read '%s' as safetensors (%s)", path, (tostring(sd):gsub("^.-load_safetensors: ", "")))
   end
   local root = taming_root(fname, path, sd, o.prefix)
+  if sd[root .. "quantize.unused_steps"] then
+    -- knnd's own VQ-VAE (symmetric padding, its own groups): its options are not in the tensors
+    fail(fname, "'%s' holds a knnd VQ-VAE's weights (quantize.unused_steps), not a taming VQGAN: build "
+      .. "knnd.nn.vqvae(options) and m:load(path), or load its model.h5 with knnd.vqvae.load", path)
+  end
   local t, ignored = taming_tensors(sd, root)
   local cfg = taming_config(fname, path, t)
   local token_map

@@ -168,6 +168,15 @@ describe("knnd.vqvae.load_taming", function()
       os.remove(p)
     end)
 
+    it("knnd's own VQ-VAE saved as safetensors (its options are not in the tensors)", function()
+      local m = knnd.nn.vqvae { in_channels = 3, channels = 8, channel_mult = { 1, 2 }, norm_groups = 4, num_codes = 8,
+        embed_dim = 4, seed = 1 }
+      local p = tmp("knnd_own.safetensors")
+      m:save(p)
+      H.errors_with(function() knnd.vqvae.load(p) end, "holds a knnd VQ-VAE's weights")
+      os.remove(p)
+    end)
+
     it("a truncated file, a wrong argument, an override that does not fit", function()
       local f = assert(io.open(FIX .. "vq_model.safetensors", "rb"))
       local bytes = f:read(5000)
