@@ -7,7 +7,7 @@ local options = require "knnd.options"
 local M = {}
 
 -- the subcommands defined in lua/knnd/commands/ (one file each), in the order of the help
-M.extra_commands = { "index", "clip", "data", "fid", "edit", "export-notebook", "sweep", "results" }
+M.extra_commands = { "index", "clip", "data", "fid", "vqvae", "edit", "export-notebook", "sweep", "results" }
 M.handlers = {}
 
 local function build_parser()
