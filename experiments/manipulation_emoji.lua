@@ -27,7 +27,7 @@ local opt = knnd.options {
     { values = { "ecc_affine", "ecc_euclidean", "resize" } }),
   box = { 0.3, 0.7 },
   baseline = "knn",
-  unet = { channels = 64, res_blocks = 1, steps = 2000, batch = 32, lr = 3e-4, p_uncond = 0.1, ema = 0.999,
+  unet = { channels = 64, res_blocks = 1, steps = 2000, batch = 32, lr = 3e-4, p_uncond = 0.1, ema = 0.995, -- (see stickers.lua)
     checkpoint_every = 200, prediction = "v" },
   sample = { sampler = "dpmpp", steps = 25, guidance = 3.0, strength = 1.0 },
   per_edit = 4,

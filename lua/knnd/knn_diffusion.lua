@@ -809,11 +809,13 @@ function M.train(o)
   end
   if world > 1 then dist.barrier() end -- the files are in place when train returns on any rank
   log = M.read_log(log_path)
-  -- the share of the EMA average that is still the initialisation: above 10% it samples worse than the live
-  -- weights (a run shorter than a few times 1 / (1 - ema) steps); say so where a person is watching
+  -- the share of the EMA average that is still the initialisation (a run shorter than a few times 1 / (1 - ema)
+  -- steps): the zero-initialised output layer then shrinks every prediction by that share, and with eps
+  -- prediction near the cosine schedule's alpha_bar of 2e-9 a 14% shrink made samples pure noise (stickers.lua
+  -- at ema 0.999 for 2000 steps); above 1% say so where a person is watching
   local ema_rate = o.ema or 0.999
   local ema_init = ema_rate ^ step
-  if ema_init > 0.1 and o.progress ~= false and main then
+  if ema_init > 0.01 and o.progress ~= false and main then
     io.stderr:write(("knnd.knn_diffusion.train: after %d steps the EMA (%g) still holds %.0f%% of the initial weights; "
       .. "sample with knn_diffusion.load('%s', {weights = \"live\"}) or train with a lower 'ema'\n")
       :format(step, ema_rate, 100 * ema_init, ck_path))
