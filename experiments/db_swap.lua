@@ -19,7 +19,8 @@
 -- Written to out/: swap_<mode>.png (for each prompt: a row from the Noto index, then a row from
 -- the EmojiOne index; the first run and seed), neighbors_emojione.png (what the prompts retrieve
 -- from EmojiOne), style.h5 / style.json (the style classifier and its held-out accuracy),
--- db_swap.md (the table) and metrics.json: per mode the share of samples whose nearest image among
+-- db_swap.md and db_swap.csv (the table), db_swap.png (each measure's mean and CI per mode and index),
+-- db_swap.ipynb (all of it as a notebook, as knnd export-notebook writes it) and metrics.json: per mode the share of samples whose nearest image among
 -- both databases (CLIP image embeddings) is an EmojiOne image (closer_to_emojione_<index>_index),
 -- and per mode and index the style classifier's EmojiOne share and the alignment, with the tests.
 local knnd = require "knnd"
@@ -298,8 +299,59 @@ files.write_atomic(opt.out .. "/db_swap.md", ("# Database swap: Noto-trained mod
   :format(#prompts, s.per_prompt, n_units, units_of, #sources == 1 and "sampling seed" or "run",
     100 * style_report.heldout_accuracy, style_report.heldout_concepts, 100 * style_report.real_noto_called_emojione,
     100 * style_report.real_emojione_called_emojione, #first.noto_store, md))
+-- the same numbers as a tidy CSV (one measure per line, numbers in full) for pandas & co.
+local csv_rows = {}
+local function csv_row(what, ix, k, st, is_diff)
+  if not st then return end
+  local v = is_diff and st.diff or st.mean
+  if v == nil then return end
+  csv_rows[#csv_rows + 1] = { what, ix, k, v, st.ci95, st.n, st.p }
+end
+for _, mode in ipairs(modes) do
+  local m = metrics.modes[mode]
+  for _, ix in ipairs(INDEXES) do
+    for _, k in ipairs(METRICS) do csv_row(mode, ix, k, m[ix][k], false) end
+  end
+  for _, k in ipairs(METRICS) do csv_row(mode, "emojione - noto", k, m.swap[k], true) end
+end
+for name, c in pairs(metrics.modes_compared) do
+  for _, ix in ipairs(INDEXES) do
+    for _, k in ipairs(METRICS) do csv_row(name, ix, k, c[ix][k], true) end
+  end
+end
+files.write_atomic(opt.out .. "/db_swap.csv",
+  knnd.report.csv({ "mode", "index", "measure", "mean_or_diff", "ci95", "n", "p" }, csv_rows))
+
+-- the picture: per mode and index, each measure's mean with its 95% CI as an error bar
+local groups, PLOTTED = {}, { { "emojione_share", "EmojiOne style (classifier)" }, { "clip_top1", "CLIP top-1 alignment" },
+  { "closer_to_emojione", "nearest image is EmojiOne" } }
+for _, mode in ipairs(modes) do
+  for _, ix in ipairs(INDEXES) do groups[#groups + 1] = { mode = mode, ix = ix } end
+end
+local series = {}
+for mi, pm in ipairs(PLOTTED) do
+  local xs, ys, errs = {}, {}, {}
+  for gi, g in ipairs(groups) do
+    local st = metrics.modes[g.mode][g.ix][pm[1]]
+    if st.mean then
+      xs[#xs + 1] = gi + (mi - (#PLOTTED + 1) / 2) * 0.15
+      ys[#ys + 1] = st.mean
+      errs[#errs + 1] = st.ci95 or 0
+    end
+  end
+  if #xs > 0 then series[#series + 1] = { name = pm[2], x = xs, y = ys, err = errs } end
+end
+knnd.scatter { path = opt.out .. "/db_swap.png", series = series, ylabel = "share of samples",
+  title = ("database swap: mean ± 95%% CI over %d %s"):format(n_units, units_of),
+  xlabel = "mode and index (" .. table.concat((function()
+    local t = {}
+    for i, g in ipairs(groups) do t[i] = ("%d: %s/%s"):format(i, g.mode, g.ix) end
+    return t
+  end)(), ", ") .. ")" }
 metrics.wall_seconds = knnd.wall_time() - t_start
 kd.write_atomic(opt.out .. "/metrics.json", require("dkjson").encode(metrics, { indent = true }) .. "\n")
+-- everything above in one self-contained notebook (knnd export-notebook)
+knnd.notebook.export(opt.out, opt.out .. "/db_swap.ipynb", { title = "Database swap: own index vs EmojiOne index" })
 print("\n" .. md .. "\n")
 for _, mode in ipairs(modes) do
   local m = metrics.modes[mode]
@@ -307,5 +359,6 @@ for _, mode in ipairs(modes) do
     .. "called EmojiOne by the style classifier: %.1f%% and %.1f%%"):format(mode, 100 * m.closer_to_emojione_noto_index,
     100 * m.closer_to_emojione_emojione_index, 100 * m.noto.emojione_share.mean, 100 * m.emojione.emojione_share.mean))
 end
-print(("results in %s/: swap_<mode>.png, neighbors_emojione.png, db_swap.md, style.json, metrics.json (%.0f s)")
+print(("results in %s/: swap_<mode>.png, neighbors_emojione.png, db_swap.md / .csv / .png / .ipynb, style.json, "
+  .. "metrics.json (%.0f s)")
   :format(opt.out, metrics.wall_seconds))

@@ -308,10 +308,7 @@ local function taming_tensors(sd, root)
         end
       end
       if found then
-        for k in pairs(sd) do
-          if k:sub(1, #root + #src) == root .. src then used[k] = true end
-        end
-        -- a second copy of the part (VQ-Diffusion's dec.quantize) is not left out either
+        -- the part's keys, and those of a second copy of it (VQ-Diffusion's dec.quantize), are not left out
         for _, other in ipairs(srcs) do
           for k in pairs(sd) do
             if k:sub(1, #root + #other) == root .. other then used[k] = true end

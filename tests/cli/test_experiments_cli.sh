@@ -112,8 +112,11 @@ out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=missing --set o
 out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=swap --set sample.per_prompt=1 \
   --set sample.steps=2 --set prompts="red apple,pizza" --set seeds=1,2 --set style.steps=40 2>&1); rc=$?
 [ $rc = 0 ] && [[ "$out" == *"with the EmojiOne index"* ]]; checkst $? "db_swap runs ($(echo "$out" | tail -2))"
-[ -s swap/swap_knn.png ] && [ -s swap/swap_no_knn.png ] && [ -s swap/neighbors_emojione.png ] && [ -s swap/metrics.json ]
-check "db_swap writes its grids and metrics" $?
+[ -s swap/swap_knn.png ] && [ -s swap/swap_no_knn.png ] && [ -s swap/neighbors_emojione.png ] && [ -s swap/metrics.json ] \
+  && [ -s swap/db_swap.png ] && grep -Eq "^knn,emojione - noto,emojione_share,[-0-9.e]+,[0-9.e]*,2,[0-9.e]*$" swap/db_swap.csv \
+  && /usr/bin/python3 -c "import nbformat,sys; nb=nbformat.read('swap/db_swap.ipynb',as_version=4); nbformat.validate(nb); \
+sys.exit(0 if sum(len(c.get('outputs',[])) for c in nb.cells if c.cell_type=='code') >= 4 else 1)"
+check "db_swap writes its grids, metrics, table (markdown, CSV), plot and notebook" $?
 # the style classifier, and per mode and index its EmojiOne share and the alignment over the sampling seeds
 [ -s swap/style.h5 ] && grep -q '"heldout_accuracy"' swap/style.json && grep -q '"emojione_share"' swap/metrics.json \
   && grep -q '"closer_to_emojione_emojione_index"' swap/metrics.json && grep -q "| knn | swap: EmojiOne - own |" swap/db_swap.md \
