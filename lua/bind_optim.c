@@ -202,15 +202,24 @@ static const luaL_Reg optimizer_methods[] = {
 /* ---- EMA ----------------------------------------------------------------------------------- */
 static int optim_ema(lua_State *L) {
   static const char *fname = "optim.EMA";
-  lua_settop(L, 2); /* fixed positions for the optional arguments */
+  static const char *const opts[] = {"warmup", NULL};
+  lua_settop(L, 3); /* fixed positions for the optional arguments */
   if (lua_type(L, 2) != LUA_TNUMBER)
     luaL_error(L, "knnd.%s: argument 2 'decay' expected a number in [0, 1] (e.g. 0.9999), got %s", fname,
                luaL_typename(L, 2));
   double decay = lua_tonumber(L, 2);
+  bool warmup = false;
+  if (!lua_isnil(L, 3)) {
+    if (!lua_istable(L, 3))
+      luaL_error(L, "knnd.%s: argument 3 expected an options table {warmup=}, got %s", fname, luaL_typename(L, 3));
+    knnd_lua_check_opts(L, 3, fname, opts);
+    warmup = knnd_lua_opt_bool(L, 3, fname, "warmup", false);
+  }
   knnd_tensor **params;
   int n = knnd_lua_collect_params(L, 1, fname, "argument 1 'params'", &params);
   knnd_ema *e = NULL;
   KNND_LUA_CHECK(L, fname, knnd_ema_new(n, params, decay, &e));
+  knnd_ema_set_warmup(e, warmup);
   lua_ema *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->e = e;
   u->decay = decay;
@@ -256,9 +265,17 @@ static int ema_decay(lua_State *L) {
   return 1;
 }
 
+/* the decay the next update uses: the constant decay, or with warm-up min(decay, (1+n)/(10+n)) */
+static int ema_next_decay(lua_State *L) {
+  lua_pushnumber(L, knnd_ema_next_decay(check_ema(L, "next_decay")->e));
+  return 1;
+}
+
 static int ema_tostring(lua_State *L) {
   lua_ema *u = luaL_checkudata(L, 1, KNND_EMA_MT);
-  lua_pushfstring(L, "knnd.optim.EMA (decay %f, %d parameter tensors)%s", u->decay, u->n_params, u->e ? "" : " (freed)");
+  lua_pushfstring(L, "knnd.optim.EMA (decay %f%s, %d parameter tensors)%s", u->decay,
+                  u->e && knnd_ema_next_decay(u->e) != u->decay ? ", warming up" : "", u->n_params,
+                  u->e ? "" : " (freed)");
   return 1;
 }
 
@@ -268,6 +285,7 @@ static const luaL_Reg ema_methods[] = {
     {"state_dict", ema_state_dict},
     {"load_state_dict", ema_load_state_dict},
     {"decay", ema_decay},
+    {"next_decay", ema_next_decay},
     {NULL, NULL},
 };
 

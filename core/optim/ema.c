@@ -63,6 +63,22 @@ static void ema_kernel(int64_t n, float *restrict shadow, const float *restrict 
   for (int64_t i = 0; i < n; i++) shadow[i] -= one_minus_decay * (shadow[i] - p[i]);
 }
 
+knnd_status knnd_ema_set_warmup(knnd_ema *e, bool warmup) {
+  if (!e) return knnd_error(KNND_ERR_ARG, "ema_set_warmup: argument 'e' is NULL (expected an EMA)");
+  e->warmup = warmup;
+  return KNND_OK;
+}
+
+/* diffusers' EMAModel.get_decay with update_after_step 0 and min_decay 0: its optimization_step
+ * is n + 1 for the update after n earlier ones */
+double knnd_ema_next_decay(const knnd_ema *e) {
+  if (!e) return 0;
+  if (!e->warmup) return e->decay;
+  if (e->steps <= 0) return 0;
+  double ramp = (1.0 + (double)e->steps) / (10.0 + (double)e->steps);
+  return ramp < e->decay ? ramp : e->decay;
+}
+
 knnd_status knnd_ema_check_update(const knnd_ema *e, const char *op) {
   if (is_swapped(e))
     return knnd_error(KNND_ERR_STATE, "%s: the EMA weights are swapped in (call ema_swap again before updating)", op);
@@ -75,7 +91,7 @@ knnd_status knnd_ema_check_update(const knnd_ema *e, const char *op) {
 
 /* CPU shadows one by one; CUDA shadows in one multi-tensor launch per device */
 knnd_status knnd_ema_update_rest(knnd_ema *e, const bool *done) {
-  float one_minus_decay = (float)(1 - e->decay);
+  float one_minus_decay = (float)(1 - knnd_ema_next_decay(e));
   knnd_tensor **p32 = calloc((size_t)e->n, sizeof *p32);
   knnd_mt_tensor *table = calloc((size_t)e->n, sizeof *table);
   knnd_status st = KNND_OK;

@@ -455,7 +455,7 @@ knnd_status knnd_optimizer_step(knnd_optimizer *o) {
   }
 #ifdef KNND_HAVE_CUDA
   if (n_cuda) st = knnd_cuda_mt_apply(o->kind == OPTIMIZER_ADAMW ? KNND_MT_ADAMW : KNND_MT_SGD, n_cuda, table,
-                                      ema ? (float)(1 - ema->decay) : 0.0f, 1.0f);
+                                      ema ? (float)(1 - knnd_ema_next_decay(ema)) : 0.0f, 1.0f);
 #endif
   for (int i = 0; i < o->n; i++) {
     knnd_tensor_release(g32[i]);

@@ -44,6 +44,7 @@ struct knnd_ema {
   knnd_tensor **live;
   double decay;
   int64_t steps;
+  bool warmup; /* knnd_ema_set_warmup: the decay ramps up with the steps, as diffusers' EMAModel */
 };
 /* what knnd_ema_update refuses (swapped weights, devices), checked before anything changes */
 knnd_status knnd_ema_check_update(const knnd_ema *e, const char *op);

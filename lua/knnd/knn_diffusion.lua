@@ -606,20 +606,23 @@ local function config_difference(a, b, prefix)
 end
 
 local train_keys = { model = 1, dataset = 1, embeddings = 1, cache = 1, database = 1, steps = 1, batch = 1, lr = 1,
-  min_lr = 1, warmup = 1, weight_decay = 1, ema = 1, grad_clip = 1, flip = 1, seed = 1, out = 1,
+  min_lr = 1, warmup = 1, weight_decay = 1, ema = 1, ema_warmup = 1, grad_clip = 1, flip = 1, seed = 1, out = 1,
   checkpoint_every = 1, resume = 1, progress = 1, until_step = 1, time_limit = 1, name = 1, rows = 1, pairs = 1 }
 
 --- knnd.knn_diffusion.train{model=, dataset= (path or knnd.dataset), embeddings= (the CLIP image
 ---   embeddings of the dataset's rows: a store, its path, or f32 [N,D]), cache= (neighbour cache
 ---   or its path; modes knn and knn_only), database= (the store the cache's rows point into;
 ---   default embeddings), steps=2000, batch=64, lr=2e-4, min_lr=lr/10, warmup=steps/50,
----   weight_decay=0, ema=0.999, grad_clip=1, flip=false, seed=0, out= (run directory),
+---   weight_decay=0, ema=0.999, ema_warmup=false (true: the EMA's decay ramps up as diffusers' EMAModel's,
+---   min(ema, (1+n)/(10+n)) after n updates: a short run's average holds none of the initial weights),
+---   grad_clip=1, flip=false, seed=0, out= (run directory),
 ---   checkpoint_every=250, resume=true, progress=true, until_step=, time_limit=, name=, rows= (train on
 ---   these 0-based rows only, e.g. held-out classes left out; their neighbours still come from the cache),
 ---   pairs= (an edit model's pair maker, knnd.edit.pairs: each batch's Ĩ, the areas' embeddings and their
 ---   neighbours replace the images' own embeddings and cached neighbours; no cache needed)}
---- -> {steps=, loss=, seconds=, resumed_from=, log=, checkpoint=, model_path=, ema_init_share= (ema^steps: the
---- share of the EMA weights still the initialisation; above 10% a warning is printed when progress is on)}
+--- -> {steps=, loss=, seconds=, resumed_from=, log=, checkpoint=, model_path=, ema_init_share= (ema^steps, 0
+--- with ema_warmup: the share of the EMA weights still the initialisation; above 1% a warning is printed when
+--- progress is on)}
 --- Writes out/checkpoint.h5 (model, AdamW, EMA, step, generator, loader position: resuming from it
 --- continues exactly), out/model.h5 (the EMA weights, for knnd.knn_diffusion.load), out/log.csv
 --- and out/loss.png. Training sees no text: the condition is built from image embeddings.
@@ -700,7 +703,10 @@ function M.train(o)
   local world, rank, sync = dist.data_parallel(params, batch, "knn_diffusion.train")
   local main = rank == 0
   local opt = knnd.optim.AdamW(params, { lr = lr, weight_decay = o.weight_decay or 0.0 })
-  local ema = knnd.optim.EMA(params, o.ema or 0.999)
+  if o.ema_warmup ~= nil and type(o.ema_warmup) ~= "boolean" then
+    fail(fname, "option 'ema_warmup' expected true or false, got %s", tostring(o.ema_warmup))
+  end
+  local ema = knnd.optim.EMA(params, o.ema or 0.999, { warmup = o.ema_warmup == true })
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
     warmup_steps = math.min(o.warmup or math.max(1, steps // 50), steps - 1), total_steps = steps }
   local loader = ds:loader { batch = math.min(batch, o.rows and (knnd.is_tensor(o.rows) and o.rows:numel() or #o.rows) or n),
@@ -813,11 +819,12 @@ function M.train(o)
   -- steps): the zero-initialised output layer then shrinks every prediction by that share, and with eps
   -- prediction near the cosine schedule's alpha_bar of 2e-9 a 14% shrink made samples pure noise (stickers.lua
   -- at ema 0.999 for 2000 steps); above 1% say so where a person is watching
+  -- (with ema_warmup the first update takes the weights as they are: none of the initialisation stays)
   local ema_rate = o.ema or 0.999
-  local ema_init = ema_rate ^ step
+  local ema_init = (o.ema_warmup == true and step > 0) and 0 or ema_rate ^ step
   if ema_init > 0.01 and o.progress ~= false and main then
     io.stderr:write(("knnd.knn_diffusion.train: after %d steps the EMA (%g) still holds %.0f%% of the initial weights; "
-      .. "sample with knn_diffusion.load('%s', {weights = \"live\"}) or train with a lower 'ema'\n")
+      .. "sample with knn_diffusion.load('%s', {weights = \"live\"}), or train with 'ema_warmup' or a lower 'ema'\n")
       :format(step, ema_rate, 100 * ema_init, ck_path))
   end
   if main then M.plot_losses { path = out .. "/loss.png", runs = { { name = o.name or cfg.cond.mode, log = log } },

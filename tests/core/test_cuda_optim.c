@@ -170,14 +170,16 @@ static void ema_assert_close(const char *what, knnd_ema *eg, knnd_ema *ec) {
   knnd_state_dict_free(sg);
 }
 
-/* standalone updates, and updates fused into the optimiser step (attached), both equal the CPU;
- * the fused EMA equals step-then-update */
+/* standalone updates, and updates fused into the optimiser step (attached), both equal the CPU,
+ * with and without warm-up; the fused EMA equals step-then-update */
 static void ema_matches_cpu(void **state) {
   (void)state;
   KT_REQUIRE_CUDA();
   knnd_test_seed(104);
-  for (int fused = 0; fused < 2; fused++) {
-    for (int bf16 = 0; bf16 < 2; bf16++) {
+  for (int v = 0; v < 6; v++) {
+    int fused = v & 1, bf16 = (v >> 1) & 1, warm = v >> 2;
+    if (warm && bf16) continue;
+    {
       twin t;
       twin_make(&t, bf16 ? KNND_BF16 : KNND_F32);
       knnd_optimizer *oc = NULL, *og = NULL;
@@ -186,6 +188,8 @@ static void ema_matches_cpu(void **state) {
       KT_OK(make_adamw(t.gpu, 1, &og));
       KT_OK(knnd_ema_new(N_PARAMS, t.cpu, 0.9, &ec));
       KT_OK(knnd_ema_new(N_PARAMS, t.gpu, 0.9, &eg));
+      KT_OK(knnd_ema_set_warmup(ec, warm));
+      KT_OK(knnd_ema_set_warmup(eg, warm));
       if (fused) KT_OK(knnd_optimizer_attach_ema(og, eg));
       for (int s = 1; s <= N_STEPS; s++) {
         twin_grads(&t, s == 2 ? 5 : -1, KNND_F32);
@@ -194,7 +198,7 @@ static void ema_matches_cpu(void **state) {
         KT_OK(knnd_optimizer_step(og));
         if (!fused) KT_OK(knnd_ema_update(eg));
         char what[64];
-        snprintf(what, sizeof what, "ema fused %d bf16 %d step %d", fused, bf16, s);
+        snprintf(what, sizeof what, "ema fused %d bf16 %d warm-up %d step %d", fused, bf16, warm, s);
         twin_assert_close(what, &t, bf16 ? 1e-2 : ATOL, bf16 ? 1e-2 : RTOL);
         ema_assert_close(what, eg, ec);
       }

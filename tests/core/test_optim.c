@@ -516,6 +516,71 @@ static void test_ema(void **state) {
   free(want);
 }
 
+/* warm-up, attached to AdamW: the update after n earlier ones uses diffusers' EMAModel decay
+ * (0, then min(decay, (1+n)/(10+n))) on the parameter the step just wrote; a fresh EMA that loads
+ * the state dict continues the ramp where it was */
+static void test_ema_warmup(void **state) {
+  (void)state;
+  knnd_test_seed(81);
+  const double decay = 0.7; /* (1+n)/(10+n) reaches 0.7 at n = 20: both regimes within 24 steps */
+  knnd_tensor *p = kt_param(kt_randn(2, (int64_t)3, (int64_t)7));
+  int64_t n = knnd_tensor_numel(p);
+  double *want = malloc(sizeof(double) * (size_t)n);
+  for (int64_t i = 0; i < n; i++) want[i] = knnd_tensor_get_flat(p, i);
+  knnd_optimizer *opt;
+  knnd_adamw_opts ao = knnd_adamw_default_opts();
+  ao.lr = 0.05;
+  KT_OK(knnd_adamw_new(1, &p, &ao, &opt));
+  knnd_ema *e;
+  KT_OK(knnd_ema_new(1, &p, decay, &e));
+  assert_true(knnd_ema_next_decay(e) == decay); /* off by default */
+  KT_OK(knnd_ema_set_warmup(e, true));
+  KT_OK(knnd_optimizer_attach_ema(opt, e));
+  for (int s = 0; s < 24; s++) {
+    double d = s == 0 ? 0.0 : fmin(decay, (1.0 + s) / (10.0 + s));
+    assert_true(fabs(knnd_ema_next_decay(e) - d) < 1e-15);
+    set_grad(p, kt_randn(2, (int64_t)3, (int64_t)7));
+    KT_OK(knnd_optimizer_step(opt));
+    for (int64_t i = 0; i < n; i++) want[i] = d * want[i] + (1 - d) * knnd_tensor_get_flat(p, i);
+    if (s == 0) { /* decay 0: the average starts at the updated weights, none of the initial ones */
+      knnd_state_dict *sd0;
+      KT_OK(knnd_ema_state_dict(e, &sd0));
+      kt_assert_close_doubles(knnd_state_dict_get(sd0, "0.shadow"), want, 1e-7, 1e-7);
+      knnd_state_dict_free(sd0);
+    }
+  }
+  assert_true(knnd_ema_next_decay(e) == decay);
+  knnd_state_dict *sd;
+  KT_OK(knnd_ema_state_dict(e, &sd));
+  kt_assert_close_doubles(knnd_state_dict_get(sd, "0.shadow"), want, 1e-6, 1e-5);
+
+  knnd_ema *e2;
+  knnd_tensor *q = kt_param(kt_randn(2, (int64_t)3, (int64_t)7));
+  KT_OK(knnd_ema_new(1, &q, 0.999, &e2));
+  KT_OK(knnd_ema_set_warmup(e2, true));
+  assert_true(knnd_ema_next_decay(e2) == 0.0);
+  knnd_state_dict *part;
+  KT_OK(knnd_ema_state_dict(e, &part));
+  int64_t five = 5;
+  knnd_tensor *step5;
+  KT_OK(knnd_tensor_from_data(KNND_I64, 0, NULL, &five, &step5));
+  KT_OK(knnd_state_dict_set(part, "step", step5));
+  KT_OK(knnd_ema_load_state_dict(e2, part));
+  assert_true(fabs(knnd_ema_next_decay(e2) - 6.0 / 15.0) < 1e-15);
+  KT_FAILS(knnd_ema_set_warmup(NULL, true), KNND_ERR_ARG, "NULL");
+
+  KT_OK(knnd_optimizer_attach_ema(opt, NULL));
+  knnd_tensor_release(step5);
+  knnd_state_dict_free(part);
+  knnd_state_dict_free(sd);
+  knnd_ema_free(e);
+  knnd_ema_free(e2);
+  knnd_optimizer_free(opt);
+  knnd_tensor_release(p);
+  knnd_tensor_release(q);
+  free(want);
+}
+
 /* a bf16 parameter: the shadow is f32 and a double swap leaves both sides exactly as they were */
 static void test_ema_bf16_swap_exact(void **state) {
   (void)state;
@@ -711,6 +776,7 @@ int main(void) {
       cmocka_unit_test(test_state_dict_errors),
       cmocka_unit_test(test_arguments),
       cmocka_unit_test(test_ema),
+      cmocka_unit_test(test_ema_warmup),
       cmocka_unit_test(test_ema_bf16_swap_exact),
       cmocka_unit_test(test_clip_grad_norm),
       cmocka_unit_test(test_clip_shared_and_low_precision_grads),

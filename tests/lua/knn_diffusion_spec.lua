@@ -150,6 +150,13 @@ describe("save and load", function()
 end)
 
 describe("knnd.knn_diffusion.train", function()
+  local function same_weights(a, b)
+    local sa, sb = a:state_dict(), b:state_dict()
+    for k, v in pairs(sa) do
+      if not same(v, sb[k]) then return false end
+    end
+    return true
+  end
   local function run(dir, extra)
     local o = { model = tiny("knn"), dataset = ds_path, embeddings = emb_path, cache = cache_path, out = dir,
       steps = 10, batch = 8, checkpoint_every = 4, progress = false, seed = 5 }
@@ -177,9 +184,37 @@ describe("knnd.knn_diffusion.train", function()
     local rest = run(db)
     assert.are.equal(6, rest.resumed_from)
     assert.are.same(full.log.loss, rest.log.loss)
-    local a, b = kd.load(da .. "/model.h5"), kd.load(db .. "/model.h5")
-    local sa, sb = a:state_dict(), b:state_dict()
-    for k, v in pairs(sa) do assert.is_true(same(v, sb[k]), k) end
+    assert.is_true(same_weights(kd.load(da .. "/model.h5"), kd.load(db .. "/model.h5")))
+  end)
+
+  it("with ema_warmup the average holds none of the initial weights, and resumes exactly", function()
+    local function dist(a, b)
+      local sa, sb, sum = a:state_dict(), b:state_dict(), 0
+      for k, v in pairs(sa) do
+        if v:dtype() == "f32" then sum = sum + ((v - sb[k]) ^ 2):sum():item() end
+      end
+      return math.sqrt(sum)
+    end
+    local init = tiny("knn")
+    -- without warm-up 10 steps at 0.999 leave 99% of the initialisation in the average
+    local plain = rundir("run_plain")
+    assert.is_true(math.abs(run(plain, { ema = 0.999 }).ema_init_share - 0.999 ^ 10) < 1e-12)
+    local live = kd.load(plain .. "/checkpoint.h5", { weights = "live" })
+    local moved = dist(live, init)
+    assert.is_true(moved > 0)
+    assert.is_true(dist(kd.load(plain .. "/model.h5"), init) < 0.02 * moved)
+    -- with it the decays are 0, 2/11, 3/12, ...: the average sits among the trained weights
+    local da, db = rundir("run_warm_a"), rundir("run_warm_b")
+    local r = run(da, { ema = 0.999, ema_warmup = true })
+    assert.are.equal(0, r.ema_init_share)
+    local warm = kd.load(da .. "/model.h5")
+    local live_w = kd.load(da .. "/checkpoint.h5", { weights = "live" })
+    assert.is_true(dist(warm, live_w) < 0.5 * dist(live_w, init), ("%g vs %g"):format(dist(warm, live_w), dist(live_w, init)))
+    assert.is_true(dist(warm, live_w) > 0)
+    run(db, { ema = 0.999, ema_warmup = true, until_step = 6 })
+    run(db, { ema = 0.999, ema_warmup = true })
+    assert.is_true(same_weights(warm, kd.load(db .. "/model.h5")))
+    h.errors_with(function() run(tmp("x"), { ema_warmup = 1 }) end, "option 'ema_warmup' expected true or false, got 1")
   end)
 
   it("trains on a subset of rows (held-out classes stay unseen)", function()

@@ -180,6 +180,36 @@ describe("knnd.optim.EMA", function()
     assert_close(flat(p), {3, 4})
   end)
 
+  it("warms up as diffusers' EMAModel: decay 0, then min(decay, (1+n)/(10+n)), resumed from its state dict", function()
+    local p = param({1, -2})
+    local ema = knnd.optim.EMA({p}, 0.5, {warmup = true})
+    local shadow, seen = {1, -2}, {}
+    for n = 0, 9 do
+      -- diffusers: optimization_step = n + 1, step = n, decay 0 at step 0
+      local want = n == 0 and 0 or math.min(0.5, (1 + n) / (10 + n))
+      seen[#seen + 1] = ema:next_decay()
+      assert.is_true(math.abs(seen[#seen] - want) < 1e-12, ("update %d: decay %g, want %g"):format(n, seen[#seen], want))
+      local v = {n + 0.5, 2 * n - 3}
+      knnd.no_grad(function() p:copy_(knnd.tensor(v)) end)
+      ema:update()
+      for i = 1, 2 do shadow[i] = want * shadow[i] + (1 - want) * v[i] end
+    end
+    assert.are.equal(0.5, seen[#seen]) -- (1+n)/(10+n) passes 0.5 at n = 8
+    assert.is_true(seen[2] < seen[3] and seen[3] < seen[4])
+    ema:swap()
+    assert_close(flat(p), shadow, 1e-5)
+    ema:swap()
+    -- a fresh EMA resumes the ramp from the step count its state dict carries
+    local q = param({0, 0})
+    local fresh = knnd.optim.EMA({q}, 0.9, {warmup = true})
+    assert.are.equal(0, fresh:next_decay())
+    fresh:load_state_dict((ema:state_dict()))
+    assert.is_true(math.abs(fresh:next_decay() - 11 / 20) < 1e-12)
+    -- without warm-up the decay is the constant one from the first update
+    assert.are.equal(0.9, knnd.optim.EMA({q}, 0.9):next_decay())
+    assert.is_truthy(tostring(knnd.optim.EMA({q}, 0.9, {warmup = true})):find("warming up", 1, true))
+  end)
+
   it("state_dict round-trips", function()
     local p = param({1, 2})
     local a = knnd.optim.EMA(p, 0.5)
@@ -195,6 +225,9 @@ describe("knnd.optim.EMA", function()
     assert.has_error(function() knnd.optim.EMA({param({1})}) end,
       "knnd.optim.EMA: argument 2 'decay' expected a number in [0, 1] (e.g. 0.9999), got nil")
     assert.has_error(function() knnd.optim.EMA({param({1})}, 2) end)
+    assert.has_error(function() knnd.optim.EMA({param({1})}, 0.9, {warmup = "yes"}) end)
+    assert.has_error(function() knnd.optim.EMA({param({1})}, 0.9, {warmpu = true}) end)
+    assert.has_error(function() knnd.optim.EMA({param({1})}, 0.9, 3) end, "knnd.optim.EMA: argument 3 expected an options table {warmup=}, got number")
     assert.has_error(function() knnd.optim.EMA.update() end)
   end)
 end)

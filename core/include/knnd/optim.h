@@ -49,6 +49,13 @@ typedef struct knnd_ema knnd_ema;
 knnd_status knnd_ema_new(int n, knnd_tensor *const *params, double decay, knnd_ema **out);
 void knnd_ema_free(knnd_ema *e);
 knnd_status knnd_ema_update(knnd_ema *e);
+/* Warm-up (off by default), as diffusers' EMAModel: the update after n earlier ones uses decay
+ * 0 for n = 0 (the average starts at the first updated weights) and min(decay, (1+n)/(10+n))
+ * after, so a run shorter than a few times 1/(1-decay) steps does not keep the initial weights
+ * in its average. n is the EMA's step count, which its state dict carries across a resume. */
+knnd_status knnd_ema_set_warmup(knnd_ema *e, bool warmup);
+/* the decay the next update uses (the constant decay without warm-up) */
+double knnd_ema_next_decay(const knnd_ema *e);
 /* swap shadow and live values (call twice to restore), for sampling with EMA weights */
 knnd_status knnd_ema_swap(knnd_ema *e);
 knnd_status knnd_ema_state_dict(const knnd_ema *e, knnd_state_dict **out);
