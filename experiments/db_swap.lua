@@ -19,9 +19,9 @@
 -- Written to out/: swap_<mode>.png (for each prompt: a row from the Noto index, then a row from
 -- the EmojiOne index; the first run and seed), neighbors_emojione.png (what the prompts retrieve
 -- from EmojiOne), style.h5 / style.json (the style classifier and its held-out accuracy),
--- db_swap.md and db_swap.csv (the table), db_swap.png (each measure's mean and CI per mode and index),
--- db_swap.ipynb (all of it as a notebook, as knnd export-notebook writes it) and metrics.json: per mode the share of samples whose nearest image among
--- both databases (CLIP image embeddings) is an EmojiOne image (closer_to_emojione_<index>_index),
+-- db_swap.md and db_swap.csv (the table), db_swap.png (each measure's mean and CI per mode and
+-- index), db_swap.ipynb (all of it as a notebook, as knnd export-notebook writes it) and
+-- metrics.json: per mode the share of samples whose nearest image among both databases (CLIP image embeddings) is an EmojiOne image (closer_to_emojione_<index>_index),
 -- and per mode and index the style classifier's EmojiOne share and the alignment, with the tests.
 local knnd = require "knnd"
 local kd = knnd.knn_diffusion
@@ -323,10 +323,13 @@ files.write_atomic(opt.out .. "/db_swap.csv",
   knnd.report.csv({ "mode", "index", "measure", "mean_or_diff", "ci95", "n", "p" }, csv_rows))
 
 -- the picture: per mode and index, each measure's mean with its 95% CI as an error bar
-local groups, PLOTTED = {}, { { "emojione_share", "EmojiOne style (classifier)" }, { "clip_top1", "CLIP top-1 alignment" },
-  { "closer_to_emojione", "nearest image is EmojiOne" } }
+local groups, group_names, PLOTTED = {}, {}, { { "emojione_share", "EmojiOne style (classifier)" },
+  { "clip_top1", "CLIP top-1 alignment" }, { "closer_to_emojione", "nearest image is EmojiOne" } }
 for _, mode in ipairs(modes) do
-  for _, ix in ipairs(INDEXES) do groups[#groups + 1] = { mode = mode, ix = ix } end
+  for _, ix in ipairs(INDEXES) do
+    groups[#groups + 1] = { mode = mode, ix = ix }
+    group_names[#groups] = ("%d: %s/%s"):format(#groups, mode, ix)
+  end
 end
 local series = {}
 for mi, pm in ipairs(PLOTTED) do
@@ -343,11 +346,7 @@ for mi, pm in ipairs(PLOTTED) do
 end
 knnd.scatter { path = opt.out .. "/db_swap.png", series = series, ylabel = "share of samples",
   title = ("database swap: mean ± 95%% CI over %d %s"):format(n_units, units_of),
-  xlabel = "mode and index (" .. table.concat((function()
-    local t = {}
-    for i, g in ipairs(groups) do t[i] = ("%d: %s/%s"):format(i, g.mode, g.ix) end
-    return t
-  end)(), ", ") .. ")" }
+  xlabel = "mode and index (" .. table.concat(group_names, ", ") .. ")" }
 metrics.wall_seconds = knnd.wall_time() - t_start
 kd.write_atomic(opt.out .. "/metrics.json", require("dkjson").encode(metrics, { indent = true }) .. "\n")
 -- everything above in one self-contained notebook (knnd export-notebook)
