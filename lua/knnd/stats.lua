@@ -74,7 +74,8 @@ end
 --- paired_t(xs, ys [, level = 0.95]) -> {diff, ci, t, df, p, n, level}: the paired t-test of xs[i]
 --- against ys[i] (scipy.stats.ttest_rel, two-sided): diff = mean(xs - ys), ci its half-width at
 --- `level`, t = diff / (sd / sqrt(n)), df = n - 1, p = 2 P(T > |t|). With n < 2, or every difference
---- equal to zero, t, p and ci are nil (undefined); equal non-zero differences give t = ±inf, p = 0.
+--- equal to zero, t, p and ci are nil (undefined); equal non-zero differences give t = ±inf, p = 0
+--- ("equal": their spread is below 1e-6 of the largest value, the rounding of f32 results).
 function M.paired_t(xs, ys, level)
   local fname = "paired_t"
   local n = check_numbers(fname, xs, "argument 1 'xs'")
@@ -89,8 +90,12 @@ function M.paired_t(xs, ys, level)
   r.diff = mean
   if n < 2 then r.df = nil return r end
   -- equal differences (up to the rounding of their subtractions: 0.1615 - 0.0990 and 0.2240 - 0.1615 differ in
-  -- the last bits) have no spread: a t of 1e15 from that rounding would be reported as p = 1e-16
-  if sd <= 1e-12 * math.abs(mean) then
+  -- the last bits) have no spread: a t of 1e15 from that rounding would be reported as p = 1e-16. The values
+  -- are often f32 results (a share of samples computed on tensors: 6/72 is 0.0833333358), whose rounding is
+  -- 6e-8 of their size: a spread below 1e-6 of the largest value is that rounding, not a difference
+  local scale = math.abs(mean)
+  for i = 1, n do scale = math.max(scale, math.abs(xs[i]), math.abs(ys[i])) end
+  if sd <= 1e-6 * scale then
     if mean ~= 0 then r.t, r.p, r.ci = mean > 0 and math.huge or -math.huge, 0, 0 end
     return r
   end

@@ -87,6 +87,13 @@ describe("knnd.stats intervals and tests match scipy.stats", function()
     r = stats.paired_t({ 31 / 192, 43 / 192 }, { 19 / 192, 31 / 192 })
     assert.are.equal(math.huge, r.t)
     assert.are.equal(0, r.p)
+    -- f32 shares (db_swap: one sample of 72 more in each of three seeds, means taken on f32 tensors)
+    local f32 = function(v) return knnd.tensor({ v }):item() end
+    r = stats.paired_t({ f32(6 / 72), f32(7 / 72), f32(5 / 72) }, { f32(5 / 72), f32(6 / 72), f32(4 / 72) })
+    assert.are.same({ math.huge, 0, 0 }, { r.t, r.p, r.ci })
+    -- a real spread, however small against the values, is still tested
+    r = stats.paired_t({ 0.5, 0.6, 0.7 }, { 0.49, 0.58, 0.69 })
+    assert.is_true(r.p > 0 and r.p < 1 and r.ci > 0)
     r = stats.paired_t({ 1 }, { 0.5 })
     assert.are.same({ 0.5, nil, nil, 1 }, { r.diff, r.t, r.p, r.n })
   end)
