@@ -81,10 +81,13 @@ function M.classifier_extractor(clf, o)
   if type(name) ~= "string" or not name:match("^[%w_%-%.]+$") then
     fail("classifier_extractor", "option 'name' expected a short name of letters, digits, '-', '_' or '.'")
   end
+  -- the digest of the weights (as safetensors, whose bytes depend on the tensors alone) and the config: not
+  -- of clf:save's HDF5 file, which records when each object was written, so the same classifier saved in
+  -- another second had another id and its statistics were refused as another extractor's
   local path = os.tmpname()
-  clf:save(path)
+  knnd.io.save_safetensors(path, (clf:state_dict()))
   local f = assert(io.open(path, "rb"))
-  local bytes = f:read("a")
+  local bytes = f:read("a") .. require("knnd.files").json_encode(clf.config)
   f:close()
   os.remove(path)
   local cfg = clf.config

@@ -38,6 +38,13 @@ describe("knnd.eval extractors", function()
     assert.are.equal("FID", ev.fid_label("inception-v3-fid/pool3"))
     local same = ev.classifier_extractor(clf, { name = "fmnist-cnn" })
     assert.are.equal(cnn.id, same.id)
+    -- the id is the weights', not the time of a save: the same classifier a second later, and saved and loaded
+    local t0 = os.time()
+    while os.time() == t0 do end
+    assert.are.equal(cnn.id, ev.classifier_extractor(clf, { name = "fmnist-cnn" }).id)
+    local saved = tmp("eval_clf.h5")
+    clf:save(saved)
+    assert.are.equal(cnn.id, ev.classifier_extractor(saved, { name = "fmnist-cnn" }).id)
     local other = ev.classifier_extractor(knnd.classifier.new { channels = 1, image_size = 28, width = 8, seed = 2 },
       { name = "fmnist-cnn" })
     assert.are_not.equal(cnn.id, other.id) -- other weights, other extractor
