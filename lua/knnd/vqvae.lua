@@ -504,7 +504,9 @@ end
 local eval_keys = { model = 1, dataset = 1, rows = 1, batch = 1 }
 
 --- knnd.vqvae.evaluate{model=, dataset=, rows= (0-based; default all), batch=64}
---- -> {psnr= (mean dB over the images), mse=, usage=, perplexity= (of all the images' codes), count=}
+--- -> {psnr= (mean dB over the images), mse=, usage= (share of the tokens used), used= (how many),
+---     perplexity= (of all the images' codes), token_grid= {h, w}, count=}
+--- The reconstructions are clamped to [-1, 1] before PSNR and MSE: what a saved image would show.
 function M.evaluate(o)
   local fname = "evaluate"
   check_keys(fname, o, eval_keys)
@@ -524,14 +526,15 @@ function M.evaluate(o)
   local batch = positive_int(fname, "batch", o.batch or 64)
   local was_training = model.training
   model:eval()
-  local psnr_sum, mse_sum, all_tokens = 0, 0, {}
+  local psnr_sum, mse_sum, all_tokens, grid = 0, 0, {}, nil
   knnd.no_grad(function()
     for s = 1, n, batch do
       local r = rows:narrow(1, s, math.min(batch, n - s + 1))
       local x = ds:images(r):float() * (2 / 255) - 1
       local tokens = model:encode(x)
-      local y = model:decode(tokens)
+      local y = knnd.clamp(model:decode(tokens), -1, 1)
       local B = x:size(1)
+      grid = grid or { tokens:size(2), tokens:size(3) }
       psnr_sum = psnr_sum + M.psnr(y, x) * B
       mse_sum = mse_sum + (y - x):square():mean():item() * B
       all_tokens[#all_tokens + 1] = tokens:reshape(-1)
@@ -547,7 +550,8 @@ function M.evaluate(o)
     entropy = entropy - (c / total) * math.log(c / total)
   end
   local K = model:num_codes()
-  return { psnr = psnr_sum / n, mse = mse_sum / n, usage = used / K, perplexity = math.exp(entropy), count = n }
+  return { psnr = psnr_sum / n, mse = mse_sum / n, usage = used / K, used = used, perplexity = math.exp(entropy),
+    token_grid = grid, count = n }
 end
 
 return M

@@ -34,6 +34,14 @@ LUA
 out=$("$knnd" vqvae vq/model.h5 --dataset e16.h5 --n 4 2>&1); rc=$?
 [ $rc = 0 ] && contains "$out" "knnd VQ-VAE, 16 tokens, downsampling by 2" && contains "$out" "4 images through 8x8 tokens"
 check "a knnd VQ-VAE and its reconstructions ($out)" $?
+# the command's PSNR and token count are knnd.vqvae.evaluate's
+cat > eval.lua <<'LUA'
+local e = knnd.vqvae.evaluate { model = knnd.vqvae.load("vq/model.h5"), dataset = "e16.h5", rows = { 0, 1, 2, 3 } }
+print(("%.4f %d"):format(e.psnr, e.used))
+LUA
+want=$("$knnd" run eval.lua 2>&1); out=$("$knnd" vqvae vq/model.h5 --dataset e16.h5 --n 4 --json 2>&1); rc=$?
+[ $rc = 0 ] && python3 -c 'import json, sys; d = json.loads(sys.argv[1]); got = "%.4f %d" % (d["psnr"], d["tokens_used"]); assert got == sys.argv[2], (got, sys.argv[2])' "$out" "$want"
+check "the command measures as knnd.vqvae.evaluate does ($want; $out)" $?
 
 # ---- errors ----
 out=$("$knnd" vqvae nothing.safetensors 2>&1); rc=$?

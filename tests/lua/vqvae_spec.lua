@@ -107,6 +107,26 @@ describe("knnd.vqvae.train", function()
     local e = knnd.vqvae.evaluate { model = m, dataset = ds_path, rows = { 0, 1, 2, 3 } }
     assert.are.equal(4, e.count)
     assert.is_true(e.psnr > 0 and e.usage > 0 and e.perplexity >= 1)
+    -- the reconstructions are clamped to the images' range before PSNR, the tokens counted: a decoder
+    -- whose output bias is raised by 3 draws outside [-1, 1]
+    local sd = m:state_dict()
+    assert.is_not_nil(sd["decoder.conv_out.bias"])
+    sd["decoder.conv_out.bias"] = sd["decoder.conv_out.bias"] + 3
+    m:load_state_dict(sd)
+    e = knnd.vqvae.evaluate { model = m, dataset = ds_path, rows = { 0, 1, 2, 3 } }
+    local t = m:encode(x)
+    local y = knnd.no_grad(function() return m:decode(t) end)
+    assert.is_true(y:max():item() > 1, "the raised decoder leaves [-1, 1]")
+    local want = knnd.vqvae.psnr(knnd.clamp(y, -1, 1), x)
+    assert.is_true(math.abs(e.psnr - want) < 1e-4 * math.abs(want), ("psnr %g, clamped %g"):format(e.psnr, want))
+    assert.is_true(math.abs(e.psnr - knnd.vqvae.psnr(y, x)) > 1e-3, "evaluate clamps")
+    local seen, used = {}, 0
+    for _, v in ipairs(t:reshape(-1):totable()) do
+      if not seen[v] then seen[v], used = true, used + 1 end
+    end
+    assert.are.equal(used, e.used)
+    assert.are.equal(used / m:num_codes(), e.usage)
+    assert.are.same({ t:size(2), t:size(3) }, e.token_grid)
     h.errors_with(function() knnd.vqvae.train { dataset = ds_path } end, "option 'out'")
     h.errors_with(function() knnd.vqvae.train { dataset = ds_path, out = out, stepz = 1 } end, "unknown option 'stepz'")
     h.errors_with(function() knnd.vqvae.load(ds_path) end, "as a knnd.vqvae model")

@@ -69,19 +69,14 @@ function M.run(a)
       error(("--dataset: its %dx%d images are not divisible by the model's downsampling %d"):format(shape[2], shape[3],
         r.downsampling), 0)
     end
+    -- the numbers as knnd.vqvae.evaluate takes them everywhere else (training logs, testbed)
     local n = math.min(a.n, ds:count())
-    local x = ds:images(knnd.arange(0, n, { dtype = "i64" })):float() * (2 / 255) - 1
-    local tokens, y = knnd.no_grad(function()
-      local t = m:encode(x)
-      return t, knnd.clamp(m:decode(t), -1, 1)
-    end)
-    r.images, r.psnr = n, knnd.vqvae.psnr(y, x)
-    local used = {}
-    for _, v in ipairs(tokens:reshape(-1):totable()) do used[v] = true end
-    r.tokens_used = 0
-    for _ in pairs(used) do r.tokens_used = r.tokens_used + 1 end
-    r.token_grid = { tokens:size(2), tokens:size(3) }
+    local rows = knnd.arange(0, n, { dtype = "i64" })
+    local e = knnd.vqvae.evaluate { model = m, dataset = ds, rows = rows }
+    r.images, r.psnr, r.tokens_used, r.token_grid = n, e.psnr, e.used, e.token_grid
     if a.grid then
+      local x = ds:images(rows):float() * (2 / 255) - 1
+      local y = knnd.no_grad(function() return knnd.clamp(m:decode(m:encode(x)), -1, 1) end)
       knnd.save_grid(a.grid, knnd.cat({ x, y }, 1), { nrow = n, range = { -1, 1 }, scale = 2 })
       r.grid = a.grid
     end
