@@ -142,10 +142,15 @@ done:
 }
 
 /* Every group we create tracks link creation order, so listings (and state dicts read back)
- * keep the order things were written in rather than HDF5's default alphabetical order. */
+ * keep the order things were written in rather than HDF5's default alphabetical order. No object
+ * (root group, group, dataset) records its creation and modification times: the same contents
+ * written a second later are the same bytes, so a file's digest names its contents. */
 static hid_t group_create_plist(void) {
   hid_t p = H5Pcreate(H5P_GROUP_CREATE);
-  if (p >= 0) H5Pset_link_creation_order(p, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+  if (p >= 0) {
+    H5Pset_link_creation_order(p, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+    H5Pset_obj_track_times(p, false);
+  }
   return p;
 }
 
@@ -170,6 +175,7 @@ knnd_status knnd_h5_open(const char *path, const char *mode, knnd_h5 **out) {
   /* file locks fail on some network file systems; the rename protocol is our concurrency story */
   H5Pset_file_locking(fapl, false, true);
   H5Pset_link_creation_order(fcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+  H5Pset_obj_track_times(fcpl, false); /* the root group's */
   /* the 1.8 file format at least: its superblock, object headers, B-trees and heaps carry
    * checksums, so libhdf5 refuses corrupted metadata in our files instead of parsing it */
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
@@ -508,6 +514,7 @@ static knnd_status create_dataset_typed(knnd_h5 *f, const char *op, const char *
   hid_t space = ndim == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(ndim, dims, maxdims);
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
   if (chunk && dcpl >= 0) H5Pset_chunk(dcpl, ndim, chunk);
+  if (dcpl >= 0) H5Pset_obj_track_times(dcpl, false);
   hid_t d = type >= 0 && space >= 0 && dcpl >= 0
                 ? H5Dcreate2(f->file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)
                 : H5I_INVALID_HID;

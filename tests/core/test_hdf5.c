@@ -404,11 +404,74 @@ static void test_corrupt_files(void **state) {
   knnd_tensor_release(t);
 }
 
+/* the file's bytes, malloc'ed */
+static unsigned char *slurp(const char *path, size_t *n) {
+  FILE *fp = fopen(path, "rb");
+  assert_non_null(fp);
+  fseek(fp, 0, SEEK_END);
+  long len = ftell(fp);
+  assert_true(len > 0);
+  fseek(fp, 0, SEEK_SET);
+  unsigned char *b = malloc((size_t)len);
+  assert_non_null(b);
+  assert_true(fread(b, 1, (size_t)len, fp) == (size_t)len);
+  fclose(fp);
+  *n = (size_t)len;
+  return b;
+}
+
+static void write_some(const char *path, const knnd_tensor *a, const knnd_tensor *b) {
+  knnd_h5 *f;
+  KT_OK(knnd_h5_open(path, "w", &f));
+  KT_OK(knnd_h5_write(f, "model/layer/w", a));
+  KT_OK(knnd_h5_write(f, "b", b));
+  KT_OK(knnd_h5_set_attr_string(f, "/", "config", "{\"lr\": 3e-4}"));
+  KT_OK(knnd_h5_set_attr_int(f, "model", "step", 7));
+  KT_OK(knnd_h5_close(f));
+}
+
+/* The same contents written in another second are the same bytes (no object records when it was
+ * made), so digests of saved models name their contents; opening with "a" keeps that too. */
+static void test_same_contents_same_bytes(void **state) {
+  (void)state;
+  knnd_test_seed(5);
+  char p1[4096], p2[4096]; /* tmp_path's buffer is reused */
+  snprintf(p1, sizeof p1, "%s", tmp_path("bytes1.h5"));
+  snprintf(p2, sizeof p2, "%s", tmp_path("bytes2.h5"));
+  knnd_tensor *a = kt_randn(2, (int64_t)3, (int64_t)4), *b = rand_tensor(KNND_I64, 1, (int64_t[]){5});
+  write_some(p1, a, b);
+  usleep(1100 * 1000); /* into the next second of the clock HDF5 would have recorded */
+  write_some(p2, a, b);
+  size_t n1, n2;
+  unsigned char *b1 = slurp(p1, &n1), *b2 = slurp(p2, &n2);
+  assert_int_equal(n1, n2);
+  assert_memory_equal(b1, b2, n1);
+  free(b2);
+  /* a dataset added to a copy, the same way twice */
+  knnd_h5 *f;
+  for (int i = 0; i < 2; i++) {
+    KT_OK(knnd_h5_open(i ? p2 : p1, "a", &f));
+    KT_OK(knnd_h5_write(f, "extra/x", a));
+    KT_OK(knnd_h5_close(f));
+    if (!i) usleep(1100 * 1000);
+  }
+  free(b1);
+  b1 = slurp(p1, &n1);
+  b2 = slurp(p2, &n2);
+  assert_int_equal(n1, n2);
+  assert_memory_equal(b1, b2, n1);
+  free(b1);
+  free(b2);
+  knnd_tensor_release(a);
+  knnd_tensor_release(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip_all_dtypes), cmocka_unit_test(test_appendable),
       cmocka_unit_test(test_attributes),            cmocka_unit_test(test_state_dicts),
       cmocka_unit_test(test_abort_leaves_old_file), cmocka_unit_test(test_corrupt_files),
+      cmocka_unit_test(test_same_contents_same_bytes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
