@@ -706,7 +706,8 @@ function M.train(o)
   if o.ema_warmup ~= nil and type(o.ema_warmup) ~= "boolean" then
     fail(fname, "option 'ema_warmup' expected true or false, got %s", tostring(o.ema_warmup))
   end
-  local ema = knnd.optim.EMA(params, o.ema or 0.999, { warmup = o.ema_warmup == true })
+  local ema_rate = o.ema or 0.999
+  local ema = knnd.optim.EMA(params, ema_rate, { warmup = o.ema_warmup == true })
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
     warmup_steps = math.min(o.warmup or math.max(1, steps // 50), steps - 1), total_steps = steps }
   local loader = ds:loader { batch = math.min(batch, o.rows and (knnd.is_tensor(o.rows) and o.rows:numel() or #o.rows) or n),
@@ -820,7 +821,6 @@ function M.train(o)
   -- prediction near the cosine schedule's alpha_bar of 2e-9 a 14% shrink made samples pure noise (stickers.lua
   -- at ema 0.999 for 2000 steps); above 1% say so where a person is watching
   -- (with ema_warmup the first update takes the weights as they are: none of the initialisation stays)
-  local ema_rate = o.ema or 0.999
   local ema_init = (o.ema_warmup == true and step > 0) and 0 or ema_rate ^ step
   if ema_init > 0.01 and o.progress ~= false and main then
     io.stderr:write(("knnd.knn_diffusion.train: after %d steps the EMA (%g) still holds %.0f%% of the initial weights; "
