@@ -175,6 +175,9 @@ for _, mode in ipairs(modes) do
   end
 end
 local s = opt.sample
+-- one bar over all the sampling (runs x modes x indexes x sampling seeds): the longest part
+local per_batch = #prompts * s.per_prompt
+local bar = knnd.progress { total = #sources * #modes * #INDEXES * #seeds * per_batch, desc = "db_swap sampling", unit = "img" }
 for ri, src in ipairs(sources) do
   local r = ri == 1 and first or with_emojione(open_run(src))
   for _, mode in ipairs(modes) do
@@ -191,6 +194,7 @@ for ri, src in ipairs(sources) do
         if ri == 1 and si == 1 then grid_rows[ix] = g.images end
         local m = measure(r, g)
         for _, k in ipairs(METRICS) do values[mode][ix][k][ri][si] = m[k] end
+        bar:update(per_batch, { run = ri, mode = mode, index = ix, seed = seed })
       end
     end
     if ri == 1 then
@@ -210,6 +214,7 @@ for ri, src in ipairs(sources) do
     end
   end
 end
+bar:close()
 
 -- the units of the intervals and tests: the sampling seeds of one run, or the runs (each the mean
 -- over its seeds): training seeds vary more than sampling seeds, and an interval over seeds of

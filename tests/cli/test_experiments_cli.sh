@@ -111,7 +111,8 @@ out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=missing --set o
 [ $rc != 0 ] && [[ "$out" == *"run experiments/stickers.lua first"* ]]; check "db_swap without a stickers run says what to do" $?
 out=$("$knnd" run "$root/experiments/db_swap.lua" --set stickers=st --set out=swap --set sample.per_prompt=1 \
   --set sample.steps=2 --set prompts="red apple,pizza" --set seeds=1,2 --set style.steps=40 2>&1); rc=$?
-[ $rc = 0 ] && [[ "$out" == *"with the EmojiOne index"* ]]; checkst $? "db_swap runs ($(echo "$out" | tail -2))"
+[ $rc = 0 ] && [[ "$out" == *"with the EmojiOne index"* ]] && [[ "$out" == *"db_swap sampling"*"16/16"* ]]
+checkst $? "db_swap runs, with a progress bar over its sampling ($(echo "$out" | tail -2))"
 [ -s swap/swap_knn.png ] && [ -s swap/swap_no_knn.png ] && [ -s swap/neighbors_emojione.png ] && [ -s swap/metrics.json ] \
   && [ -s swap/db_swap.png ] && grep -Eq "^knn,emojione - noto,emojione_share,[-0-9.e]+,[0-9.e]*,2,[0-9.e]*$" swap/db_swap.csv \
   && /usr/bin/python3 -c "import nbformat,sys; nb=nbformat.read('swap/db_swap.ipynb',as_version=4); nbformat.validate(nb); \
