@@ -19,32 +19,44 @@ typedef struct norm_geom {
   int64_t rows, groups, cpg, inner;
 } norm_geom;
 
-/* Row statistics in one pass. Sums of (x - x[0]) rather than of x keep the variance formula
- * E[d²] - E[d]² free of cancellation when |mean| >> std; float partial sums over short chunks
- * (split further across SIMD lanes) are folded into doubles, so rows of millions of elements
- * keep full precision. The mean is kept as two floats, mean = x[0] + m: the kernels centre x
- * as (x - x[0]) - m, where the first difference is exact for x near x[0] (Sterbenz), so a
- * mean of 1000 with a spread of 0.1 loses nothing to the float spacing at 1000. */
+/* Row statistics in two passes, as the CUDA kernel takes them: the mean of d = x - x[0], then the
+ * variance as the mean of (d - m)² less the square of what is left of the mean (tiny),
+ * so no cancellation whatever x[0] is. One pass of E[d²] - E[d]² loses precision when x[0] lies
+ * far from the row's mean (an outlier first channel: rstd was 9e-4 off for a row of N(0,1) with
+ * x[0] = 1000). Float partial sums over short chunks (split further across SIMD lanes) are folded
+ * into doubles, so rows of millions of elements keep full precision. The mean is kept as two
+ * floats, mean = x[0] + m: the kernels centre x as (x - x[0]) - m, where the first difference
+ * is exact for x near x[0] (Sterbenz), so a mean of 1000 with a spread of 0.1 loses nothing to
+ * the float spacing at 1000. */
 #define NORM_CHUNK 1024
 KNND_CPU_CLONES static void row_moments(const float *x, int64_t n, double eps, float *mean, float *rstd) {
   const float shift = x[0];
-  double s = 0, ss = 0;
+  double s = 0;
   for (int64_t i0 = 0; i0 < n; i0 += NORM_CHUNK) {
     int64_t end = i0 + NORM_CHUNK < n ? i0 + NORM_CHUNK : n;
-    float cs = 0, css = 0;
-#pragma omp simd reduction(+ : cs, css)
-    for (int64_t i = i0; i < end; i++) {
-      float d = x[i] - shift;
-      cs += d;
-      css += d * d;
-    }
+    float cs = 0;
+#pragma omp simd reduction(+ : cs)
+    for (int64_t i = i0; i < end; i++) cs += x[i] - shift;
     s += cs;
+  }
+  const float m = (float)(s / (double)n);
+  double r = 0, ss = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += NORM_CHUNK) {
+    int64_t end = i0 + NORM_CHUNK < n ? i0 + NORM_CHUNK : n;
+    float cr = 0, css = 0;
+#pragma omp simd reduction(+ : cr, css)
+    for (int64_t i = i0; i < end; i++) {
+      float e = (x[i] - shift) - m;
+      cr += e;
+      css += e * e;
+    }
+    r += cr;
     ss += css;
   }
-  double m = s / (double)n, var = ss / (double)n - m * m;
+  double rm = r / (double)n, var = ss / (double)n - rm * rm;
   if (var < 0) var = 0;
   mean[0] = shift;
-  mean[1] = (float)m;
+  mean[1] = m;
   *rstd = (float)(1.0 / sqrt(var + eps));
 }
 

@@ -111,6 +111,28 @@ static void large_mean(void **state) {
   run(&l, KNND_F32, 2, ls, true, -500.0);
 }
 
+/* the first element of every row far from the row's mean (an outlier channel 0): both devices
+ * shift the statistics by x[0] and take the variance in two passes (norm.c's single pass of
+ * E[d²] - E[d]² was 9e-4 off in rstd for x[0] = 1000 and would fail here) */
+static void outlier_first_element(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(306);
+  const int64_t rows = 6, d = 4096;
+  norm_ctx l = {.layer = true, .normalized_ndim = 1, .eps = 1e-5}, g = {.layer = false, .groups = 2, .eps = 1e-5};
+  for (int group = 0; group < 2; group++) {
+    knnd_tensor *f = NULL;
+    const int64_t shape[3] = {rows, 8, d / 8};
+    KT_OK(group ? knnd_randn(KNND_F32, 3, shape, knnd_test_gen(), &f)
+                : knnd_randn(KNND_F32, 2, (int64_t[]){rows, d}, knnd_test_gen(), &f));
+    float *p = knnd_tensor_data(f);
+    for (int64_t r = 0; r < rows; r++) p[r * d] = (float)(r % 2 ? -1e4 : 1000.0 * (double)(r + 1));
+    knnd_tensor *in[3] = {kt_param(f), NULL, NULL};
+    kt_cuda_parity(norm_fn, 3, in, group ? &g : &l, 1e-4, 1e-4);
+    knnd_tensor_release(in[0]);
+  }
+}
+
 /* more rows than the row kernels' grid (2^20 blocks), so their row loops take a second pass,
  * and a weight gradient folded from many chunk partials */
 static void more_rows_than_one_grid(void **state) {
@@ -151,6 +173,6 @@ static void errors_on_the_gpu(void **state) {
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(group_norm_random_shapes), cmocka_unit_test(layer_norm_random_shapes),
     cmocka_unit_test(large_mean),               cmocka_unit_test(more_rows_than_one_grid),
-    cmocka_unit_test(errors_on_the_gpu),
+    cmocka_unit_test(errors_on_the_gpu),        cmocka_unit_test(outlier_first_element),
 };
 KT_CUDA_MAIN(tests)

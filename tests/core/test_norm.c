@@ -163,6 +163,32 @@ static void test_norm_large_mean(void **state) {
   knnd_tensor_release(g);
 }
 
+/* a first element far from the row's mean (an outlier channel 0): the statistics are shifted by
+ * x[0], and a one-pass E[d²] - E[d]² cancels when x[0] is far off (rstd 9e-4 off for x[0] = 1000) */
+static void test_norm_outlier_first(void **state) {
+  (void)state;
+  knnd_test_seed(4);
+  const int64_t rows = 4, d = 4096;
+  knnd_tensor *x = kt_randn(2, rows, d), *y = NULL, *g = NULL, *x3 = NULL;
+  const double first[4] = {1000.0, -1e4, 10.0, 300.0};
+  for (int64_t r = 0; r < rows; r++) KT_OK(knnd_tensor_set(x, (int64_t[]){r, 0}, first[r]));
+  double *xv = values_of(x), *ref = malloc(sizeof(double) * (size_t)(rows * d));
+  KT_OK(knnd_layer_norm(x, 1, NULL, NULL, 1e-5, &y));
+  ref_norm(xv, rows, d, 1, 1, NULL, NULL, 1e-5, ref);
+  kt_assert_close_doubles(y, ref, 2e-5, 2e-5);
+  const int64_t gshape[3] = {rows, 8, 512};
+  KT_OK(knnd_view(x, 3, gshape, &x3));
+  KT_OK(knnd_group_norm(x3, 2, NULL, NULL, 1e-5, &g));
+  ref_norm(xv, rows * 2, d / 2, 2, 512, NULL, NULL, 1e-5, ref);
+  kt_assert_close_doubles(g, ref, 2e-5, 2e-5);
+  free(xv);
+  free(ref);
+  knnd_tensor_release(x);
+  knnd_tensor_release(x3);
+  knnd_tensor_release(y);
+  knnd_tensor_release(g);
+}
+
 /* the backward with the same large mean, against the layer norm gradient in double:
  * dx = rstd·(gw - mean(gw) - xh·mean(gw·xh)) with gw = dy·w, dw = Σ dy·xh */
 static void test_norm_large_mean_grad(void **state) {
@@ -363,6 +389,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_group_norm_forward), cmocka_unit_test(test_layer_norm_forward),
       cmocka_unit_test(test_norm_large_mean),    cmocka_unit_test(test_norm_large_mean_grad),
+      cmocka_unit_test(test_norm_outlier_first),
       cmocka_unit_test(test_norm_half),          cmocka_unit_test(test_group_norm_grad),
       cmocka_unit_test(test_layer_norm_grad),    cmocka_unit_test(test_norm_affine_grad_large),
       cmocka_unit_test(test_norm_errors),
