@@ -383,9 +383,17 @@ double knnd_tensor_get_flat(const knnd_tensor *t, int64_t i) {
   if (IS_CUDA(t)) { /* one element across the bus: for printing and tests, not for loops */
     unsigned char buf[8];
     size_t es = knnd_dtype_size(t->dtype);
-    if (knnd_cuda_use(t->storage->device.index) ||
-        cudaMemcpy(buf, (char *)t->storage->data + knnd_flat_offset(t, i) * (int64_t)es, es, cudaMemcpyDeviceToHost))
+    const int dev = t->storage->device.index;
+    if (knnd_cuda_use(dev)) return NAN;
+    /* the work queued on the device's stream (which does not wait for the legacy stream that
+     * cudaMemcpy uses) first, as knnd_tensor_get does */
+    cudaError_t e = cudaStreamSynchronize(knnd_cuda_stream(dev));
+    if (e == cudaSuccess)
+      e = cudaMemcpy(buf, (char *)t->storage->data + knnd_flat_offset(t, i) * (int64_t)es, es, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) {
+      (void)knnd_cuda_status(e, "get_flat"); /* clears the error, so no later launch reports it */
       return NAN;
+    }
     return knnd_load_f64(buf, 0, t->dtype);
   }
 #endif
@@ -559,6 +567,25 @@ knnd_status knnd_fill_(knnd_tensor *t, double value) {
   return KNND_OK;
 }
 
+/* the byte range [lo, hi) a view can touch in its storage */
+static void byte_extent(const knnd_tensor *t, int64_t *lo, int64_t *hi) {
+  int64_t a = t->offset, b = t->offset;
+  for (int d = 0; d < t->ndim; d++) {
+    int64_t span = (t->shape[d] - 1) * t->stride[d];
+    if (span < 0) a += span;
+    else b += span;
+  }
+  int64_t es = (int64_t)knnd_dtype_size(t->dtype);
+  *lo = a * es;
+  *hi = (b + 1) * es;
+}
+
+static bool same_view(const knnd_tensor *a, const knnd_tensor *b) {
+  return a->storage == b->storage && a->dtype == b->dtype && a->offset == b->offset && a->ndim == b->ndim &&
+         memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) == 0 &&
+         memcmp(a->stride, b->stride, sizeof(int64_t) * (size_t)a->ndim) == 0;
+}
+
 knnd_status knnd_copy_(knnd_tensor *dst, const knnd_tensor *src) {
   KNND_TRY(check_writable(dst, "copy"));
   KNND_TRY(knnd_check_devices("copy", 1, (knnd_tensor *const *)&src));
@@ -574,7 +601,23 @@ knnd_status knnd_copy_(knnd_tensor *dst, const knnd_tensor *src) {
     return knnd_error(KNND_ERR_SHAPE, "copy: source of shape %s does not broadcast to destination %s", s1, s2);
   }
   int64_t n = knnd_tensor_numel(dst);
-  if (n == 0) return KNND_OK;
+  if (n == 0 || same_view(dst, src)) return KNND_OK;
+  if (src->storage == dst->storage) {
+    /* views of one storage that overlap (a shift, a transpose onto itself): the source is read
+     * whole before anything is written, on either device, as if it had been cloned (the copy
+     * loops and cudaMemcpy read and write in an order of their own) */
+    int64_t slo, shi, dlo, dhi;
+    byte_extent(src, &slo, &shi);
+    byte_extent(dst, &dlo, &dhi);
+    if (slo < dhi && dlo < shi) {
+      knnd_tensor *tmp = NULL;
+      KNND_TRY(knnd_tensor_empty(src->dtype, src->ndim, src->shape, src->storage->device, &tmp));
+      knnd_status st = knnd_copy_(tmp, src);
+      if (!st) st = knnd_copy_(dst, tmp);
+      knnd_tensor_release(tmp);
+      return st;
+    }
+  }
 #ifdef KNND_HAVE_CUDA
   if (IS_CUDA(dst) || IS_CUDA(src)) return knnd_cuda_copy(dst, src); /* same device or CPU <-> CUDA */
 #endif

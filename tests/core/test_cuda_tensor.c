@@ -179,6 +179,43 @@ static void device_errors_are_clear(void **state) {
   knnd_tensor_release(gx);
 }
 
+/* overlapping views of one device storage are copied as the CPU copies them (the source read
+ * whole first), and get_flat waits for the kernels queued on the device's stream */
+static void overlapping_copies_and_get_flat(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(7);
+  knnd_tensor *h = kt_randn(1, (int64_t)1000), *g = kt_to_cuda(h, false);
+  for (int on_gpu = 0; on_gpu < 2; on_gpu++) { /* the same copies on the CPU (h), then the GPU (g) */
+    knnd_tensor *a = on_gpu ? g : h, *t = NULL, *d = NULL, *s = NULL, *sq = NULL, *sqt = NULL;
+    KT_OK(knnd_narrow(a, 0, 1, 999, &d));
+    KT_OK(knnd_narrow(a, 0, 0, 999, &s));
+    KT_OK(knnd_copy_(d, s)); /* a shift by one: contiguous, same dtype (cudaMemcpy's case) */
+    KT_OK(knnd_narrow(a, 0, 0, 900, &t));
+    KT_OK(knnd_view(t, 2, (int64_t[]){30, 30}, &sq));
+    KT_OK(knnd_transpose(sq, 0, 1, &sqt));
+    KT_OK(knnd_copy_(sq, sqt)); /* a transpose onto itself: the strided kernel */
+    knnd_tensor *rel[] = {t, d, s, sq, sqt};
+    for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) knnd_tensor_release(rel[i]);
+  }
+  knnd_tensor *back = kt_to_cpu(g);
+  kt_assert_identical(back, h);
+  knnd_tensor_release(back);
+  knnd_tensor_release(h);
+  knnd_tensor_release(g);
+  /* get_flat right after a kernel that is still queued: the value the kernel writes */
+  const int64_t n = (int64_t)1 << 24;
+  knnd_tensor *x = kt_randn(1, n), *gx = kt_to_cuda(x, false), *y = NULL;
+  for (int rep = 0; rep < 3; rep++) {
+    KT_OK(knnd_binary_scalar(KNND_BINARY_MUL, gx, 2.0, &y));
+    assert_true(knnd_tensor_get_flat(y, n - 1) == 2.0 * knnd_tensor_get_flat(x, n - 1));
+    knnd_tensor_release(y);
+    y = NULL;
+  }
+  knnd_tensor_release(x);
+  knnd_tensor_release(gx);
+}
+
 static knnd_status move_and_scale(knnd_tensor *const *in, void *ctx, knnd_tensor **out) {
   (void)ctx;
   knnd_tensor *t = NULL;
@@ -206,6 +243,7 @@ int main(void) {
       cmocka_unit_test(pinned_tensors_feed_the_device),
       cmocka_unit_test(device_errors_are_clear),
       cmocka_unit_test(autograd_flows_across_devices),
+      cmocka_unit_test(overlapping_copies_and_get_flat),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   if (!kt_cuda()) {

@@ -149,6 +149,29 @@ static void test_copy_broadcast(void **state) {
   knnd_tensor_release(dst), knnd_tensor_release(src), knnd_tensor_release(bad);
 }
 
+/* overlapping views of one storage: the source is read whole before the destination is written
+ * (a transpose onto itself through the strided loop, a shift through the contiguous path) */
+static void test_copy_overlap(void **state) {
+  (void)state;
+  knnd_tensor *a = NULL, *t = NULL, *tt = NULL, *v = NULL, *d = NULL, *s = NULL;
+  KT_OK(knnd_arange(0, 64, 1, KNND_F32, &a));
+  KT_OK(knnd_view(a, 2, (int64_t[]){8, 8}, &t));
+  KT_OK(knnd_transpose(t, 0, 1, &tt));
+  KT_OK(knnd_copy_(t, tt));
+  for (int64_t i = 0; i < 8; i++)
+    for (int64_t j = 0; j < 8; j++) assert_true(knnd_tensor_get_flat(a, i * 8 + j) == (double)(j * 8 + i));
+  KT_OK(knnd_arange(0, 10, 1, KNND_F32, &v));
+  KT_OK(knnd_narrow(v, 0, 1, 9, &d));
+  KT_OK(knnd_narrow(v, 0, 0, 9, &s));
+  KT_OK(knnd_copy_(d, s)); /* shift right by one */
+  for (int64_t i = 1; i < 10; i++) assert_true(knnd_tensor_get_flat(v, i) == (double)(i - 1));
+  KT_OK(knnd_copy_(s, d)); /* and back left */
+  for (int64_t i = 0; i < 9; i++) assert_true(knnd_tensor_get_flat(v, i) == (double)i);
+  KT_OK(knnd_copy_(t, t)); /* the same view: nothing to do */
+  knnd_tensor *all[] = {a, t, tt, v, d, s};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) knnd_tensor_release(all[i]);
+}
+
 static void test_format(void **state) {
   (void)state;
   knnd_tensor *t;
@@ -187,7 +210,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_create_and_facts), cmocka_unit_test(test_arange_get_set),
       cmocka_unit_test(test_half_conversions), cmocka_unit_test(test_views_share_storage),
-      cmocka_unit_test(test_copy_broadcast),   cmocka_unit_test(test_format),
+      cmocka_unit_test(test_copy_broadcast), cmocka_unit_test(test_copy_overlap),   cmocka_unit_test(test_format),
       cmocka_unit_test(test_requires_grad_rules),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

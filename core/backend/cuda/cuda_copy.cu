@@ -145,6 +145,9 @@ extern "C" knnd_status knnd_cuda_copy(knnd_tensor *dst, const knnd_tensor *src) 
     KNND_CUDA_TRY(cudaMemcpyPeerAsync(knnd_tensor_data(t.t), dst->storage->device.index, knnd_tensor_data(c.t),
                                       src->storage->device.index, knnd_tensor_nbytes(c.t), s),
                   "copy between CUDA devices");
+    // the peer copy reads c.t on the source device, whose stream does not wait for s: c.t (a
+    // temporary, or src that the caller may free) goes back to the source's cache only after it
+    KNND_CUDA_TRY(cudaStreamSynchronize(s), "copy between CUDA devices");
     return device_copy(dst, t.t);
   }
   if (dc) {  // host -> device: the host values, contiguous, cross; then a device copy if needed
