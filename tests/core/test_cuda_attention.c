@@ -3,7 +3,7 @@
  * choice), =fused and =gemm) against the CPU (kt_cuda_parity): forward and the gradients of q, k, v (and of an additive
  * mask), self attention at lengths 1, 7, 64, 257, 1024 and cross attention (Lq != Lk, Dv != D),
  * head dims 1 .. 256, causal, u8 and float masks of every broadcast rank (fully hidden rows
- * included), multi-head views (head split) and transposed operands, f32/f16/bf16 and mixed
+ * included), multi-head views (head split) and transposed operands, an output gradient expanded along L, f32/f16/bf16 and mixed
  * dtypes, more blocks than one grid pass, and argument errors on CUDA tensors; the tensor-core
  * forward (f16/bf16, head dims multiples of 16 up to 128) at ragged lengths, with masks, causal,
  * cross attention, strided operands, and KNND_ATTENTION_TC=0 forcing the FMA kernels. Every case
@@ -240,6 +240,32 @@ static void expanded_operands(void **state) {
   }
 }
 
+/* an output gradient repeated along L (the seed [B,1,1,Dv] expanded: stride 0 along heads and
+ * rows, as the backward of a sum hands it on): the GEMM path cannot read it as a matrix (cuBLAS
+ * refuses a leading dimension of 0) and must leave it to the fused kernels */
+static void expanded_output_gradient(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(610);
+  const int64_t shape[4] = {1, 2, 128, 64}, seed_shape[4] = {1, 1, 1, 64};
+  knnd_tensor *in[3], *gin[3], *y = NULL, *gy = NULL, *w = NULL, *gw = NULL, *we = NULL, *gwe = NULL;
+  for (int i = 0; i < 3; i++) {
+    in[i] = leaf(KNND_F32, 4, shape);
+    gin[i] = kt_to_cuda(in[i], true);
+  }
+  KT_OK(knnd_scaled_dot_product_attention(in[0], in[1], in[2], NULL, false, 0, &y));
+  KT_OK(knnd_scaled_dot_product_attention(gin[0], gin[1], gin[2], NULL, false, 0, &gy));
+  KT_OK(knnd_randn(KNND_F32, 4, seed_shape, knnd_test_gen(), &w));
+  gw = kt_to_cuda(w, false);
+  KT_OK(knnd_expand(w, 4, shape, &we));
+  KT_OK(knnd_expand(gw, 4, shape, &gwe));
+  KT_OK(knnd_backward(y, we, false));
+  KT_OK(knnd_backward(gy, gwe, false));
+  for (int i = 0; i < 3; i++) kt_cuda_assert_close(i == 0 ? "dq" : i == 1 ? "dk" : "dv", gin[i]->grad, in[i]->grad, 1e-4, 1e-4);
+  knnd_tensor *rel[] = {in[0], in[1], in[2], gin[0], gin[1], gin[2], y, gy, w, gw, we, gwe};
+  for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) knnd_tensor_release(rel[i]);
+}
+
 /* more query blocks than one grid pass (the kernels loop over blocks) */
 static void more_blocks_than_one_grid(void **state) {
   (void)state;
@@ -368,7 +394,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(self_attention_lengths),    cmocka_unit_test(cross_attention),
     cmocka_unit_test(odd_head_dims),             cmocka_unit_test(u8_masks),
     cmocka_unit_test(float_masks),               cmocka_unit_test(views_and_dtypes),
-    cmocka_unit_test(expanded_operands),
+    cmocka_unit_test(expanded_operands),         cmocka_unit_test(expanded_output_gradient),
     cmocka_unit_test(more_blocks_than_one_grid), cmocka_unit_test(empty_extents),
     cmocka_unit_test(tc_self_attention),         cmocka_unit_test(tc_cross_attention),
     cmocka_unit_test(tc_masks),                  cmocka_unit_test(tc_strided),

@@ -3,11 +3,13 @@
  * stride 1..3, padding, dilation, groups 1/2/4 and depthwise with multipliers, odd spatial sizes,
  * batch 1 and 8, channels 3..128, with and without bias, non-contiguous x), f32 with TF32 off
  * and on, f16 and bf16, frozen weights, the same shape twice (the cached algorithm), empty
- * problems, and argument errors on CUDA tensors. Every case is skipped (never passed) without a
+ * problems, cuDNN's ranking without timing (KNND_CUDNN_ALGO=heuristic), and argument errors on CUDA tensors. Every case is skipped (never passed) without a
  * CUDA device. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "testutil.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "knnd/cuda.h"
@@ -144,6 +146,23 @@ static void conv_f32_fixed_shapes(void **state) {
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run(&cases[i], KNND_F32);
 }
 
+/* KNND_CUDNN_ALGO=heuristic: cuDNN's ranking without timing (the path also taken when a cached
+ * algorithm's workspace no longer fits); batch 5, a size no other case uses, so every shape is
+ * chosen afresh under it */
+static void conv_heuristic_choice(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  knnd_test_seed(708);
+  knnd_cuda_set_allow_tf32(false);
+  assert_int_equal(setenv("KNND_CUDNN_ALGO", "heuristic", 1), 0);
+  for (int it = 0; it < 8; it++) {
+    conv_case k = random_case(it, false);
+    k.n = 5;
+    run(&k, it < 6 ? KNND_F32 : KNND_BF16);
+  }
+  assert_int_equal(unsetenv("KNND_CUDNN_ALGO"), 0);
+}
+
 static void conv_half_dtypes(void **state) {
   (void)state;
   KT_REQUIRE_CUDA();
@@ -233,6 +252,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(conv_f32_random_shapes),
     cmocka_unit_test(conv_f32_fixed_shapes),
     cmocka_unit_test(conv_half_dtypes),
+    cmocka_unit_test(conv_heuristic_choice),
     cmocka_unit_test(conv_tf32),
     cmocka_unit_test(conv_partial_gradients_and_cache),
     cmocka_unit_test(conv_empty),

@@ -953,7 +953,12 @@ extern "C" knnd_status knnd_cuda_attention_backward(const knnd_tensor *on, const
       sizeof(float) * (size_t)(kTile * (a->D + 1) + kTile * (a->Dv + 1) + kWarps * a->D + kWarps * a->Dv);
   const size_t smem_dkv = smem_dq + sizeof(float) * 2 * kTile;
   const forced f = forced_path();
-  const bool gemm_path = gemm_path_possible(a, true) && (f == forced::gemm || (f == forced::none && a->Lk >= kGemmMinKeys));
+  // the GEMMs read the output gradient as a matrix: a gradient repeated along L (stride 0, as an
+  // expanded seed is) has no leading dimension cuBLAS accepts, and takes the fused kernels
+  auto has_ld = [](const knnd_cuda_bh &m, int64_t L, int64_t X) { return !m.data || gemm_ld(m, L, X) != 0; };
+  const bool gemm_path = gemm_path_possible(a, true) && gemm_ld(dout, a->Lq, a->Dv) != 0 &&
+                         has_ld(dq, a->Lq, a->D) && has_ld(dk, a->Lk, a->D) && has_ld(dv, a->Lk, a->Dv) &&
+                         (f == forced::gemm || (f == forced::none && a->Lk >= kGemmMinKeys));
   knnd_status st = with_types(a, [&](auto t, auto nc) -> knnd_status {
     using T = decltype(t);
     constexpr int NC = decltype(nc)::value;

@@ -4,6 +4,7 @@
 // small hash table; workspace from the caching allocator), the bias add and the bias gradient as
 // small kernels of our own (deterministic: fixed-order sums, no atomics).
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -31,6 +32,9 @@ constexpr int kThreads = 256;  // a power of two: bias_grad_kernel's tree sum ha
 
 std::mutex state_lock;  // guards handles[] and the algorithm table
 cudnnHandle_t handles[kMaxDevices];
+// a cuDNN handle must not be used by two host threads at once: each device's calls take turns
+// (the work itself is queued on the device's one stream in any case)
+std::mutex run_locks[kMaxDevices];
 
 knnd_status cudnn_fail(cudnnStatus_t s, const char *what) {
   return knnd_error(KNND_ERR_DEVICE, "conv2d: cuDNN failed to %s: %s", what, cudnnGetErrorString(s));
@@ -302,9 +306,16 @@ knnd_status choose_measured(cudnnHandle_t h, knnd_cuda_conv_pass pass, const con
 }
 
 // measured first; cuDNN's heuristics when timing fails (e.g. no memory for the scratch output)
+// KNND_CUDNN_ALGO=heuristic: cuDNN's ranking without timing (torch.backends.cudnn.benchmark =
+// False: no first-call cost per shape, and the path taken when the timing cannot run)
+bool heuristic_only() {
+  const char *v = getenv("KNND_CUDNN_ALGO");
+  return v && strcmp(v, "heuristic") == 0;
+}
+
 knnd_status choose(cudnnHandle_t h, knnd_cuda_conv_pass pass, const conv_descs &d, int dev, bool fma_only,
                    knnd_tensor *x, knnd_tensor *w, knnd_tensor *y, algo_entry *e) {
-  if (choose_measured(h, pass, d, dev, fma_only, x, w, y, e) == KNND_OK) return KNND_OK;
+  if (!heuristic_only() && choose_measured(h, pass, d, dev, fma_only, x, w, y, e) == KNND_OK) return KNND_OK;
   return choose_heuristic(h, pass, d, dev, fma_only, e);
 }
 
@@ -416,6 +427,9 @@ extern "C" knnd_status knnd_cuda_conv2d(knnd_cuda_conv_pass pass, const int64_t 
   cudaStream_t stream;
   KNND_TRY(knnd_cuda_prepare(x, &stream));
   const int dev = x->storage->device.index;
+  if (dev < 0 || dev >= kMaxDevices)
+    return knnd_error(KNND_ERR_DEVICE, "conv2d: CUDA device %d is beyond the %d this build supports", dev, kMaxDevices);
+  std::unique_lock<std::mutex> turn(run_locks[dev]);
   cudnnHandle_t h;
   KNND_TRY(handle_for(dev, stream, &h));
   conv_descs d;
@@ -442,9 +456,16 @@ extern "C" knnd_status knnd_cuda_conv2d(knnd_cuda_conv_pass pass, const int64_t 
   CUDNN_TRY(cudnnSetConvolutionMathType(d.conv, e.math), "set the math type");
 
   void *ws = nullptr;
-  if (e.workspace) KNND_TRY(knnd_cuda_malloc(dev, e.workspace, &ws));
+  if (e.workspace && knnd_cuda_malloc(dev, e.workspace, &ws) != KNND_OK) {
+    // the cached choice's workspace does not fit now (the device has filled up since it was
+    // timed): this call takes the best ranked algorithm whose workspace can be had, uncached
+    KNND_TRY(choose_heuristic(h, pass, d, dev, x->dtype == KNND_F32 && !tf32, &e));
+    CUDNN_TRY(cudnnSetConvolutionMathType(d.conv, e.math), "set the math type");
+    if (e.workspace) KNND_TRY(knnd_cuda_malloc(dev, e.workspace, &ws));
+  }
   knnd_status st = run_pass(h, pass, d, e, ws, x, w, y);
   if (ws) knnd_cuda_free(dev, ws);  // stream-ordered reuse: the next user queues behind this pass
+  turn.unlock();
   if (st || !b || pass == KNND_CUDA_CONV_BACKWARD_DATA) return st;
   switch (x->dtype) {
     case KNND_F16: return bias_pass<__half>(pass, stream, g, b, y);

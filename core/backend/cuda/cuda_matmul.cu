@@ -33,6 +33,16 @@ knnd_status handle_for(int dev, cudaStream_t stream, cublasHandle_t *out) {
         handles[dev] = nullptr;
         return cublas_status(s, "matmul: cublasCreate");
       }
+      // f16/bf16 GEMMs accumulate in f32 (cuda_matmul.h): split-K partial sums too, which cuBLAS
+      // would otherwise be free to add in the output's 16-bit type (a long contraction such as a
+      // weight gradient over batch x tokens rows would lose about sqrt(splits) ulps)
+      s = cublasSetMathMode(handles[dev], (cublasMath_t)(CUBLAS_DEFAULT_MATH |
+                                                         CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+      if (s != CUBLAS_STATUS_SUCCESS) {
+        cublasDestroy(handles[dev]);
+        handles[dev] = nullptr;
+        return cublas_status(s, "matmul: cublasSetMathMode");
+      }
     }
   }
   cublasStatus_t s = cublasSetStream(handles[dev], stream);
