@@ -49,7 +49,13 @@ knnd_status knnd_gpu_index_new(int dim, const knnd_gpu_index_opts *opts, knnd_gp
     return knnd_error(KNND_ERR_ARG, "%s: options 'block_rows' and 'query_rows' must be >= 0", op);
   if (!o.block_rows) o.block_rows = 65536;
   if (!o.query_rows) o.query_rows = 1024;
-  if (o.block_rows > INT32_MAX || (int64_t)o.block_rows * o.query_rows > ((int64_t)1 << 31))
+  /* a block's score rows are padded to a multiple of 4 and passed to cuBLAS as int; each factor
+   * is bounded before the product is taken, so it cannot overflow */
+  if (o.block_rows > INT32_MAX - 3 || o.query_rows > INT32_MAX)
+    return knnd_error(KNND_ERR_ARG, "%s: option '%s' is %" PRId64 " (expected < 2^31 - 3)", op,
+                      o.block_rows > INT32_MAX - 3 ? "block_rows" : "query_rows",
+                      o.block_rows > INT32_MAX - 3 ? o.block_rows : o.query_rows);
+  if (o.block_rows * o.query_rows > ((int64_t)1 << 31))
     return knnd_error(KNND_ERR_ARG, "%s: block_rows x query_rows is %" PRId64 " (expected <= 2^31 scores per block)",
                       op, o.block_rows * o.query_rows);
 #ifdef KNND_HAVE_CUDA

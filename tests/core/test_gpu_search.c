@@ -4,6 +4,7 @@
  * vectors than k, every k bucket with blocks and batches that do not divide the sizes, and
  * duplicate vectors (ties). The parity tests are skipped where no CUDA device is present; the argument
  * checks and the answer of a build or machine without CUDA run everywhere. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -123,7 +124,7 @@ static void test_large_k_and_small_index(void **state) {
   (void)state;
   require_device();
   parity(KNND_F16, 3000, 50, KNND_GPU_MAX_K, 2e-3, 0.97);
-  /* fewer vectors than k: the rest is -1 / -inf; incremental adds keep their labels */
+  /* fewer vectors than k: the rest is -1 / -FLT_MAX (the CPU's and FAISS's padding); incremental adds keep their labels */
   knnd_test_seed(5);
   knnd_tensor *a = kt_randn(2, (int64_t)3, (int64_t)DIM), *b = kt_randn(2, (int64_t)2, (int64_t)DIM), *s, *l;
   knnd_gpu_index *g;
@@ -143,7 +144,7 @@ static void test_large_k_and_small_index(void **state) {
   for (int i = 0; i < 2; i++)
     for (int j = 0; j < 8; j++) {
       assert_true(j < 5 ? lp[i * 8 + j] >= 0 : lp[i * 8 + j] == -1);
-      if (j >= 5) assert_true(isinf(sp[i * 8 + j]) && sp[i * 8 + j] < 0);
+      if (j >= 5) assert_true(sp[i * 8 + j] == -FLT_MAX);
     }
   knnd_tensor_release(s);
   knnd_tensor_release(l);
@@ -233,6 +234,14 @@ static void test_arguments_and_availability(void **state) {
   KT_FAILS(knnd_gpu_index_new(8, &o, &g), KNND_ERR_DTYPE, "dtype");
   o = (knnd_gpu_index_opts){.block_rows = -1};
   KT_FAILS(knnd_gpu_index_new(8, &o, &g), KNND_ERR_ARG, "block_rows");
+  /* a block's padded row count must stay an int for cuBLAS; huge factors do not overflow */
+  o = (knnd_gpu_index_opts){.block_rows = INT32_MAX, .query_rows = 1};
+  KT_FAILS(knnd_gpu_index_new(8, &o, &g), KNND_ERR_ARG, "option 'block_rows'");
+  o = (knnd_gpu_index_opts){.block_rows = 1, .query_rows = INT64_MAX / 2};
+  KT_FAILS(knnd_gpu_index_new(8, &o, &g), KNND_ERR_ARG, "option 'query_rows'");
+  o = (knnd_gpu_index_opts){.block_rows = 1 << 20, .query_rows = 1 << 12};
+  KT_FAILS(knnd_gpu_index_new(8, &o, &g), KNND_ERR_ARG, "block_rows x query_rows");
+  assert_null(g);
   knnd_tensor *x = kt_randn(2, (int64_t)4, (int64_t)8), *s = NULL, *l = NULL;
   if (!knnd_cuda_available()) {
     knnd_status st = knnd_gpu_index_new(8, NULL, &g);

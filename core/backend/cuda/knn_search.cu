@@ -3,6 +3,7 @@
 // (threshold filter, then a bitonic merge in shared memory) that merges each block into the
 // running k best. All work goes on the device's knnd stream; scratch comes from the caching
 // allocator.
+#include <cfloat>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -183,9 +184,11 @@ __global__ void __launch_bounds__(kSelectThreads) select_topk(const float *score
       count = 0;
     }
   }
+  // padding (fewer than k vectors) as the CPU's flat search and FAISS give it: -FLT_MAX, label -1
   for (int i = tid; i < k; i += blockDim.x) {
-    bs[i] = cs[i];
-    bl[i] = cl[i] == INT64_MAX ? -1 : cl[i];
+    const bool pad = cl[i] == INT64_MAX;
+    bs[i] = pad ? -FLT_MAX : cs[i];
+    bl[i] = pad ? -1 : cl[i];
   }
 }
 

@@ -146,8 +146,8 @@ void knnd_gpu_index_free(knnd_gpu_index *g);
 int64_t knnd_gpu_index_ntotal(const knnd_gpu_index *g);
 /* x [n,D] any float dtype (CPU); rows get labels ntotal .. ntotal+n-1; normalised on the device */
 knnd_status knnd_gpu_index_add(knnd_gpu_index *g, const knnd_tensor *x);
-/* as knnd_index_search: scores f32 [Q,k] best first, labels i64 [Q,k] (-1 and -inf where the
- * index holds fewer than k vectors); 1 <= k <= KNND_GPU_MAX_K */
+/* as knnd_index_search: scores f32 [Q,k] best first, labels i64 [Q,k] (-1 and -FLT_MAX, as
+ * knnd_index_search gives them, where the index holds fewer than k vectors); 1 <= k <= KNND_GPU_MAX_K */
 knnd_status knnd_gpu_index_search(const knnd_gpu_index *g, const knnd_tensor *q, int64_t k, knnd_tensor **scores,
                                   knnd_tensor **labels);
 /* one shot: a temporary GPU index over db [N,D], searched with q [Q,D] */
