@@ -154,6 +154,23 @@ knnd_status knnd_normal_(knnd_tensor *t, double mean, double std, knnd_generator
 }
 knnd_status knnd_randint_(knnd_tensor *t, int64_t lo, int64_t hi, knnd_generator *g) {
   if (hi <= lo) return knnd_error(KNND_ERR_ARG, "randint: empty range [%lld, %lld)", (long long)lo, (long long)hi);
+  if (!t) return knnd_error(KNND_ERR_ARG, "randint: missing tensor");
+  /* the draw passes lo and hi through doubles (the same arithmetic on both devices): exact up to
+   * 2^53; and every value of [lo, hi) must fit the destination (a cast out of range is
+   * undefined, and the CPU and GPU casts disagree on it) */
+  const int64_t exact = (int64_t)1 << 53;
+  if (lo < -exact || hi > exact)
+    return knnd_error(KNND_ERR_RANGE, "randint: range [%lld, %lld) goes beyond +-2^53 (the largest drawn exactly)",
+                      (long long)lo, (long long)hi);
+  int64_t dlo = 0, dhi = 0;
+  switch (t->dtype) {
+    case KNND_I32: dlo = INT32_MIN, dhi = INT32_MAX; break;
+    case KNND_U8: dlo = 0, dhi = 255; break;
+    default: dlo = -exact, dhi = exact; break;
+  }
+  if (lo < dlo || hi - 1 > dhi)
+    return knnd_error(KNND_ERR_RANGE, "randint: range [%lld, %lld) does not fit dtype %s ([%lld, %lld])",
+                      (long long)lo, (long long)hi, knnd_dtype_name(t->dtype), (long long)dlo, (long long)dhi);
   return fill(t, FILL_RANDINT, (double)lo, (double)hi, g, "randint");
 }
 knnd_status knnd_bernoulli_(knnd_tensor *t, double p, knnd_generator *g) {

@@ -650,6 +650,21 @@ knnd_status knnd_copy_(knnd_tensor *dst, const knnd_tensor *src) {
       float *pd = (float *)db + od;
       const float *ps = (const float *)sb + os;
       for (int64_t i = 0; i < inner; i++) pd[i * sd] = ps[i * ss];
+    } else if (ddt == sdt) { /* the same dtype: the bits as they are (i64 beyond 2^53 exact, NaN payloads kept) */
+      switch (knnd_dtype_size(ddt)) {
+        case 8:
+          for (int64_t i = 0; i < inner; i++) ((int64_t *)db)[od + i * sd] = ((const int64_t *)sb)[os + i * ss];
+          break;
+        case 2:
+          for (int64_t i = 0; i < inner; i++) ((uint16_t *)db)[od + i * sd] = ((const uint16_t *)sb)[os + i * ss];
+          break;
+        case 1:
+          for (int64_t i = 0; i < inner; i++) ((uint8_t *)db)[od + i * sd] = ((const uint8_t *)sb)[os + i * ss];
+          break;
+        default:
+          for (int64_t i = 0; i < inner; i++) ((uint32_t *)db)[od + i * sd] = ((const uint32_t *)sb)[os + i * ss];
+          break;
+      }
     } else if (knnd_dtype_is_float(ddt) && knnd_dtype_is_float(sdt)) {
       for (int64_t i = 0; i < inner; i++) knnd_store_f64(db, od + i * sd, ddt, knnd_load_f32(sb, os + i * ss, sdt));
     } else {

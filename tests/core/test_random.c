@@ -86,6 +86,24 @@ static void test_moments(void **state) {
   for (int k = 0; k < 10; k++) assert_true(abs(counts[k] - 20000) < 1000);
   knnd_tensor_release(r);
   KT_FAILS(knnd_randint_(r = NULL, 3, 3, &g), KNND_ERR_ARG, "empty range");
+  /* ranges beyond what is drawn exactly, or beyond the destination's dtype, are errors (the
+   * casts would be undefined, and the CPU and GPU disagree on them) */
+  int64_t four = 4;
+  KT_OK(knnd_tensor_empty(KNND_I64, 1, &four, KNND_CPU, &r));
+  KT_FAILS(knnd_randint_(r, INT64_MAX - 1000, INT64_MAX, &g), KNND_ERR_RANGE, "2^53");
+  KT_FAILS(knnd_randint_(r, INT64_MIN, 0, &g), KNND_ERR_RANGE, "2^53");
+  KT_OK(knnd_randint_(r, ((int64_t)1 << 53) - 4, (int64_t)1 << 53, &g));
+  for (int64_t i = 0; i < 4; i++) assert_true(knnd_tensor_get_flat(r, i) >= (double)(((int64_t)1 << 53) - 4));
+  knnd_tensor_release(r);
+  KT_OK(knnd_tensor_empty(KNND_I32, 1, &four, KNND_CPU, &r));
+  KT_FAILS(knnd_randint_(r, 0, (int64_t)3e9, &g), KNND_ERR_RANGE, "does not fit dtype i32");
+  KT_OK(knnd_randint_(r, INT32_MIN, (int64_t)INT32_MAX + 1, &g));
+  knnd_tensor_release(r);
+  KT_OK(knnd_tensor_empty(KNND_U8, 1, &four, KNND_CPU, &r));
+  KT_FAILS(knnd_randint_(r, -1, 10, &g), KNND_ERR_RANGE, "does not fit dtype u8");
+  KT_FAILS(knnd_randint_(r, 0, 257, &g), KNND_ERR_RANGE, "does not fit dtype u8");
+  KT_OK(knnd_randint_(r, 0, 256, &g));
+  knnd_tensor_release(r);
 }
 
 static void test_randperm(void **state) {

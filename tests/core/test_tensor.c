@@ -168,6 +168,18 @@ static void test_copy_overlap(void **state) {
   KT_OK(knnd_copy_(s, d)); /* and back left */
   for (int64_t i = 0; i < 9; i++) assert_true(knnd_tensor_get_flat(v, i) == (double)i);
   KT_OK(knnd_copy_(t, t)); /* the same view: nothing to do */
+  /* a strided copy of one dtype keeps the values exactly: i64 beyond 2^53 */
+  knnd_tensor *big = NULL, *bigt = NULL, *dst = NULL;
+  KT_OK(knnd_tensor_empty(KNND_I64, 2, (int64_t[]){2, 3}, KNND_CPU, &big));
+  for (int64_t i = 0; i < 6; i++) ((int64_t *)knnd_tensor_data(big))[i] = INT64_MAX - i;
+  KT_OK(knnd_transpose(big, 0, 1, &bigt));
+  KT_OK(knnd_tensor_empty(KNND_I64, 2, (int64_t[]){3, 2}, KNND_CPU, &dst));
+  KT_OK(knnd_copy_(dst, bigt));
+  for (int64_t i = 0; i < 3; i++)
+    for (int64_t j = 0; j < 2; j++) assert_true(((int64_t *)knnd_tensor_data(dst))[i * 2 + j] == INT64_MAX - (j * 3 + i));
+  knnd_tensor_release(big);
+  knnd_tensor_release(bigt);
+  knnd_tensor_release(dst);
   knnd_tensor *all[] = {a, t, tt, v, d, s};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) knnd_tensor_release(all[i]);
 }
