@@ -229,6 +229,17 @@ static void index_select_embedding(void **state) {
     kt_cuda_parity(embedding_fn, 2, in, &c, atol, rtol);
     release_all(2, in);
   }
+  /* index_select of 1- and 8-byte elements (u8 images, i64 labels): forward only, exact */
+  static const knnd_dtype int_dtypes[3] = {KNND_U8, KNND_I64, KNND_I32};
+  for (int it = 0; it < 6; it++) {
+    op_ctx c = {.dim = it % 2, .transpose_t = it % 3 == 2};
+    int64_t shape[2] = {kt_randint(1, 40), kt_randint(1, 40)}, st_[2], m = kt_randint(1, 30);
+    if (c.transpose_t) swapped(2, shape, st_);
+    else memcpy(st_, shape, sizeof st_);
+    knnd_tensor *in[2] = {kt_rand_dtype(int_dtypes[it % 3], 2, st_), rand_index(KNND_I64, 1, &m, 0, shape[c.dim] - 1)};
+    kt_cuda_parity(select_fn, 2, in, &c, 0, 0);
+    release_all(2, in);
+  }
 }
 
 /* a large embedding with heavy repetition: 200k lookups of 64 wide rows out of 50, so the

@@ -214,6 +214,7 @@ static void dim_ops_row_lengths(void **state) {
 }
 
 /* ties: max and argmax take the first maximal element, and max's gradient goes to it alone */
+/* ties and NaNs: the first maximum, or the first NaN, wins on both devices */
 static void max_ties_take_the_first(void **state) {
   (void)state;
   KT_REQUIRE_CUDA();
@@ -228,6 +229,10 @@ static void max_ties_take_the_first(void **state) {
       for (int64_t i = 0; i < shape[0] * shape[1]; i++) v[i] = round(v[i] * 1.5); /* few distinct values */
       float *f = malloc(sizeof(float) * (size_t)(shape[0] * shape[1]));
       for (int64_t i = 0; i < shape[0] * shape[1]; i++) f[i] = (float)v[i];
+      /* NaN wins max/argmax (the first NaN, as reduce.c takes it): a few rows and columns hold one
+       * or two (two: the first must be chosen) */
+      for (int64_t i = 0; i < shape[0] * shape[1]; i += 97) f[i] = NAN;
+      for (int64_t i = 3; i < shape[0] * shape[1]; i += 389) f[i] = NAN;
       q = kt_param(kt_tensor(2, shape, f));
       for (int op = OP_MAX; op <= OP_ARGMAX; op++) {
         red_case c = {(red_op)op, 1, {d}, d == 1, 0, VIEW_NONE};
