@@ -3,6 +3,9 @@
 #include <stdlib.h>
 
 #include "tensor/internal.h"
+#ifdef KNND_HAVE_CUDA
+#include "backend/cuda/cuda_internal.h"
+#endif
 
 static _Thread_local int grad_disabled; /* 0: grad mode on (the default) */
 
@@ -102,6 +105,7 @@ knnd_status knnd_node_save(knnd_node *node, int slot, knnd_tensor *t) {
   if (t) KNND_TRY(knnd_alias(t, &a));
   knnd_tensor_release(node->saved[slot]);
   node->saved[slot] = a;
+  node->saved_version[slot] = a ? __atomic_load_n(&a->storage->version, __ATOMIC_RELAXED) : 0;
   return KNND_OK;
 }
 
@@ -139,11 +143,21 @@ static knnd_status accumulate(knnd_tensor **acc, knnd_tensor *g) {
   return KNND_OK;
 }
 
+/* a buffer knnd allocated itself (the CPU's default allocator, the CUDA caching allocator), not
+ * memory it wraps (a mapped file, a caller's buffer, pinned host memory) */
+static bool own_storage(const knnd_storage *s) {
+#ifdef KNND_HAVE_CUDA
+  if (s->device.type == KNND_DEVICE_CUDA) return knnd_cuda_storage_is_own(s);
+#endif
+  return s->deleter == NULL;
+}
+
 /* a leaf's .grad is its own tensor of the leaf's shape and dtype, contiguous */
 static knnd_status accumulate_leaf(knnd_tensor *leaf, knnd_tensor *g) {
   knnd_tensor *c;
   if (!leaf->grad && g->dtype == leaf->dtype && knnd_tensor_is_contiguous(g) && g->storage->refcount == 1 &&
-      g->storage->deleter == NULL && g->offset == 0) {
+      own_storage(g->storage) && g->offset == 0 && g->storage->device.type == leaf->storage->device.type &&
+      g->storage->device.index == leaf->storage->device.index) {
     /* adopt the gradient instead of copying it: no other tensor shares its storage (in-place
      * users of .grad, such as clip_grad_norm, copy a grad whose tensor is shared) */
     leaf->grad = knnd_tensor_retain(g);
@@ -299,6 +313,19 @@ knnd_status knnd_backward(knnd_tensor *root, knnd_tensor *grad, bool retain_grap
       st = knnd_error(KNND_ERR_STATE, "backward: the graph through %s was already freed by an earlier backward "
                                       "(pass retain_graph to backward twice)", n->op);
       goto cleanup;
+    }
+    for (int i = 0; i < KNND_NODE_MAX_SAVED; i++) { /* before any gradient is computed */
+      const knnd_tensor *sv = n->saved[i];
+      if (!sv) continue;
+      uint64_t now = __atomic_load_n(&sv->storage->version, __ATOMIC_RELAXED);
+      if (now != n->saved_version[i]) {
+        st = knnd_error(KNND_ERR_STATE,
+                        "backward: a tensor that %s saved for its backward was written in place after the forward "
+                        "(fill_, copy_, set or a random fill; its version is %llu, %llu when saved): write into a "
+                        "copy (clone) instead, or make the write before %s",
+                        n->op, (unsigned long long)now, (unsigned long long)n->saved_version[i], n->op);
+        goto cleanup;
+      }
     }
     for (int i = 0; i < n->n_inputs; i++) {
       knnd_tensor *in = n->inputs[i];

@@ -74,6 +74,7 @@ static knnd_status fill(knnd_tensor *t, fill_kind kind, double a, double b, knnd
     return knnd_error(KNND_ERR_DTYPE, "%s: needs a float tensor, got %s", op, knnd_dtype_name(t->dtype));
   if (t->requires_grad && !t->grad_fn && knnd_is_grad_enabled())
     return knnd_error(KNND_ERR_STATE, "%s: in-place fill of a leaf that requires grad (use no_grad)", op);
+  __atomic_add_fetch(&t->storage->version, 1, __ATOMIC_RELAXED); /* an in-place write (knnd_storage) */
   if (!g) g = &default_gen;
   int64_t n = knnd_tensor_numel(t);
   int per_block = kind == FILL_NORMAL ? 2 : 4;

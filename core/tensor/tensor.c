@@ -448,10 +448,13 @@ knnd_status knnd_tensor_get(const knnd_tensor *t, const int64_t *index, double *
   return KNND_OK;
 }
 
+/* an in-place write may follow: the storage's version moves on (see knnd_storage) */
 static knnd_status check_writable(const knnd_tensor *t, const char *op) {
   if (t->requires_grad && !t->grad_fn && knnd_is_grad_enabled())
     return knnd_error(KNND_ERR_STATE, "%s: in-place write to a leaf that requires grad (use no_grad)", op);
-  return knnd_check_devices(op, 1, (knnd_tensor *const *)&t);
+  KNND_TRY(knnd_check_devices(op, 1, (knnd_tensor *const *)&t));
+  __atomic_add_fetch(&t->storage->version, 1, __ATOMIC_RELAXED);
+  return KNND_OK;
 }
 
 knnd_status knnd_tensor_set(knnd_tensor *t, const int64_t *index, double value) {

@@ -92,6 +92,53 @@ static void test_detach_and_clone(void **state) {
   knnd_tensor_release(d), knnd_tensor_release(c), knnd_tensor_release(x);
 }
 
+/* an in-place write to a tensor a node saved (exp saves its output, mul its inputs) makes the
+ * backward fail before any gradient is computed, naming the op; writes to tensors nothing saved,
+ * writes made before the op, and writes to a clone are fine */
+static void test_inplace_write_to_saved(void **state) {
+  (void)state;
+  knnd_tensor *x = kt_param(kt_randn(1, (int64_t)4)), *y = NULL, *s = NULL, *z = NULL, *c = NULL;
+  KT_OK(knnd_exp(x, &y));
+  KT_OK(knnd_fill_(y, 0.0)); /* y is exp's saved output */
+  KT_OK(knnd_sum(y, 0, NULL, false, &s));
+  KT_FAILS(knnd_backward(s, NULL, false), KNND_ERR_STATE, "a tensor that exp saved for its backward was written");
+  assert_null(x->grad); /* nothing was accumulated */
+  knnd_tensor_release(y), knnd_tensor_release(s);
+  /* a written input of mul (saved) likewise, through copy_ and through set */
+  knnd_tensor *w = kt_randn(1, (int64_t)4), *v = kt_randn(1, (int64_t)4);
+  KT_OK(knnd_mul(x, w, &y));
+  KT_OK(knnd_copy_(w, v));
+  KT_OK(knnd_sum(y, 0, NULL, false, &s));
+  KT_FAILS(knnd_backward(s, NULL, false), KNND_ERR_STATE, "mul");
+  knnd_tensor_release(y), knnd_tensor_release(s);
+  KT_OK(knnd_mul(x, w, &y));
+  KT_OK(knnd_tensor_set(w, (int64_t[]){2}, 5.0));
+  KT_OK(knnd_sum(y, 0, NULL, false, &s));
+  KT_FAILS(knnd_backward(s, NULL, false), KNND_ERR_STATE, "mul");
+  knnd_tensor_release(y), knnd_tensor_release(s);
+  /* a random fill of a view of the saved tensor: the same storage */
+  KT_OK(knnd_mul(x, w, &y));
+  knnd_tensor *part = NULL;
+  KT_OK(knnd_narrow(w, 0, 1, 2, &part));
+  KT_OK(knnd_normal_(part, 0, 1, NULL));
+  KT_OK(knnd_sum(y, 0, NULL, false, &s));
+  KT_FAILS(knnd_backward(s, NULL, false), KNND_ERR_STATE, "mul");
+  knnd_tensor_release(y), knnd_tensor_release(s), knnd_tensor_release(part);
+  /* fine: write first, then the op; write a clone of the output; write the output of add
+   * (which saves nothing) */
+  KT_OK(knnd_fill_(w, 2.0));
+  KT_OK(knnd_mul(x, w, &y));
+  KT_OK(knnd_clone(y, &c));
+  KT_OK(knnd_fill_(c, 7.0));
+  KT_OK(knnd_add(x, w, &z));
+  KT_OK(knnd_fill_(z, 1.0));
+  KT_OK(knnd_sum(y, 0, NULL, false, &s));
+  KT_OK(knnd_backward(s, NULL, false));
+  for (int64_t i = 0; i < 4; i++) assert_true(knnd_tensor_get_flat(x->grad, i) == 2.0);
+  knnd_tensor *all[] = {x, y, s, z, c, w, v};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) knnd_tensor_release(all[i]);
+}
+
 /* the grad-ready hook: called once with NULL when the graph is known (reaches() true for the leaves
  * in it, false for others), then once per leaf, after its last contribution (the gradient it sees
  * is the final one), and never for a leaf outside the graph */
@@ -158,6 +205,7 @@ int main(void) {
       cmocka_unit_test(test_no_grad_and_non_scalar),
       cmocka_unit_test(test_view_gradients),
       cmocka_unit_test(test_detach_and_clone),
+      cmocka_unit_test(test_inplace_write_to_saved),
       cmocka_unit_test(test_grad_ready_hook),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -346,6 +346,19 @@ describe("autograd", function()
     assert.is_nil(x.grad)
   end)
 
+  it("refuses a backward through a tensor written in place after the op saved it", function()
+    local x = knnd.randn(4):requires_grad_()
+    local y = x:exp() -- exp keeps its output for the backward
+    y:fill_(0)
+    errors_with(function() y:sum():backward() end, "a tensor that exp saved for its backward was written in place")
+    assert.is_nil(x.grad)
+    local z = x:exp()
+    local c = z:clone()
+    c:fill_(0) -- a copy may be written
+    z:sum():backward()
+    assert_close(x.grad, x:detach():exp():totable())
+  end)
+
   it("backward takes a gradient for a non-scalar root", function()
     local x = knnd.tensor({ 1, 2 }, { requires_grad = true })
     local y = x * x

@@ -23,6 +23,7 @@ typedef struct knnd_node {
   int n_inputs;
   knnd_tensor *inputs[KNND_NODE_MAX_INPUTS];      /* retained; used to route gradients */
   knnd_tensor *saved[KNND_NODE_MAX_SAVED];        /* retained tensors the backward needs */
+  uint64_t saved_version[KNND_NODE_MAX_SAVED];    /* their storage's version when saved */
   int64_t ip[16];                                 /* integer parameters of the op */
   double fp[8];                                   /* real parameters of the op */
   void *ctx;                                      /* anything else; freed by ctx_free */
@@ -45,7 +46,8 @@ bool knnd_set_grad_enabled(bool on);
 knnd_status knnd_autograd_record(const char *op, knnd_tensor *out, int n_inputs, knnd_tensor *const *inputs,
                                  knnd_backward_fn backward, knnd_node **node);
 /* Save a tensor for backward (retains it; a detached alias is stored when t is the output to
- * avoid a reference cycle). */
+ * avoid a reference cycle). Its storage's version is recorded: an in-place write to it before
+ * the backward (fill_, copy_, set, a random fill) makes knnd_backward fail, naming the op. */
 knnd_status knnd_node_save(knnd_node *node, int slot, knnd_tensor *t);
 bool knnd_node_needs_grad(const knnd_node *node, int i);
 

@@ -54,6 +54,10 @@ typedef struct knnd_storage {
   /* how to free data; NULL means the default allocator of the device */
   void (*deleter)(void *data, void *ctx);
   void *deleter_ctx;
+  /* bumped by every in-place write through the API (fill_, copy_, set, the random fills): a
+   * graph node records it for each tensor it saves, and backward refuses a saved tensor whose
+   * storage was written since (its values are no longer the forward's) */
+  uint64_t version;
 } knnd_storage;
 
 struct knnd_node;
