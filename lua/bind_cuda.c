@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <limits.h>
+
 #include "bind.h"
 #include "knnd/cuda.h"
 
@@ -19,7 +21,11 @@ static int opt_device(lua_State *L, int idx, const char *fname, bool *given) {
   int index = 0;
   if (!*given) return 0;
   if (lua_isinteger(L, idx)) {
-    index = (int)lua_tointeger(L, idx);
+    lua_Integer v = lua_tointeger(L, idx);
+    if (v < 0 || v > INT_MAX) /* before the cast: 2^32 would wrap to cuda:0 */
+      luaL_error(L, "knnd.cuda.%s: argument %d 'device' is %I (expected a CUDA device index >= 0)", fname, idx,
+                 (LUAI_UACINT)v);
+    index = (int)v;
   } else if (lua_type(L, idx) == LUA_TSTRING) {
     knnd_device dev;
     if (knnd_device_parse(lua_tostring(L, idx), &dev) != KNND_OK || dev.type != KNND_DEVICE_CUDA)

@@ -234,6 +234,11 @@ knnd_status knnd_vq_nearest(knnd_tensor *rows, knnd_tensor *codes, knnd_tensor *
   knnd_tensor **sq = &t[0], **norms = &t[1], **et = &t[2];
   knnd_status st = KNND_OK;
   const bool was = knnd_set_grad_enabled(false);
+  /* the search is f32 whatever the autocast scope around it: bf16 distances (steps of 0.5 at
+   * 100) would tie and pick other codes than the CPU's f32 search (~1% of codes at K = 512) */
+  const bool ac_was = knnd_autocast_enabled();
+  const knnd_dtype ac_dt = knnd_autocast_dtype();
+  if (ac_was) knnd_autocast_set(false, ac_dt);
   /* ||e_k||² - 2 z·e_k: the negated distance up to ||z||², so the argmax is the nearest code */
   KNND_CHECK(knnd_mul(codes, codes, sq));
   {
@@ -258,6 +263,7 @@ knnd_status knnd_vq_nearest(knnd_tensor *rows, knnd_tensor *codes, knnd_tensor *
     if (st) goto cleanup;
   }
 cleanup:
+  if (ac_was) knnd_autocast_set(true, ac_dt);
   knnd_set_grad_enabled(was);
   knnd_nn_release(3, t);
   if (st) {

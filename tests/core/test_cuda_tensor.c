@@ -163,6 +163,23 @@ static void pinned_tensors_feed_the_device(void **state) {
   KT_OK(knnd_copy_(p, x));
   KT_OK(knnd_to_device(p, CUDA0, &g));
   kt_assert_identical(kt_to_cpu(g), x);
+  /* a staging buffer reused: the copy holds the values at the call, even when the stream was
+   * busy (queued GEMMs) and the pinned tensor is written right after it returns */
+  knnd_tensor *h = kt_randn(2, (int64_t)2048, (int64_t)2048), *a = kt_to_cuda(h, false), *g2 = NULL, *back = NULL;
+  for (int i = 0; i < 8; i++) {
+    knnd_tensor *b = NULL;
+    KT_OK(knnd_matmul(a, a, &b));
+    knnd_tensor_release(a);
+    a = b;
+  }
+  KT_OK(knnd_to_device(p, CUDA0, &g2));
+  KT_OK(knnd_fill_(p, 1.0));
+  back = kt_to_cpu(g2);
+  kt_assert_identical(back, x);
+  knnd_tensor_release(back);
+  knnd_tensor_release(h);
+  knnd_tensor_release(a);
+  knnd_tensor_release(g2);
   knnd_tensor_release(p);
   knnd_tensor_release(g);
   knnd_tensor_release(x);
@@ -216,6 +233,34 @@ static void overlapping_copies_and_get_flat(void **state) {
   knnd_tensor_release(gx);
 }
 
+/* a leaf's first gradient is adopted on the GPU as on the CPU (no copy of a buffer nobody else
+ * holds): the backward's peak is one gradient above what was live, not two */
+static void first_gradient_is_adopted(void **state) {
+  (void)state;
+  KT_REQUIRE_CUDA();
+  const int64_t n = (int64_t)1 << 22; /* 16 MiB of f32 */
+  knnd_tensor *h = kt_randn(1, n), *x = kt_to_cuda(h, true), *y = NULL, *w = NULL;
+  KT_OK(knnd_binary_scalar(KNND_BINARY_MUL, x, 2.0, &y));
+  w = kt_to_cuda(h, false);
+  knnd_cuda_memory_stats before, after;
+  KT_OK(knnd_cuda_sync(0));
+  KT_OK(knnd_cuda_memory_stats_get(0, &before));
+  knnd_cuda_reset_peak(0);
+  KT_OK(knnd_backward(y, w, false));
+  KT_OK(knnd_cuda_memory_stats_get(0, &after));
+  const int64_t bytes = n * 4;
+  if (after.peak_allocated - before.allocated > bytes + bytes / 2)
+    fail_msg("backward peaked %lld bytes above the live %lld: the gradient (%lld bytes) was copied, not adopted",
+             (long long)(after.peak_allocated - before.allocated), (long long)before.allocated, (long long)bytes);
+  assert_non_null(x->grad);
+  assert_int_equal(x->grad->storage->device.type, KNND_DEVICE_CUDA);
+  knnd_tensor *g = kt_to_cpu(x->grad), *ref = NULL;
+  KT_OK(knnd_binary_scalar(KNND_BINARY_MUL, h, 2.0, &ref));
+  kt_assert_identical(g, ref);
+  knnd_tensor *rel[] = {h, x, y, w, g, ref};
+  for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) knnd_tensor_release(rel[i]);
+}
+
 static knnd_status move_and_scale(knnd_tensor *const *in, void *ctx, knnd_tensor **out) {
   (void)ctx;
   knnd_tensor *t = NULL;
@@ -244,6 +289,7 @@ int main(void) {
       cmocka_unit_test(device_errors_are_clear),
       cmocka_unit_test(autograd_flows_across_devices),
       cmocka_unit_test(overlapping_copies_and_get_flat),
+      cmocka_unit_test(first_gradient_is_adopted),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   if (!kt_cuda()) {

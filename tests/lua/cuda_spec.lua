@@ -28,6 +28,10 @@ describe("knnd.cuda", function()
     assert.matches("memory_stats: argument 1 'device' is 'x'", err(knnd.cuda.memory_stats, "x"), 1, true)
     assert.matches("argument 1 'device' expected a CUDA device index", err(knnd.cuda.memory_stats, {}), 1, true)
     assert.matches("synchronize: argument 1 'device'", err(knnd.cuda.synchronize, "cpu"), 1, true)
+    -- an index beyond int is refused as it is, not wrapped to cuda:0
+    assert.matches("argument 1 'device' is 4294967296 (expected a CUDA device index >= 0)",
+      err(knnd.cuda.memory_stats, 4294967296), 1, true)
+    assert.matches("argument 1 'device' is -1", err(knnd.cuda.memory_stats, -1), 1, true)
     assert.matches("allow_tf32: argument 1 'on' expected a boolean", err(knnd.cuda.allow_tf32, "yes"), 1, true)
   end)
 

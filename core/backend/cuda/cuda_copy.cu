@@ -163,10 +163,11 @@ extern "C" knnd_status knnd_cuda_copy(knnd_tensor *dst, const knnd_tensor *src) 
     KNND_CUDA_TRY(cudaMemcpyAsync(knnd_tensor_data(target), knnd_tensor_data(c.t), knnd_tensor_nbytes(c.t),
                                   cudaMemcpyHostToDevice, s),
                   "copy to the GPU");
+    // pageable sources are staged by the driver before cudaMemcpyAsync returns; a pinned one is
+    // read by the DMA when the stream reaches the copy, so wait for it: a write into the pinned
+    // tensor after this returns (a staging buffer reused) must not reach the GPU's copy
+    if (knnd_tensor_is_pinned(c.t)) KNND_CUDA_TRY(cudaStreamSynchronize(s), "copy to the GPU");
     if (target != dst) return device_copy(dst, target);
-    // pageable sources are staged by the driver before cudaMemcpyAsync returns; a pinned one
-    // may still be read, so keep its tensor alive: wait when the contiguous copy is temporary
-    if (c.t->storage != src->storage) KNND_CUDA_TRY(cudaStreamSynchronize(s), "copy to the GPU");
     return KNND_OK;
   }
   // device -> host: src made contiguous on the device, then across, then a host copy if needed

@@ -331,6 +331,8 @@ static void cuda_storage_free(void *data, void *ctx) {
   knnd_cuda_free((int)(intptr_t)ctx, data);
 }
 
+bool knnd_cuda_storage_is_own(const knnd_storage *s) { return s->deleter == cuda_storage_free; }
+
 knnd_status knnd_cuda_storage_alloc(knnd_device dev, size_t nbytes, void **data, void (**deleter)(void *, void *),
                                     void **ctx) {
   KNND_TRY(knnd_cuda_use(dev.index));

@@ -74,6 +74,8 @@ typedef struct knnd_cuda_view {
 void knnd_cuda_views(int ndim, const int64_t *shape, int n, const knnd_tensor *const *ops, knnd_cuda_view *views);
 
 
+/* whether a storage's buffer came from knnd_cuda_storage_alloc (knnd's own, not wrapped memory) */
+bool knnd_cuda_storage_is_own(const knnd_storage *s);
 /* a device buffer for a CUDA storage, with its deleter (tensor.c's storage allocation) */
 knnd_status knnd_cuda_storage_alloc(knnd_device dev, size_t nbytes, void **data, void (**deleter)(void *, void *),
                                     void **ctx);
