@@ -156,15 +156,32 @@ static void describe(const knnd_tensor *t, char *buf, size_t cap) {
   if (k > 0 && (size_t)k < cap) snprintf(buf + k, cap - (size_t)k, "]");
 }
 
-/* the ranks agree on t's dtype and shape (from dim `from` on: all_gather lets dim 0 differ) */
-static knnd_status agree_tensor(const char *op, const knnd_tensor *t, int from) {
-  int64_t v[2 + KNND_MAX_DIMS] = {0};
+/* A rank sends a CUDA tensor through NCCL when it has libnccl, else through host memory: the
+ * ranks must all take the same way (one in NCCL's bootstrap while another sends the tensor over
+ * MPI would truncate or hang), so the choice is part of what they agree on. */
+static bool uses_nccl(const knnd_tensor *t) { return knnd_on_cuda(t) && knnd_dist_nccl_available(); }
+
+static knnd_status transport_mismatch(const char *op, bool nccl) {
+  return knnd_error(KNND_ERR_STATE,
+                    "dist_%s: the ranks would move the tensor different ways (rank %d: %s): put it on a GPU on every "
+                    "rank with libnccl.so.2 present everywhere, or set KNND_DIST_NO_NCCL=1 on every rank",
+                    op, W.rank, nccl ? "NCCL" : "host memory");
+}
+
+/* the ranks agree on t's dtype and shape (from dim `from` on: all_gather lets dim 0 differ) and,
+ * when `transport`, on NCCL or host memory */
+static knnd_status agree_tensor(const char *op, const knnd_tensor *t, int from, bool transport) {
+  int64_t v[3 + KNND_MAX_DIMS] = {0};
   v[0] = t->dtype;
   v[1] = t->ndim;
   for (int d = from; d < t->ndim; d++) v[2 + d] = t->shape[d];
+  v[2 + KNND_MAX_DIMS] = transport && uses_nccl(t);
   bool same;
-  KNND_TRY(agree(op, 2 + KNND_MAX_DIMS, v, &same));
-  if (!same) {
+  KNND_TRY(agree(op, 3 + KNND_MAX_DIMS, v, &same));
+  if (!same) { /* which part differs: the shapes, or only the way */
+    bool shapes_same;
+    KNND_TRY(agree(op, 2 + KNND_MAX_DIMS, v, &shapes_same));
+    if (shapes_same) return transport_mismatch(op, v[2 + KNND_MAX_DIMS] != 0);
     char what[160];
     describe(t, what, sizeof what);
     return knnd_error(KNND_ERR_SHAPE, "dist_%s: the ranks passed tensors of different %s (rank %d: %s)", op,
@@ -324,8 +341,8 @@ knnd_status knnd_dist_broadcast(knnd_tensor *t, int root) {
   if (root < 0 || root >= knnd_dist_size())
     return knnd_error(KNND_ERR_ARG, "dist_broadcast: root %d (expected 0 .. %d)", root, knnd_dist_size() - 1);
   if (!many) return KNND_OK;
-  KNND_TRY(agree_tensor("broadcast", t, 0));
-  if (knnd_on_cuda(t) && knnd_dist_nccl_available()) return knnd_dist_nccl_broadcast(t, root);
+  KNND_TRY(agree_tensor("broadcast", t, 0, true));
+  if (uses_nccl(t)) return knnd_dist_nccl_broadcast(t, root);
   return through_host(t, bcast_host, &root);
 }
 
@@ -427,8 +444,8 @@ knnd_status knnd_dist_all_reduce(knnd_tensor *t, knnd_dist_op op) {
   if (t->requires_grad && !t->grad_fn && knnd_is_grad_enabled())
     return knnd_error(KNND_ERR_STATE, "dist_all_reduce: in-place on a leaf that requires grad (use no_grad)");
   if (!many) return KNND_OK;
-  KNND_TRY(agree_tensor("all_reduce", t, 0));
-  if (knnd_on_cuda(t) && knnd_dist_nccl_available()) return knnd_dist_nccl_all_reduce(t, op);
+  KNND_TRY(agree_tensor("all_reduce", t, 0, true));
+  if (uses_nccl(t)) return knnd_dist_nccl_all_reduce(t, op);
   return through_host(t, reduce_host, &op);
 }
 
@@ -438,7 +455,7 @@ knnd_status knnd_dist_all_gather(knnd_tensor *t, knnd_tensor **out) {
   KNND_TRY(check_arg(t, "all_gather"));
   if (t->ndim < 1) return knnd_error(KNND_ERR_SHAPE, "dist_all_gather: needs a tensor of at least 1 dim (got a scalar)");
   if (!many) return knnd_clone(t, out);
-  KNND_TRY(agree_tensor("all_gather", t, 1));
+  KNND_TRY(agree_tensor("all_gather", t, 1, false));
   knnd_tensor *h;
   KNND_TRY(host_contig(t, &h));
   knnd_status st = KNND_OK;
@@ -530,9 +547,16 @@ knnd_status knnd_dist_all_reduce_grads(int n, knnd_tensor *const *params, size_t
   uint64_t shape_hash = 1469598103934665603ull; /* FNV-1a over every parameter's dims */
   for (int i = 0; i < n; i++)
     for (int d = 0; d < params[i]->ndim; d++) shape_hash = (shape_hash ^ (uint64_t)params[i]->shape[d]) * 1099511628211ull;
-  int64_t v[3] = {n, total, (int64_t)(shape_hash >> 1)};
+  bool all_cuda = n > 0;
+  for (int i = 0; i < n; i++) all_cuda = all_cuda && knnd_on_cuda(params[i]);
+  const bool nccl = all_cuda && knnd_dist_nccl_available();
+  int64_t v[4] = {n, total, (int64_t)(shape_hash >> 1), nccl};
   bool same;
-  KNND_TRY(agree("all_reduce_grads", 3, v, &same));
+  KNND_TRY(agree("all_reduce_grads", 4, v, &same));
+  if (!same) {
+    KNND_TRY(agree("all_reduce_grads", 3, v, &same));
+    if (same) return transport_mismatch("all_reduce_grads", nccl);
+  }
   if (!same)
     return knnd_error(KNND_ERR_SHAPE,
                       "dist_all_reduce_grads: the ranks hold different parameters (rank %d: %d tensors, %lld values): "
@@ -553,9 +577,7 @@ knnd_status knnd_dist_all_reduce_grads(int n, knnd_tensor *const *params, size_t
   }
   KNND_CHECK(knnd_dist_wait(1, &r, "all_reduce_grads"));
   /* all on the GPU: NCCL in device buckets */
-  bool all_cuda = n > 0;
-  for (int i = 0; i < n; i++) all_cuda = all_cuda && knnd_on_cuda(params[i]);
-  if (all_cuda && knnd_dist_nccl_available()) {
+  if (nccl) {
     st = knnd_dist_nccl_all_reduce_grads(n, params, has, bucket);
     goto cleanup;
   }
@@ -735,10 +757,14 @@ knnd_status knnd_dist_reducer_new(int n, knnd_tensor *const *params, size_t buck
   bool all_cuda = true;
   for (int i = 0; i < n; i++) all_cuda = all_cuda && knnd_on_cuda(params[i]);
   r->nccl = all_cuda && knnd_dist_nccl_available();
-  if (many) { /* every rank must have built the same buckets */
-    int64_t v[3] = {n, nb, total};
+  if (many) { /* every rank must have built the same buckets, and reduce them the same way */
+    int64_t v[4] = {n, nb, total, r->nccl};
     bool same;
-    knnd_status st = agree("reducer", 3, v, &same);
+    knnd_status st = agree("reducer", 4, v, &same);
+    if (!st && !same) {
+      st = agree("reducer", 3, v, &same);
+      if (!st && same) st = transport_mismatch("reducer", r->nccl);
+    }
     if (!st && !same)
       st = knnd_error(KNND_ERR_SHAPE, "dist_reducer: the ranks hold different parameters (rank %d: %d tensors, %lld "
                                       "values): every rank must build the same model", W.rank, n, (long long)total);

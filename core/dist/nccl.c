@@ -42,6 +42,7 @@ static struct {
   ncclResult_t (*CommAbort)(ncclComm_t);
   ncclResult_t (*CommDestroy)(ncclComm_t);
   const char *(*GetErrorString)(ncclResult_t);
+  ncclResult_t (*GetVersion)(int *);
 } N;
 
 static bool load_nccl(void) {
@@ -61,7 +62,12 @@ static bool load_nccl(void) {
   SYM(CommAbort, "ncclCommAbort")
   SYM(CommDestroy, "ncclCommDestroy")
   SYM(GetErrorString, "ncclGetErrorString")
+  SYM(GetVersion, "ncclGetVersion")
 #undef SYM
+  /* ncclAvg (the mean all-reduce, the gradient buckets) came with NCCL 2.10: an older library
+   * would refuse every mean, so it counts as absent (CUDA tensors then go through host memory) */
+  int version = 0;
+  if (N.GetVersion(&version) != ncclSuccess || version < 21000) return false;
   N.tried = 1;
   return true;
 }
