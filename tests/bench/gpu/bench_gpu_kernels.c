@@ -103,8 +103,8 @@ static void bench_case(const kcase *c, knnd_dtype dt, bool tf32, int iters) {
     if (i >= 0) ms[i] = now_ms() - t0;
   }
   qsort(ms, (size_t)iters, sizeof *ms, cmp_double);
-  printf("RESULT impl=knnd kernel=%s dtype=%s ms=%.4f tflops=%.2f\n", c->name, dname, ms[iters / 2],
-         flops / (ms[iters / 2] * 1e-3) / 1e12);
+  const double med = (ms[(iters - 1) / 2] + ms[iters / 2]) / 2; /* as Python's statistics.median */
+  printf("RESULT impl=knnd kernel=%s dtype=%s ms=%.4f tflops=%.2f\n", c->name, dname, med, flops / (med * 1e-3) / 1e12);
   fflush(stdout);
 done:
   free(ms);

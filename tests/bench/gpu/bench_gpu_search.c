@@ -59,8 +59,13 @@ static double gemm_bound_ms(int64_t n, int64_t nq, int d, cudaDataType_t t, int6
       int64_t qb = nq - q0 < qbm ? nq - q0 : qbm;
       for (int64_t b0 = 0; b0 < n; b0 += blk) {
         int64_t nb = n - b0 < blk ? n - b0 : blk;
-        cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nb, (int)qb, d, &one, (const char *)db + (size_t)b0 * d * es, t,
-                     d, q, t, d, &zero, c, CUDA_R_32F, (int)nb, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublasStatus_t bs = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nb, (int)qb, d, &one,
+                                         (const char *)db + (size_t)b0 * d * es, t, d, q, t, d, &zero, c, CUDA_R_32F,
+                                         (int)nb, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (bs != CUBLAS_STATUS_SUCCESS) { /* a failed GEMM would time as nothing and flatter the ratio */
+          fprintf(stderr, "bench_gpu_search: cublasGemmEx failed (status %d)\n", (int)bs);
+          exit(1);
+        }
       }
     }
     CK(cudaDeviceSynchronize());

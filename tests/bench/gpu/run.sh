@@ -21,20 +21,33 @@ for pat in 'libcublas.so.1*' 'libcublasLt.so.1*' 'libcudnn.so.9*'; do
   f=$(find /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu /opt /usr/local/lib -name "$pat" 2>/dev/null | head -1)
   [ -n "$f" ] && libs="$libs:$(dirname "$f")"
 done
-export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+# the bundle's libraries are for knnd's binaries only: on the peer they would override the CUDA
+# libraries torch was built with (its cuBLAS peak would then be another library's)
+knnd_libs="$libs:${LD_LIBRARY_PATH:-}"
 log="$out/bench_gpu_models_table.log"
 : >"$log"
+# the peer needs torch with a GPU: say so in the table rather than print an empty one
+if ! python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  echo "ERROR the PyTorch peer cannot run here: python3 has no torch with CUDA (pip install torch on this machine)" \
+    | tee -a "$log" >&2
+  peer_ok=0
+else
+  peer_ok=1
+fi
 for b in bench_gpu_models bench_gpu_kernels; do
   if [ -x "$bin/$b" ]; then
     echo "== $b" >&2
-    timeout 900 "$bin/$b" "$([ $b = bench_gpu_kernels ] && echo 20 || echo "$iters")" 2>&1 | tee -a "$log" >&2
+    LD_LIBRARY_PATH="$knnd_libs" timeout 900 "$bin/$b" "$([ $b = bench_gpu_kernels ] && echo 20 || echo "$iters")" 2>&1 \
+      | tee -a "$log" >&2
   else
     echo "run.sh: $bin/$b not found" >&2
   fi
 done
-echo "== $(basename "$peer")" >&2
-# PEER_ARGS: more peer options, e.g. "--compile-dtypes bf16" to halve the compile time
-timeout 1500 python3 "$peer" --iters "$iters" ${PEER_ARGS:-} 2>&1 | tee -a "$log" >&2
+if [ "$peer_ok" = 1 ]; then
+  echo "== $(basename "$peer")" >&2
+  # PEER_ARGS: more peer options, e.g. "--compile-dtypes bf16" to halve the compile time
+  timeout 1500 python3 "$peer" --iters "$iters" ${PEER_ARGS:-} 2>&1 | tee -a "$log" >&2
+fi
 python3 - "$log" <<'PY'
 import re, sys
 rows = [dict(kv.split("=", 1) for kv in l.split()[1:]) for l in open(sys.argv[1]) if l.startswith("RESULT ")]
@@ -80,3 +93,4 @@ for name in kernels:
 for e in errors:
     print(e)
 PY
+[ "$peer_ok" = 1 ]

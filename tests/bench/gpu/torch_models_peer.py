@@ -36,6 +36,9 @@ def timed(fn, iters, warmup):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    # the timed steps' peak, as bench_gpu_models takes it: not the warm-up's one-time compile,
+    # autotuning or cuDNN benchmark workspaces
+    torch.cuda.reset_peak_memory_stats()
     ms = []
     for _ in range(iters):
         torch.cuda.synchronize()
@@ -138,6 +141,9 @@ def main():
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    # convolution algorithms chosen by timing, as knnd chooses them (cudnnFind once per shape;
+    # KNND_CUDNN_ALGO=heuristic for the other policy)
+    torch.backends.cudnn.benchmark = True
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
     if not a.kernels_only:
         for unet, name in ((True, "unet"), (False, "transformer")):
