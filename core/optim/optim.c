@@ -406,7 +406,11 @@ knnd_status knnd_optimizer_step(knnd_optimizer *o) {
                         op, i);
   }
   if (!any)
-    return knnd_error(KNND_ERR_STATE, "%s: no parameter has a gradient (call backward before step)", op);
+    return knnd_error(KNND_ERR_STATE,
+                      "%s: no parameter has a gradient (call backward before step; or the module's parameters are "
+                      "new tensors since this optimizer was made: module:to() to another device makes them, so make "
+                      "the optimizer after the move)",
+                      op);
   knnd_ema *ema = o->ema;
   if (ema) KNND_TRY(knnd_ema_check_update(ema, op));
 

@@ -290,6 +290,10 @@ static void test_nonfinite_grad_changes_nothing(void **state) {
     KT_FAILS(knnd_optimizer_step(opt), KNND_ERR_NAN, "params[1]");
     for (int i = 0; i < 2; i++) assert_identical(ps[i], before[i]);
     assert_int_equal(knnd_optimizer_steps(opt), 1);
+    /* no gradient at all: the error says what to do, including the optimizer made before a move */
+    for (int i = 0; i < 2; i++) knnd_zero_grad(ps[i]);
+    KT_FAILS(knnd_optimizer_step(opt), KNND_ERR_STATE, "make the optimizer after the move");
+    assert_int_equal(knnd_optimizer_steps(opt), 1);
     KT_OK(knnd_optimizer_state_dict(opt, &sd_after));
     assert_int_equal(sd_before->n, sd_after->n);
     for (int i = 0; i < sd_before->n; i++) assert_identical(sd_before->tensors[i], sd_after->tensors[i]);
