@@ -13,6 +13,7 @@
 --      curves and metrics.
 --
 --   knnd run experiments/quickstart.lua [--set out=runs/quickstart --set unet.steps=1500 --set modes=knn]
+--   knnd run experiments/quickstart.lua --set device=cuda   # the UNets train and sample on the GPU
 --
 -- Every stage keeps its result in the run folder and is skipped when rerun (training resumes from
 -- its checkpoint), so an interrupted quickstart picks up where it stopped.
@@ -22,6 +23,8 @@ local kd = knnd.knn_diffusion
 local opt = knnd.options {
   out = "runs/quickstart",
   seed = 0,
+  device = knnd.config.param("cpu", "where the diffusion models train and sample: cpu, cuda or cuda:N (CLIP, the "
+    .. "judge and retrieval stay on the CPU)"),
   modes = "knn,no_knn",      -- conditioning modes to train and compare (knn, no_knn, lafite_noise, knn_only)
   k = 10,                    -- neighbours in the condition
   clip = { steps = 600, batch = 256, width = 64, layers = 2, lr = 2e-3 },
@@ -33,6 +36,7 @@ local opt = knnd.options {
   sample = { sampler = "dpmpp", steps = 20, guidance = 3.0, per_prompt = 8, eval_per_class = 20 },
 }
 local out = opt.out
+kd.check_device("experiments/quickstart.lua", opt.device) -- a bad device fails now, not after the CLIP stage
 local function fmt_s(s) return ("%.0f s"):format(s) end
 local t_start = knnd.wall_time()
 local timings, metrics = {}, { config = opt }
@@ -49,7 +53,7 @@ end
 -- the labelled images), the CLIP image embeddings, the FAISS index and the neighbour cache. The
 -- ablation sweeps of experiments/ share this folder.
 local tb = knnd.testbed.fmnist { dir = out, seed = opt.seed, k = opt.k, clip = opt.clip, judge = opt.judge,
-  unet = opt.unet, sample = opt.sample, stage = stage }
+  unet = opt.unet, sample = opt.sample, stage = stage, device = opt.device }
 local classes, train, test, clip, judge, index = tb.classes, tb.train_set, tb.test_set, tb.clip, tb.judge, tb.index
 print(("Fashion-MNIST: %d training and %d test images (%s)"):format(train.n, test.n, knnd.data.fashion_mnist_dir))
 metrics.clip_zero_shot = knnd.clip.zero_shot { model = clip, images = test.images, labels = test.labels,
@@ -106,7 +110,7 @@ for _, mode in ipairs(modes) do
     local s = opt.sample
     -- the picture: the class prompts, a row each
     kd.generate { model = model, clip = clip, index = index, prompts = prompts, n = s.per_prompt, sampler = s.sampler,
-      steps = s.steps, guidance = s.guidance, seed = opt.seed, grid = dir .. "/samples.png",
+      steps = s.steps, guidance = s.guidance, seed = opt.seed, grid = dir .. "/samples.png", device = opt.device,
       title = ("%s: samples from the class prompts (trained without text)"):format(mode) }
     -- the measurement: every eval prompt, judged by the classifier and scored against the test set
     local e = tb:evaluate { model = model }

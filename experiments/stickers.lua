@@ -6,6 +6,7 @@
 --
 --   knnd run experiments/stickers.lua [--set out=runs/stickers --set unet.steps=3000]
 --   knnd run experiments/stickers.lua --set backbone=discrete   # VQ-Diffusion over VQ-VAE tokens instead
+--   knnd run experiments/stickers.lua --set device=cuda         # the diffusion models train and sample on the GPU
 --
 -- backbone = discrete trains a VQ-VAE on the emoji first (out/vqvae/: 32x32 -> 8x8 tokens of 256
 -- codes, its PSNR printed) and then VQ-Diffusion's transformer over its tokens with the same
@@ -23,6 +24,8 @@ local opt = knnd.options {
   size = 32,
   modes = "knn,no_knn",
   backbone = knnd.config.param("continuous", "the diffusion backbone", { values = { "continuous", "discrete" } }),
+  device = knnd.config.param("cpu", "where the diffusion models train and sample: cpu, cuda or cuda:N (CLIP, the "
+    .. "VQ-VAE's training and retrieval stay on the CPU)"),
   k = 10,
   clip = { steps = 1500, batch = 256, width = 96, layers = 2, lr = 1e-3, merges = 800, context = 24 },
   -- ema 0.995: at 0.999 the EMA of a 2000-step run still holds 0.999^2000 = 14% of the initial weights, and
@@ -37,6 +40,7 @@ local opt = knnd.options {
     .. "woman technologist,soccer ball",
 }
 local out = opt.out
+kd.check_device("experiments/stickers.lua", opt.device) -- a bad device fails now, not after the CLIP stage
 os.execute(("mkdir -p '%s/data'"):format(out))
 local exists = require("knnd.cliutil").exists
 local t_start = knnd.wall_time()
@@ -161,7 +165,7 @@ for _, mode in ipairs(modes) do
     print(tostring(model))
     return kd.train { model = model, dataset = ds_path, embeddings = emb_path, cache = cache_path, out = dir,
       steps = opt.unet.steps, batch = opt.unet.batch, lr = opt.unet.lr, ema = opt.unet.ema, seed = opt.seed,
-      checkpoint_every = opt.unet.checkpoint_every, flip = opt.unet.flip, name = name }
+      checkpoint_every = opt.unet.checkpoint_every, flip = opt.unet.flip, name = name, device = opt.device }
   end)
   logs[#logs + 1] = { name = name, log = r.log }
   local model = kd.load(dir .. "/model.h5")
@@ -170,7 +174,8 @@ for _, mode in ipairs(modes) do
     local s = opt.sample
     local g = kd.generate { model = model, clip = clip, index = index, prompts = prompts, n = s.per_prompt,
       sampler = model:sampler_option(s.sampler), steps = s.steps, guidance = s.guidance, seed = opt.seed,
-      grid = dir .. "/samples.png", title = ("%s: emoji from their names (the model never saw a caption)"):format(name) }
+      grid = dir .. "/samples.png", title = ("%s: emoji from their names (the model never saw a caption)"):format(name),
+      device = opt.device }
     -- alignment: is the prompt's own name CLIP's best match for the sample, among all names?
     local target, judged = {}, {}
     for i, p in ipairs(g.prompts) do

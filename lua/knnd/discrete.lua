@@ -147,6 +147,18 @@ function Net:eval()
   for _, part in ipairs(self.parts) do self[part]:eval() end
 end
 
+--- net:device() -> where the network's weights are ("cpu" or "cuda:N")
+function Net:device() return self.to_logits.weight:device() end
+
+--- net:to(device) -> net: the trained parts, the frozen VQ-VAE and the position indices moved to device ("cpu",
+--- "cuda", "cuda:N"). The importance sampler's statistics stay on the host, where t is drawn from them.
+function Net:to(device)
+  for _, part in ipairs(self.parts) do self[part]:to(device) end
+  self.vqvae:to(device)
+  self.rows, self.cols = self.rows:to(device), self.cols:to(device)
+  return self
+end
+
 --- net:forward(x_t tokens i64 [B, N] in [0, K], t [B], ctx [B, T', D] [, source tokens i64 [B, N] in [0, K): an
 --- edit model's Ĩ]) -> logits [B, K, N]
 function Net:forward(x, t, ctx, src)
@@ -218,6 +230,7 @@ end
 --- job the whole batch's t and L_t (gathered in rank order) update every rank's statistics alike.
 function Net:record_t(t, kl)
   local dist = knnd.dist
+  if kl:device() ~= "cpu" then kl = kl:detach():to("cpu") end
   if dist.size() > 1 then
     t, kl = dist.all_gather(t:contiguous()), dist.all_gather(kl:detach():to("f32"):contiguous())
   end
@@ -242,11 +255,17 @@ function Net:loss(x0, ctx, opts)
   local gen = opts and opts.gen
   local tokens = self:encode(x0)
   local B = tokens:size(1)
-  local t, pt = self:sample_t(B, gen)
+  -- t drawn on the host (the importance sampler's statistics are there), used on the tokens' device
+  local t_host, pt = self:sample_t(B, gen)
+  local t, dev = t_host, tokens:device()
+  if dev ~= "cpu" then
+    t = t_host:to(dev)
+    if pt then pt = pt:to(dev) end
+  end
   local xt = self.process:q_sample(tokens, t, { gen = gen })
   local src = self.edit and self:encode(opts.source) or nil
   local loss, parts = self.process:loss(self:forward(xt, t, ctx, src), tokens, xt, t, pt and { pt = pt } or nil)
-  if self.Lt_history and self.training then self:record_t(t, parts.kl) end
+  if self.Lt_history and self.training then self:record_t(t_host, parts.kl) end
   return loss, parts
 end
 
@@ -267,13 +286,14 @@ function Net:sample(o)
   local ts = vq:timesteps(skip)
   local guided = math.abs(scale - 1) > 1e-3
   local both = guided and knnd.cat({ ctx, o.null }, 1) or ctx
-  local x = knnd.full({ B, N }, self.K, { dtype = "i64" })
+  local dev = ctx:device()
+  local x = knnd.full({ B, N }, self.K, { dtype = "i64", device = dev })
   local src = self.edit and self:encode(o.source) or nil
   if src and guided then src = knnd.cat({ src, src }, 1) end
   local bar = o.progress and knnd.progress { total = #ts, desc = "sample", unit = "step" } or nil
   for _, t in ipairs(ts) do
     local xin = guided and knnd.cat({ x, x }, 1) or x
-    local logits = self:forward(xin, knnd.full({ xin:size(1) }, t, { dtype = "i64" }), both, src)
+    local logits = self:forward(xin, knnd.full({ xin:size(1) }, t, { dtype = "i64", device = dev }), both, src)
     local lx0
     if guided then
       lx0 = vq:cfg(vq:log_x0(logits:narrow(1, B + 1, B)), vq:log_x0(logits:narrow(1, 1, B)), scale)

@@ -68,6 +68,32 @@ local function positive_int(fname, name, v)
   return n
 end
 
+--- knnd.knn_diffusion.check_device(fname, v [, what]) -> the device named by v ("cpu", "cuda" or "cuda:N") as a tensor
+--- reports it ("cpu" or "cuda:N"), nil when v is nil; an error naming the option (what, default "option 'device'")
+--- for anything else, for a CUDA device when knnd.cuda.available() is false, or for an index past
+--- knnd.cuda.device_count(). fname: the function named in the error ("train"; a name with a dot, e.g.
+--- "knnd.testbed.fmnist" or a script's path, is used as it is).
+function M.check_device(fname, v, what)
+  if v == nil then return nil end
+  what = what or "option 'device'"
+  local function bad(fmt, ...)
+    local head = fname:find(".", 1, true) and fname or ("knnd.knn_diffusion." .. fname)
+    error(("%s: %s " .. fmt):format(head, what, ...), 0)
+  end
+  if type(v) ~= "string" then bad("expected \"cpu\", \"cuda\" or \"cuda:N\", got a %s", type(v)) end
+  if v == "cpu" then return "cpu" end
+  local index = v == "cuda" and 0 or math.tointeger(tonumber(v:match("^cuda:(%d+)$") or ""))
+  if not index then bad("is '%s' (expected \"cpu\", \"cuda\" or \"cuda:N\")", v) end
+  if not knnd.cuda.available() then
+    bad("is '%s' but no CUDA device is available (knnd.cuda.available() is false: a build without CUDA, or no GPU); "
+      .. "give device = \"cpu\"", v)
+  end
+  local n = knnd.cuda.device_count()
+  if index >= n then bad("is '%s' but %d CUDA device(s) are present (cuda:0 .. cuda:%d)", v, n, n - 1) end
+  return ("cuda:%d"):format(index)
+end
+local check_device = M.check_device
+
 -- The defaults: a small ADM/GLIDE UNet that trains on 2 CPU cores in minutes at 28x28.
 M.defaults = {
   unet = { channels = 32, channel_mult = { 1, 2, 2 }, num_res_blocks = 1, attention_resolutions = { 7 },
@@ -241,6 +267,22 @@ end
 function Model:train() self.net:train() end
 function Model:eval() self.net:eval() end
 
+--- m:device() -> where the model's weights are ("cpu" or "cuda:N")
+function Model:device() return self.null:device() end
+
+--- m:to(device) -> m: the network (and a discrete model's VQ-VAE) and the null tokens moved to device ("cpu",
+--- "cuda", "cuda:N"); build optimisers and EMAs over m:parameters() after moving (they hold the tensors they
+--- were given: the null tokens are a new tensor on the device)
+function Model:to(device)
+  local dev = check_device("Model:to", device, "argument 'device'")
+  if dev == self:device() then return self end
+  self.net:to(dev)
+  local null = knnd.no_grad(function() return self.null:detach():to(dev):contiguous() end)
+  null.requires_grad = true
+  self.null = null
+  return self
+end
+
 function Model:__tostring()
   local c = self.config
   if c.backbone == "discrete" then
@@ -261,9 +303,9 @@ local function l2_normalize(x)
 end
 
 --- m:condition(query [B,D], neighbors [B,k,D] or nil [, {drop = bool [B] tensor (u8), gen=, inference=}])
---- -> tokens [B,T,D]. The token set of the model's mode; rows where drop is set get the learned null
---- set instead. inference = true: lafite_noise uses the clean (text) embedding, as LAFITE samples —
---- the perturbation is a training device that makes image embeddings stand in for text ones.
+--- -> tokens [B,T,D] on the model's device (the inputs may be anywhere). The token set of the model's mode;
+--- rows where drop is set get the learned null set instead. inference = true: lafite_noise uses the clean
+--- (text) embedding, as LAFITE samples — the perturbation is a training device that makes image embeddings stand in for text ones.
 function Model:condition(query, neighbors, opts)
   local c = self.config.cond
   opts = opts or {}
@@ -288,9 +330,14 @@ function Model:condition(query, neighbors, opts)
   else
     tokens = knnd.cond.build(c.mode, l2_normalize(query), { xi = xi, gen = opts.gen })
   end
+  -- the token sets are built on the host (knnd.cond); a model on a device gets them there
+  local dev = self:device()
+  if tokens:device() ~= dev then tokens = tokens:to(dev) end
   if opts.drop then
     local null = self.null:unsqueeze(1):expand(B, c.tokens, c.dim)
-    tokens = knnd.where(opts.drop:view(B, 1, 1), null, tokens)
+    local drop = opts.drop
+    if drop:device() ~= dev then drop = drop:to(dev) end
+    tokens = knnd.where(drop:view(B, 1, 1), null, tokens)
   end
   return tokens
 end
@@ -344,10 +391,14 @@ function Model:loss(x0, tokens, opts)
   end
   local B = x0:size(1)
   local d = self.diffusion
+  -- t on the host, where the schedule's per-example coefficients are read from it; the UNet takes it on the
+  -- images' device (drawn on the host either way: the same numbers)
   local t = knnd.randint(0, d:num_timesteps(), { B }, { gen = gen, dtype = "i64" })
   local noise = knnd.randn_like(x0, { gen = gen })
+  local dev = x0:device()
+  local t_net = dev ~= "cpu" and t:to(dev) or t
   local xt = d:q_sample(x0, t, noise)
-  local out = self.net(with_source(self, "Model:loss", xt, source), t, tokens)
+  local out = self.net(with_source(self, "Model:loss", xt, source), t_net, tokens)
   local pw = opts and opts.pixel_weights
   if pw == nil then return d:loss(out, x0, noise, t) end
   if pw:dim() ~= 4 or pw:size(1) ~= B or pw:size(2) ~= 1 or pw:size(3) ~= x0:size(3) or pw:size(4) ~= x0:size(4) then
@@ -357,22 +408,37 @@ function Model:loss(x0, tokens, opts)
   -- diffusion:loss with per-pixel weights: mean_b(w_b · mean(m_b · (out_b − target_b)²)), m_b of mean 1
   local m = pw / pw:mean { dim = { 2, 3, 4 }, keepdim = true }
   local se = (out - d:target(x0, t, noise)):square() * m
-  return (se:mean { dim = { 2, 3, 4 } } * d:loss_weights(t)):mean()
+  local w = d:loss_weights(t)
+  if dev ~= "cpu" then w = w:to(dev) end
+  return (se:mean { dim = { 2, 3, 4 } } * w):mean()
 end
 
 --- m:sample{tokens = [B,T,D], sampler = "dpmpp"|"ddim"|"ddpm", steps = 25, guidance = 3,
----   eta = 0 (ddim), seed = 0 | gen =, progress = false, clip = true} -> images f32 [B,C,H,W] in [-1, 1]
+---   eta = 0 (ddim), seed = 0 | gen =, progress = false, clip = true, device=} -> images f32 [B,C,H,W] in [-1, 1]
 --- clip: each step's predicted x0 is clipped to [-1, 1] (guided-diffusion's clip_denoised).
 --- guidance = 1 is the conditional model alone; 0 the unconditional one (the null tokens).
+--- device ("cpu", "cuda", "cuda:N"; default where the model is): the model is moved there (m:to) and samples
+--- there; tokens, noise and source may be anywhere, the images come back on that device. The random draws
+--- are the generator's on any device: the same seed gives the same noise.
 function Model:sample(opts)
   local fname = "Model:sample"
   check_keys(fname, "option", opts, { tokens = 1, sampler = 1, steps = 1, guidance = 1, eta = 1, seed = 1, gen = 1,
-    progress = 1, noise = 1, clip = 1, truncation = 1, source = 1, strength = 1 })
+    progress = 1, noise = 1, clip = 1, truncation = 1, source = 1, strength = 1, device = 1 })
   local tokens = opts.tokens or fail(fname, "option 'tokens' ([B,T,D], from m:condition) is required")
   local c = self.config
   if tokens:dim() ~= 3 or tokens:size(2) ~= c.cond.tokens or tokens:size(3) ~= c.cond.dim then
     fail(fname, "tokens are %s (expected [B, %d, %d] for mode %s)", table.concat(tokens:shape(), "x"), c.cond.tokens,
       c.cond.dim, c.cond.mode)
+  end
+  local device = check_device(fname, opts.device)
+  if device then self:to(device) end
+  local dev = self:device()
+  if tokens:device() ~= dev then tokens = tokens:to(dev) end
+  if opts.source ~= nil and knnd.is_tensor(opts.source) and opts.source:device() ~= dev then
+    local moved = {}
+    for k, v in pairs(opts) do moved[k] = v end
+    moved.source = opts.source:to(dev)
+    opts = moved
   end
   if c.backbone == "discrete" then return self:sample_discrete(fname, opts, tokens) end
   if opts.truncation ~= nil then fail(fname, "option 'truncation' is for backbone = 'discrete'") end
@@ -400,7 +466,8 @@ function Model:sample(opts)
   self.net:eval()
   local prev = knnd.set_grad_enabled(false)
   local ok, res = pcall(function()
-    local x = opts.noise or knnd.randn(B, c.channels, c.image_size, c.image_size, { gen = gen })
+    local x = opts.noise or knnd.randn(B, c.channels, c.image_size, c.image_size, { gen = gen, device = dev })
+    if x:device() ~= dev then x = x:to(dev) end
     local ts = d:timesteps(steps, sampler == "dpmpp" and "dpmpp" or sampler)
     if strength < 1 then
       -- SDEdit / img2img: start from the source noised to timestep strength·T, on the schedule's tail
@@ -420,7 +487,7 @@ function Model:sample(opts)
     local bar = opts.progress and knnd.progress { total = #ts, desc = "sample", unit = "step" } or nil
     for i, t in ipairs(ts) do
       local xin = guided and knnd.cat({ x, x }, 1) or x
-      local tt = knnd.full({ xin:size(1) }, t, { dtype = "i64" })
+      local tt = knnd.full({ xin:size(1) }, t, { dtype = "i64", device = dev })
       local out = self.net(src_in and knnd.cat({ xin, src_in }, 2) or xin, tt, ctx)
       if guided then
         out = knnd.diffusion.cfg(out:narrow(1, B + 1, B), out:narrow(1, 1, B), scale)
@@ -607,7 +674,8 @@ end
 
 local train_keys = { model = 1, dataset = 1, embeddings = 1, cache = 1, database = 1, steps = 1, batch = 1, lr = 1,
   min_lr = 1, warmup = 1, weight_decay = 1, ema = 1, ema_warmup = 1, grad_clip = 1, flip = 1, seed = 1, out = 1,
-  checkpoint_every = 1, resume = 1, progress = 1, until_step = 1, time_limit = 1, name = 1, rows = 1, pairs = 1 }
+  checkpoint_every = 1, resume = 1, progress = 1, until_step = 1, time_limit = 1, name = 1, rows = 1, pairs = 1,
+  device = 1, log_every = 1 }
 
 --- knnd.knn_diffusion.train{model=, dataset= (path or knnd.dataset), embeddings= (the CLIP image
 ---   embeddings of the dataset's rows: a store, its path, or f32 [N,D]), cache= (neighbour cache
@@ -619,7 +687,13 @@ local train_keys = { model = 1, dataset = 1, embeddings = 1, cache = 1, database
 ---   checkpoint_every=250, resume=true, progress=true, until_step=, time_limit=, name=, rows= (train on
 ---   these 0-based rows only, e.g. held-out classes left out; their neighbours still come from the cache),
 ---   pairs= (an edit model's pair maker, knnd.edit.pairs: each batch's Ĩ, the areas' embeddings and their
----   neighbours replace the images' own embeddings and cached neighbours; no cache needed)}
+---   neighbours replace the images' own embeddings and cached neighbours; no cache needed),
+---   device= ("cpu", "cuda" or "cuda:N"; default where the model is, the CPU for a new or loaded one: the model
+---   and its EMA live there, the optimiser's state too, the loader puts the batches there, the condition
+---   tokens, timesteps and noise go there; the random draws are the same on any device, the model stays
+---   there after train returns; resuming onto a device from a CPU checkpoint and back works),
+---   log_every= (steps whose losses are read back together: 1 on the CPU, 25 on a device, where reading a
+---   loss waits for the device; the log still has every step, checkpoints read the pending ones first)}
 --- -> {steps=, loss=, seconds=, resumed_from=, log=, checkpoint=, model_path=, ema_init_share= (ema^steps, 0
 --- with ema_warmup: the share of the EMA weights still the initialisation; above 1% a warning is printed when
 --- progress is on)}
@@ -689,12 +763,16 @@ function M.train(o)
   local lr = o.lr or 2e-4
   local every = positive_int(fname, "checkpoint_every", o.checkpoint_every or 250)
   local seed = math.tointeger(o.seed or 0) or fail(fname, "option 'seed' expected an integer")
+  local device = check_device(fname, o.device) or model:device()
+  local log_every = positive_int(fname, "log_every", o.log_every or (device == "cpu" and 1 or 25))
   mkdir_p(out)
   local ck_path, model_path, log_path = out .. "/checkpoint.h5", out .. "/model.h5", out .. "/log.csv"
 
   -- everything random in a step (timesteps, noise, null-condition drops, LAFITE noise, dropout)
   -- comes from the default generator, which the checkpoint saves and restores
   knnd.manual_seed(seed)
+  -- the model first, then the optimiser and the EMA over its parameters there
+  if model:device() ~= device then model:to(device) end
   local params = model:parameters()
   -- data-parallel over the ranks of a job (mpirun -np N): the same start everywhere, each rank its
   -- slice of every batch and of its random draws, the gradients averaged: N ranks with batch B step
@@ -710,8 +788,12 @@ function M.train(o)
   local ema = knnd.optim.EMA(params, ema_rate, { warmup = o.ema_warmup == true })
   local sched = knnd.optim.lr_schedule { kind = "cosine", base_lr = lr, min_lr = o.min_lr or lr / 10,
     warmup_steps = math.min(o.warmup or math.max(1, steps // 50), steps - 1), total_steps = steps }
+  -- the batches on the device (pinned, copied asynchronously); an edit model's pair maker works on host images,
+  -- its pairs go to the device after
+  local on_device = device ~= "cpu"
   local loader = ds:loader { batch = math.min(batch, o.rows and (knnd.is_tensor(o.rows) and o.rows:numel() or #o.rows) or n),
-    shuffle = true, seed = seed, flip = o.flip == true, rows = o.rows, shard = world > 1 and { rank, world } or nil }
+    shuffle = true, seed = seed, flip = o.flip == true, rows = o.rows, shard = world > 1 and { rank, world } or nil,
+    device = on_device and not pairs_maker and device or nil }
   local store_info = emb_store and emb_store:info() or {}
   local info = { encoder = store_info.encoder, encoder_hash = store_info.encoder_hash, dataset = ds.path, name = o.name }
   model.info = info
@@ -762,6 +844,32 @@ function M.train(o)
   local stop = math.min(steps, o.until_step or steps)
   local step, loss_value = start, nil
   local db_n = database and database:size(1) or 0
+  -- the steps whose losses are not read back yet {step, loss, lr, seconds}: read together every log_every steps
+  -- (each step on the CPU), before a checkpoint and at the end, then checked, logged and shown
+  local pending = {}
+  local function flush()
+    if #pending == 0 then return end
+    local values
+    if #pending == 1 then
+      values = { pending[1][2]:item() }
+    else
+      local parts = {}
+      for i, p in ipairs(pending) do parts[i] = p[2]:reshape(1) end
+      values = knnd.cat(parts, 1):totable()
+    end
+    if world > 1 then values = dist.all_reduce(knnd.tensor(values), "mean"):totable() end
+    for i, p in ipairs(pending) do
+      local v = values[i]
+      if v ~= v or v == math.huge then
+        pending = {}
+        fail(fname, "the loss is %s at step %d (lower lr, or check the data)", tostring(v), p[1])
+      end
+      rows_log[#rows_log + 1] = { p[1], v, p[3], p[4] }
+      loss_value = v
+      if bar then bar:update(1, { loss = v }) end
+    end
+    pending = {}
+  end
   model:train()
   while step < stop do
     if dist.past(t0, o.time_limit) then break end -- the ranks stop together
@@ -772,6 +880,10 @@ function M.train(o)
       local pr = pairs_maker:make(b.x, b.rows)
       q, source, pixel_weights = pr.query, pr.source, pr.pixel_weights
       if cfg.cond.needs_neighbors then nb = pr.neighbors end
+      if on_device then
+        b.x, source = b.x:to(device), source and source:to(device)
+        pixel_weights = pixel_weights and pixel_weights:to(device)
+      end
     else
       q = emb:index_select(1, b.rows)
     end
@@ -795,15 +907,13 @@ function M.train(o)
     opt:step()
     ema:update()
     step = step + 1
-    loss_value = loss:item()
-    if world > 1 then loss_value = dist.all_reduce(knnd.tensor({ loss_value }), "mean"):item() end
-    if loss_value ~= loss_value or loss_value == math.huge then
-      fail(fname, "the loss is %s at step %d (lower lr, or check the data)", tostring(loss_value), step)
-    end
-    rows_log[#rows_log + 1] = { step, loss_value, sched(step - 1), seconds0 + knnd.wall_time() - t0 }
-    if bar then bar:update(1, { loss = loss_value }) end
-    if step % every == 0 or step == steps then save(step) end
+    pending[#pending + 1] = { step, log_every > 1 and loss:detach() or loss, sched(step - 1),
+      seconds0 + knnd.wall_time() - t0 }
+    local saving = step % every == 0 or step == steps
+    if #pending >= log_every or saving then flush() end
+    if saving then save(step) end
   end
+  flush()
   if step % every ~= 0 and step ~= steps then save(step) end
   dist.shard_generator(false)
   if bar then bar:close() end
@@ -836,13 +946,15 @@ end
 -- ---- generation from text -----------------------------------------------------------------
 local generate_keys = { model = 1, clip = 1, index = 1, prompts = 1, query = 1, n = 1, sampler = 1, steps = 1,
   guidance = 1, seed = 1, grid = 1, neighbor_grid = 1, images = 1, progress = 1, batch = 1, scale = 1, title = 1,
-  truncation = 1 }
+  truncation = 1, device = 1 }
 
 --- knnd.knn_diffusion.generate{model=, prompts={...}, clip= (a knnd.clip model) | query= f32 [P,D],
 ---   index= (any index with its store: swapping it swaps the database), n=4 per prompt,
 ---   sampler="dpmpp", steps=25, guidance=3, seed=0, batch=128, grid= PNG path, neighbor_grid= PNG
----   path (needs images= the database's images), scale=2, title=, progress=true}
---- -> {images = f32 [P*n,C,H,W] in [-1,1] (prompt-major), prompts = {P*n}, neighbors = {rows=, scores=}}
+---   path (needs images= the database's images), scale=2, title=, progress=true, device= ("cpu", "cuda",
+---   "cuda:N"; default where the model is: the model is moved there and samples there; the prompts' embeddings
+---   and the retrieval stay where CLIP and the index are, the condition tokens go to the device)}
+--- -> {images = f32 [P*n,C,H,W] in [-1,1] (prompt-major, on the CPU), prompts = {P*n}, neighbors = {rows=, scores=}}
 --- The text's CLIP embedding and its k nearest image embeddings in the index give the condition.
 function M.generate(o)
   local fname = "generate"
@@ -850,6 +962,7 @@ function M.generate(o)
   local model = o.model
   if getmetatable(model) ~= Model then fail(fname, "option 'model' expected a knnd.knn_diffusion model") end
   local cfg = model.config
+  local device = check_device(fname, o.device)
   local prompts = o.prompts or fail(fname, "option 'prompts' (a list of strings) is required")
   if type(prompts) ~= "table" or #prompts == 0 then fail(fname, "option 'prompts' expected a non-empty list of strings") end
   local P = #prompts
@@ -880,9 +993,10 @@ function M.generate(o)
   local rep = {}
   for p = 0, P - 1 do for _ = 1, n do rep[#rep + 1] = p end end
   local rep_t = knnd.tensor(rep, { dtype = "i64" })
+  if device then model:to(device) end
   local tokens = model:condition(q, cfg.cond.needs_neighbors and nb.embeddings or nil, { gen = knnd.Generator(o.seed or 0),
     inference = true })
-  tokens = tokens:index_select(1, rep_t)
+  tokens = tokens:index_select(1, tokens:device() == "cpu" and rep_t or rep_t:to(tokens:device()))
   local gen = knnd.Generator(o.seed or 0)
   local total = P * n
   local chunk = positive_int(fname, "batch", o.batch or 128)
@@ -922,12 +1036,13 @@ function Model:save(path, extra)
     config = { format = M.FORMAT, model = stored_config(self), info = extra or self.info or {} } })
 end
 
---- knnd.knn_diffusion.load(path [, {weights = "ema" | "live"}]) -> the model saved by m:save, or from a training
---- checkpoint written by train its EMA weights (the default) or its live ones (weights = "live": e.g. after a run
---- too short for the EMA's rate, whose average still holds much of the initialisation)
+--- knnd.knn_diffusion.load(path [, {weights = "ema" | "live", device = "cpu"}]) -> the model saved by m:save, or from
+--- a training checkpoint written by train its EMA weights (the default) or its live ones (weights = "live": e.g. after
+--- a run too short for the EMA's rate, whose average still holds much of the initialisation); device: moved there
 function M.load(path, o)
   if type(path) ~= "string" then fail("load", "argument 1 'path' expected a file path, got %s", type(path)) end
-  check_keys("load", "option", o, { weights = 1 })
+  check_keys("load", "option", o, { weights = 1, device = 1 })
+  local device = check_device("load", o and o.device)
   local which = (o and o.weights) or "ema"
   if which ~= "ema" and which ~= "live" then fail("load", "option 'weights' is '%s' (expected ema or live)", tostring(which)) end
   local f = io.open(path, "rb")
@@ -954,6 +1069,7 @@ function M.load(path, o)
   m:load_state_dict(weights)
   m.info = cfg.info
   m:eval()
+  if device then m:to(device) end
   return m
 end
 

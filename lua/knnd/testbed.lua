@@ -25,6 +25,7 @@ M.Testbed = Testbed
 -- the quickstart's recipe (see experiments/quickstart.lua for why v-prediction and these sizes)
 M.defaults = {
   seed = 0,
+  device = "cpu", -- where the diffusion models train and sample (knn_diffusion.train's device; CLIP and the judge stay on the CPU)
   k = 10, -- neighbours in the cache (a model may use fewer)
   clip = { steps = 600, batch = 256, width = 64, layers = 2, lr = 2e-3 },
   judge = { steps = 500, batch = 64 },
@@ -55,13 +56,15 @@ local function merge(defaults, given)
 end
 
 --- knnd.testbed.fmnist{dir=, seed=0, k=10, clip={...}, judge={...}, stage=function(name, fn) end,
----   index_factory = "Flat", log = print, judge_path= (default dir/judge.h5)} -> the testbed (each
+---   index_factory = "Flat", log = print, judge_path= (default dir/judge.h5), device = "cpu" (where tb:train,
+---   tb:train_edit and tb:evaluate put the diffusion model: "cpu", "cuda", "cuda:N")} -> the testbed (each
 ---   piece built once in dir)
 --- stage(name, fn) wraps every build step (the quickstart times and prints them); default: fn()
 function M.fmnist(o)
   o = o or {}
   local cfg = merge(M.defaults, o)
   local dir = o.dir or error("knnd.testbed.fmnist: option 'dir' (the folder) is required", 2)
+  knnd.knn_diffusion.check_device("knnd.testbed.fmnist", cfg.device)
   local stage = o.stage or function(_, fn) return fn() end
   local log = o.log or print
   files.mkdir_p(dir .. "/data")
@@ -269,7 +272,7 @@ end
 --- tb:train{backbone= ("continuous" or "discrete"), mode=, k=, xi= (lafite_noise), out=, steps=, batch=, lr=, ema=,
 ---   p_uncond=, prediction=, channels=, res_blocks=, checkpoint_every=, seed=, cache= (path; default the Flat cache),
 ---   rows= and database= (train on these rows only, their neighbours rows of this store: tb:subset), name=,
----   progress=}
+---   progress=, device= (default the testbed's)}
 --- -> the EMA model (loaded from out/model.h5), train's result. Resumes from out/checkpoint.h5.
 --- The discrete backbone trains with the same budget, condition and optimiser settings as the UNet.
 function Testbed:train(o)
@@ -277,7 +280,7 @@ function Testbed:train(o)
   local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path,
     cache = o.cache or self:cache_for("Flat", k), database = o.database, rows = o.rows, out = o.out, steps = u.steps,
     batch = u.batch, lr = u.lr, ema = u.ema, seed = seed, checkpoint_every = u.checkpoint_every, name = o.name or o.mode,
-    progress = o.progress }
+    progress = o.progress, device = o.device or self.cfg.device }
   return knnd.knn_diffusion.load(o.out .. "/model.h5"), r
 end
 
@@ -293,7 +296,7 @@ function Testbed:train_edit(o)
     embeddings = self.emb_path, k = math.max(k, 1), align = o.align, box = o.box, aspect = o.aspect }
   local r = knnd.knn_diffusion.train { model = model, dataset = self.ds_path, embeddings = self.emb_path, pairs = pairs,
     out = o.out, steps = u.steps, batch = u.batch, lr = u.lr, ema = u.ema, seed = seed, checkpoint_every = u.checkpoint_every,
-    name = o.name or ("edit " .. (o.mode or "knn")), progress = o.progress }
+    name = o.name or ("edit " .. (o.mode or "knn")), progress = o.progress, device = o.device or self.cfg.device }
   return knnd.knn_diffusion.load(o.out .. "/model.h5"), r, pairs
 end
 
@@ -329,7 +332,7 @@ function Testbed:real_floor(n)
 end
 
 --- tb:evaluate{model=, index= (default the Flat index), sampler=, steps=, guidance=, eval_per_class=20,
----   seed=} -> {alignment, alignment_class_prompts, alignment_paraphrases, per_class, fid_cnn,
+---   seed=, device= (default the testbed's)} -> {alignment, alignment_class_prompts, alignment_paraphrases, per_class, fid_cnn,
 ---   kid_cnn, samples_judged}: the samples of every class prompt and paraphrase, judged by the
 ---   classifier and scored against the test set
 function Testbed:evaluate(o)
@@ -337,7 +340,7 @@ function Testbed:evaluate(o)
   local per = math.max(1, s.eval_per_class // (1 + self.paraphrases))
   local g = knnd.knn_diffusion.generate { model = o.model, clip = self.clip, index = o.index or self.index,
     prompts = self.eval_prompts, n = per, sampler = o.model:sampler_option(s.sampler), steps = s.steps, guidance = s.guidance,
-    seed = (o.seed or self.cfg.seed) + 1, progress = o.progress }
+    seed = (o.seed or self.cfg.seed) + 1, progress = o.progress, device = o.device or self.cfg.device }
   local target = {}
   for i = 0, g.prompt_index:numel() - 1 do target[i + 1] = self.eval_class[g.prompt_index:get(i + 1) + 1] end
   local pred = self.judge:predict(g.images)

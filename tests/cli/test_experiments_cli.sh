@@ -93,6 +93,19 @@ out=$("$knnd" run "$root/experiments/quickstart.lua" --set out=qs --set clip.ste
 out=$("$knnd" run "$root/experiments/quickstart.lua" --set out=qs --set unet.stepz=3 2>&1); rc=$?
 [ $rc != 0 ] && [[ "$out" == *"stepz"* ]]; check "an unknown --set key is an error naming it" $?
 
+# --set device: a bad name, or cuda on a machine without a GPU, fails at once naming the option (before any stage)
+out=$("$knnd" run "$root/experiments/quickstart.lua" --set out=qs --set device=gpu 2>&1); rc=$?
+[ $rc != 0 ] && [[ "$out" == *"option 'device' is 'gpu'"* ]] && [[ "$out" != *"done in"* ]]
+checkst $? "quickstart --set device=gpu names the option ($(echo "$out" | tail -1))"
+echo 'print(knnd.cuda.available())' > has_gpu.lua
+if [ "$("$knnd" run has_gpu.lua 2>/dev/null)" = false ]; then
+  for script in quickstart stickers; do
+    out=$("$knnd" run "$root/experiments/$script.lua" --set out=dev_$script --set device=cuda 2>&1); rc=$?
+    [ $rc != 0 ] && [[ "$out" == *"option 'device' is 'cuda' but no CUDA device is available"* ]] && [[ "$out" != *"done in"* ]]
+    checkst $? "$script --set device=cuda without a GPU says so at once ($(echo "$out" | tail -1))"
+  done
+fi
+
 out=$("$knnd" run "$root/experiments/stickers.lua" --set out=st --set clip.steps=10 --set unet.steps=2 \
   --set unet.batch=4 --set unet.checkpoint_every=2 --set unet.channels=32 --set sample.per_prompt=1 \
   --set sample.steps=2 --set prompts="red apple,pizza" 2>&1); rc=$?
