@@ -20,7 +20,8 @@ typedef struct norm_geom {
 } norm_geom;
 
 /* Row statistics in two passes, as the CUDA kernel takes them: the mean of d = x - x[0], then the
- * variance as the mean of (d - m)² less the square of what is left of the mean (tiny),
+ * variance as the mean of (d - m)² less the square of what is left of the mean (r, tiny; m + r is
+ * the mean kept),
  * so no cancellation whatever x[0] is. One pass of E[d²] - E[d]² loses precision when x[0] lies
  * far from the row's mean (an outlier first channel: rstd was 9e-4 off for a row of N(0,1) with
  * x[0] = 1000). Float partial sums over short chunks (split further across SIMD lanes) are folded
@@ -56,7 +57,7 @@ KNND_CPU_CLONES static void row_moments(const float *x, int64_t n, double eps, f
   double rm = r / (double)n, var = ss / (double)n - rm * rm;
   if (var < 0) var = 0;
   mean[0] = shift;
-  mean[1] = m;
+  mean[1] = (float)((double)m + rm); /* m's float sums lose a little when x[0] is far off: the residual puts it back */
   *rstd = (float)(1.0 / sqrt(var + eps));
 }
 

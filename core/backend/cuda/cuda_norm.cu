@@ -57,13 +57,21 @@ __global__ void __launch_bounds__(kThreads)
     const float shift = ld(xr, 0);
     float s = 0.0f;
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) s += ld(xr, i) - shift;
-    const float m = (float)((double)block_sum2(s, 0.0f, scratch).x / (double)d);
-    float ss = 0.0f;
+    const float m0 = (float)((double)block_sum2(s, 0.0f, scratch).x / (double)d);
+    float ss = 0.0f, res = 0.0f;
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-      const float c = (ld(xr, i) - shift) - m;
+      const float c = (ld(xr, i) - shift) - m0;
       ss += c * c;
+      res += c;
     }
-    const float rs = (float)(1.0 / sqrt((double)block_sum2(ss, 0.0f, scratch).x / (double)d + eps));
+    // the residual r of the first pass's mean: the variance about the mean is E[c²] - r², and m0 + r
+    // the mean kept (norm.c's row_moments takes the same two passes)
+    const float2 t2 = block_sum2(ss, res, scratch);
+    const double rm = (double)t2.y / (double)d;
+    double var = (double)t2.x / (double)d - rm * rm;
+    if (var < 0) var = 0;
+    const float rs = (float)(1.0 / sqrt(var + eps));
+    const float m = (float)((double)m0 + rm);
     if (threadIdx.x == 0) {
       mean[2 * r] = shift;
       mean[2 * r + 1] = m;
