@@ -1001,6 +1001,8 @@ function M.generate(o)
   local total = P * n
   local chunk = positive_int(fname, "batch", o.batch or 128)
   local images = knnd.empty(total, cfg.channels, cfg.image_size, cfg.image_size)
+  -- rank 0 shows progress (a global `main` was read here, never set: the bar never appeared)
+  local main = knnd.dist.rank() == 0
   local bar = o.progress ~= false and main and knnd.progress { total = total, desc = "generate", unit = "img" } or nil
   for first = 1, total, chunk do
     local m = math.min(chunk, total - first + 1)

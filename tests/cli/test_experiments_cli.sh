@@ -13,7 +13,8 @@ scratch experiments_cli
 out=$("$knnd" run "$root/experiments/quickstart.lua" --set out=qs --set clip.steps=20 --set judge.steps=20 \
   --set unet.steps=6 --set unet.batch=8 --set unet.checkpoint_every=3 --set sample.steps=3 --set sample.per_prompt=2 \
   --set sample.eval_per_class=4 2>&1); rc=$?
-[ $rc = 0 ] && [[ "$out" == *"quickstart finished"* ]]; checkst $? "quickstart runs ($(echo "$out" | tail -3))"
+[ $rc = 0 ] && [[ "$out" == *"quickstart finished"* ]] && [[ "$out" == *"generate 100%"* ]]
+checkst $? "quickstart runs, with generate's progress bar ($(echo "$out" | tail -3))"
 for f in metrics.json loss.png alignment.png neighbors_text.png neighbors_images.png knn/samples.png no_knn/samples.png \
   knn/model.h5 no_knn/checkpoint.h5; do
   [ -s "qs/$f" ] || { echo "# missing qs/$f"; false; }
